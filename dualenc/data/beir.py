@@ -1,0 +1,170 @@
+"""BEIR-format readers: corpus.jsonl(.gz), queries.jsonl, qrels/<split>.tsv.
+
+Qrels files are read with or without a header (some published files have none, and BEIR's own
+loader then silently drops the first row), and qrels naming unknown ids are dropped with a warning
+rather than crashing an evaluation halfway through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from dualenc.io import InputError, open_text, read_jsonl, require_str
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Doc:
+    title: str
+    text: str
+
+
+@dataclasses.dataclass
+class BeirDataset:
+    corpus: dict[str, Doc]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def _read_id(obj: dict, path, line: int) -> str:
+    if "_id" not in obj:
+        raise InputError("missing field", path=path, line=line, field="_id")
+    val = obj["_id"]
+    if isinstance(val, int) and not isinstance(val, bool):
+        val = str(val)
+    if not isinstance(val, str) or not val:
+        raise InputError(
+            f"expected a non-empty string id, got {val!r}", path=path, line=line, field="_id"
+        )
+    return val
+
+
+def load_corpus(path: str | os.PathLike) -> dict[str, Doc]:
+    """{doc_id: Doc(title, text)} in file order; duplicate ids or an empty corpus raise."""
+    corpus: dict[str, Doc] = {}
+    first_line: dict[str, int] = {}
+    for lineno, obj in read_jsonl(path):
+        doc_id = _read_id(obj, path, lineno)
+        if doc_id in corpus:
+            raise InputError(
+                f"duplicate doc id {doc_id!r} (also on line {first_line[doc_id]})",
+                path=path,
+                line=lineno,
+                field="_id",
+            )
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise InputError("expected a string", path=path, line=lineno, field="title")
+        text = require_str(obj, "text", path=path, line=lineno, allow_empty=True)
+        if not (title.strip() or text.strip()):
+            raise InputError(
+                "empty document (no title and no text)", path=path, line=lineno, field="text"
+            )
+        corpus[doc_id] = Doc(title, text)
+        first_line[doc_id] = lineno
+    if not corpus:
+        raise InputError("empty corpus", path=path)
+    return corpus
+
+
+def load_queries(path: str | os.PathLike) -> dict[str, str]:
+    """{query_id: text} in file order; duplicate ids or empty texts raise."""
+    queries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for lineno, obj in read_jsonl(path):
+        qid = _read_id(obj, path, lineno)
+        if qid in queries:
+            raise InputError(
+                f"duplicate query id {qid!r} (also on line {first_line[qid]})",
+                path=path,
+                line=lineno,
+                field="_id",
+            )
+        queries[qid] = require_str(obj, "text", path=path, line=lineno)
+        first_line[qid] = lineno
+    if not queries:
+        raise InputError("no queries", path=path)
+    return queries
+
+
+def load_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """{query_id: {doc_id: score}} from TSV `qid docid score` (header optional; TREC 4-col ok)."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            cols = line.rstrip("\n\r").split("\t")
+            if len(cols) == 1:
+                cols = line.split()
+            if len(cols) == 4:  # TREC qrels: qid iter docid score
+                cols = [cols[0], cols[2], cols[3]]
+            if len(cols) != 3:
+                raise InputError(
+                    f"expected 3 tab-separated columns, got {len(cols)}", path=path, line=lineno
+                )
+            qid, did, score = (c.strip() for c in cols)
+            try:
+                val = int(float(score))
+            except ValueError:
+                if lineno == 1:  # a header such as query-id corpus-id score
+                    continue
+                raise InputError(
+                    f"score {score!r} is not a number", path=path, line=lineno, field="score"
+                ) from None
+            qrels.setdefault(qid, {})[did] = val
+    if not qrels:
+        raise InputError("no qrels", path=path)
+    return qrels
+
+
+def _find(root: Path, *names: str) -> Path:
+    for name in names:
+        if (root / name).exists():
+            return root / name
+    raise InputError(f"missing file (looked for {', '.join(names)})", path=root)
+
+
+def filter_qrels(
+    qrels: dict[str, dict[str, int]], queries, corpus, *, source: str = "qrels"
+) -> dict[str, dict[str, int]]:
+    """Drops qrels naming unknown query/doc ids, logging a warning with the counts."""
+    out: dict[str, dict[str, int]] = {}
+    bad_q = bad_d = 0
+    for qid, docs in qrels.items():
+        if qid not in queries:
+            bad_q += len(docs)
+            continue
+        kept = {d: s for d, s in docs.items() if d in corpus}
+        bad_d += len(docs) - len(kept)
+        if kept:
+            out[qid] = kept
+    if bad_q or bad_d:
+        log.warning(
+            "%s: dropped %d qrels naming unknown query ids and %d naming unknown doc ids",
+            source,
+            bad_q,
+            bad_d,
+        )
+    return out
+
+
+def qrels_path(root: str | os.PathLike, split: str) -> Path:
+    """qrels/<split>.tsv, or qrels/<split>.with_header.tsv when only that exists."""
+    return _find(Path(root) / "qrels", f"{split}.tsv", f"{split}.with_header.tsv")
+
+
+def load_beir(root: str | os.PathLike, split: str = "test") -> BeirDataset:
+    """Loads root/corpus.jsonl[.gz], root/queries.jsonl[.gz] and root/qrels/<split>.tsv."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("BEIR dataset directory not found", path=root)
+    corpus = load_corpus(_find(root, "corpus.jsonl", "corpus.jsonl.gz"))
+    queries = load_queries(_find(root, "queries.jsonl", "queries.jsonl.gz"))
+    qpath = qrels_path(root, split)
+    qrels = filter_qrels(load_qrels(qpath), queries, corpus, source=str(qpath))
+    return BeirDataset(corpus=corpus, queries=queries, qrels=qrels)

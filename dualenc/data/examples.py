@@ -1,0 +1,80 @@
+"""`TrainExample`, the one record every training reader produces, and helpers they share.
+
+Readers (DPR JSON, sentence-transformers JSONL/TSV, BEIR qrels) all reduce to the same shape so the
+pipeline and the TFDS builders never need to know where an example came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+
+from dualenc.io import InputError
+
+
+@dataclasses.dataclass
+class TrainExample:
+    """One query with its positive and (hard) negative passage texts (title + ' ' + text)."""
+
+    qid: str
+    query: str
+    positives: list[str]
+    negatives: list[str] = dataclasses.field(default_factory=list)
+    answers: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainExample:
+        return cls(
+            qid=str(d["qid"]),
+            query=d["query"],
+            positives=list(d["positives"]),
+            negatives=list(d.get("negatives", [])),
+            answers=list(d.get("answers", [])),
+        )
+
+
+def passage_text(title: str | None, text: str) -> str:
+    """The text a passage is encoded as: title + ' ' + text, stripped (as BEIR / DPR do)."""
+    return f"{title or ''} {text}".strip()
+
+
+def validate_example(
+    ex: TrainExample, *, path: str | os.PathLike | None = None, line: int | None = None
+) -> TrainExample:
+    """Raises InputError (naming path:line:field) unless the example is usable for training."""
+    if not isinstance(ex.query, str) or not ex.query.strip():
+        raise InputError("empty query text", path=path, line=line, field="query")
+    if not ex.positives:
+        raise InputError("query has no positive passage", path=path, line=line, field="positives")
+    for field, texts in (("positives", ex.positives), ("negatives", ex.negatives)):
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(
+                    f"empty passage text (item {i})", path=path, line=line, field=field
+                )
+    return ex
+
+
+def check_unique_qids(examples: Sequence[TrainExample], *, path=None) -> None:
+    """Duplicate qids would silently merge queries in qrels-style views; refuse them."""
+    seen: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        if ex.qid in seen:
+            raise InputError(
+                f"duplicate qid {ex.qid!r} (examples {seen[ex.qid]} and {i})", path=path
+            )
+        seen[ex.qid] = i
+
+
+def passage_ids(examples: Iterable[TrainExample]) -> dict[str, int]:
+    """A dataset-global text → id map in first-seen order, so equal texts share one id."""
+    ids: dict[str, int] = {}
+    for ex in examples:
+        for t in (*ex.positives, *ex.negatives):
+            if t not in ids:
+                ids[t] = len(ids)
+    return ids

@@ -1,0 +1,141 @@
+"""sentence-transformers style training data (JSONL / TSV) and BEIR qrels → `TrainExample`s.
+
+Accepted JSONL lines: {"query"|"anchor", "positive", "negative"?, "negative_1"...} (a value may be
+a string or a list of strings), or a JSON list [query, positive, negative...]. TSV lines:
+query \t positive [\t negative ...]. Errors name file:line:field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dualenc.data.beir import BeirDataset
+from dualenc.data.examples import TrainExample, passage_text, validate_example
+from dualenc.io import InputError, open_text
+
+
+def _texts(val, *, path, line: int, field: str) -> list[str]:
+    vals = val if isinstance(val, list) else [val]
+    for v in vals:
+        if not isinstance(v, str):
+            raise InputError(
+                f"expected a string, got {type(v).__name__}", path=path, line=line, field=field
+            )
+    return list(vals)
+
+
+def _from_dict(obj: dict, *, qid: str, path, line: int) -> TrainExample:
+    qkey = "query" if "query" in obj else "anchor"
+    if qkey not in obj:
+        raise InputError("missing field (or 'anchor')", path=path, line=line, field="query")
+    if "positive" not in obj:
+        raise InputError("query has no positive passage", path=path, line=line, field="positive")
+    query = _texts(obj[qkey], path=path, line=line, field=qkey)
+    if len(query) != 1:
+        raise InputError("expected one query string", path=path, line=line, field=qkey)
+    positives = _texts(obj["positive"], path=path, line=line, field="positive")
+    negatives: list[str] = []
+    for key in sorted(k for k in obj if k.startswith("negative")):
+        negatives += _texts(obj[key], path=path, line=line, field=key)
+    qid = str(obj.get("qid", obj.get("id", qid)))
+    return TrainExample(qid=qid, query=query[0], positives=positives, negatives=negatives)
+
+
+def _from_list(obj: list, *, qid: str, path, line: int) -> TrainExample:
+    texts = _texts(obj, path=path, line=line, field="[]")
+    if len(texts) < 2:
+        raise InputError(
+            "expected [query, positive, negative...]; query has no positive",
+            path=path,
+            line=line,
+            field="positive",
+        )
+    return TrainExample(qid=qid, query=texts[0], positives=[texts[1]], negatives=texts[2:])
+
+
+def load_st_jsonl(path: str | os.PathLike) -> list[TrainExample]:
+    """Reads sentence-transformers style JSONL (dict or list per line)."""
+    out = []
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise InputError(
+                    f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=lineno
+                ) from None
+            qid = str(len(out))
+            if isinstance(obj, dict):
+                ex = _from_dict(obj, qid=qid, path=path, line=lineno)
+            elif isinstance(obj, list):
+                ex = _from_list(obj, qid=qid, path=path, line=lineno)
+            else:
+                raise InputError("expected a JSON object or list", path=path, line=lineno)
+            out.append(validate_example(ex, path=path, line=lineno))
+    if not out:
+        raise InputError("no training examples", path=path)
+    return out
+
+
+def load_st_tsv(path: str | os.PathLike) -> list[TrainExample]:
+    """Reads query \\t positive [\\t negative ...] lines (no header)."""
+    out = []
+    with open_text(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            cols = raw.rstrip("\n\r").split("\t")
+            if len(cols) < 2:
+                raise InputError(
+                    "expected query<TAB>positive[<TAB>negative...]",
+                    path=path,
+                    line=lineno,
+                    field="positive",
+                )
+            ex = TrainExample(
+                qid=str(len(out)), query=cols[0], positives=[cols[1]], negatives=cols[2:]
+            )
+            out.append(validate_example(ex, path=path, line=lineno))
+    if not out:
+        raise InputError("no training examples", path=path)
+    return out
+
+
+def load_st(path: str | os.PathLike) -> list[TrainExample]:
+    """Dispatches on the extension: .tsv(.gz) → TSV, anything else → JSONL."""
+    name = Path(path).name.removesuffix(".gz")
+    return load_st_tsv(path) if name.endswith(".tsv") else load_st_jsonl(path)
+
+
+def examples_from_beir(
+    ds: BeirDataset, negatives: dict[str, list[str]] | None = None, *, min_score: int = 1
+) -> list[TrainExample]:
+    """One example per judged query (qrels score ≥ min_score are positives); `negatives` maps
+    qid → doc ids (e.g. mined with BM25); relevant docs are never used as negatives."""
+    out = []
+    for qid, judged in ds.qrels.items():
+        if qid not in ds.queries:
+            continue
+        pos_ids = [d for d, s in judged.items() if s >= min_score and d in ds.corpus]
+        if not pos_ids:
+            continue
+        neg_ids = [
+            d
+            for d in (negatives or {}).get(qid, [])
+            if d in ds.corpus and judged.get(d, 0) < min_score
+        ]
+        out.append(
+            TrainExample(
+                qid=qid,
+                query=ds.queries[qid],
+                positives=[passage_text(ds.corpus[d].title, ds.corpus[d].text) for d in pos_ids],
+                negatives=[passage_text(ds.corpus[d].title, ds.corpus[d].text) for d in neg_ids],
+            )
+        )
+    if not out:
+        raise InputError("no judged query with a positive document")
+    return out

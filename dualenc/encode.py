@@ -1,0 +1,251 @@
+"""Encodes texts into embeddings with a jitted, length-bucketed step.
+
+Usage:
+  python -m dualenc.encode --model DIR_OR_HUB_ID --input FILE.jsonl[.gz] --output OUT.npy
+
+Each input line is a JSON object with a `text` field (and an optional `title`, prepended as in
+BEIR). The output is a float32 (N, D) .npy array in input order, written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dualenc.io import InputError, atomic_write, read_jsonl, require_str
+from dualenc.tokenization import DEFAULT_BUCKETS, bucket_batches, pad_batch, pad_id, tokenize
+
+_STEPS: dict = {}
+
+
+def beir_doc_text(doc) -> str:
+    """title + ' ' + text, stripped (a BEIR dict or an object with .title/.text)."""
+    if isinstance(doc, dict):
+        title, text = doc.get("title") or "", doc.get("text") or ""
+    else:
+        title, text = getattr(doc, "title", "") or "", getattr(doc, "text", "") or ""
+    return f"{title} {text}".strip()
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """Texts of a JSONL file (`text`, optional `title`); bad lines name file:line:field."""
+    texts = []
+    for lineno, obj in read_jsonl(path):
+        text = require_str(obj, "text", path=path, line=lineno)
+        title = obj.get("title") or ""
+        if not isinstance(title, str):
+            raise InputError(
+                f"expected a string, got {type(title).__name__}",
+                path=path,
+                line=lineno,
+                field="title",
+            )
+        texts.append(beir_doc_text({"title": title, "text": text}))
+    if not texts:
+        raise InputError("no texts to encode: the file is empty", path=path)
+    return texts
+
+
+def encode_step(spec):
+    """The jitted (params, input_ids, attention_mask) -> (B, D) float32 step for `spec`.
+
+    One step per spec, so jit compiles once per padded (rows, length) shape; params are an
+    argument (not a constant), so re-wrapped trained params reuse the compiled programs.
+    """
+    try:
+        return _STEPS[spec]
+    except KeyError:
+        pass
+    from dualenc.models.dual_encoder import embed
+
+    def step(params, input_ids, attention_mask):
+        return embed(spec, params, input_ids, attention_mask).astype(jnp.float32)  # (B, D)
+
+    _STEPS[spec] = fn = jax.jit(step)
+    return fn
+
+
+class _Placer:
+    """Places params once per layout, and each batch sharded over `mesh` or on one device."""
+
+    def __init__(self, params, mesh: Mesh | None):
+        self.params, self.mesh = params, mesh
+        self.ndev = mesh.size if mesh is not None else 1
+        self._cache = {}
+
+    def rows(self, n: int, batch_size: int) -> int:
+        """Padded row count: a full batch, else the next power of two (bounded shapes)."""
+        r = n if n >= batch_size else min(batch_size, 1 << max(n - 1, 0).bit_length())
+        if self.ndev > 1 and r >= self.ndev:
+            r = math.ceil(r / self.ndev) * self.ndev
+        return r
+
+    def put(self, ids: np.ndarray, mask: np.ndarray):
+        sharded = self.ndev > 1 and ids.shape[0] % self.ndev == 0
+        if sharded:
+            batch = NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names))
+            rep = NamedSharding(self.mesh, PartitionSpec())
+        else:
+            batch = rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        if sharded not in self._cache:
+            self._cache[sharded] = jax.device_put(self.params, rep)
+        return self._cache[sharded], jax.device_put(ids, batch), jax.device_put(mask, batch)
+
+
+def _default_mesh() -> Mesh | None:
+    devs = jax.devices()
+    return Mesh(np.array(devs), ("data",)) if len(devs) > 1 else None
+
+
+def encode_texts(
+    encoder,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+) -> np.ndarray:
+    """(N, D) float32 embeddings of `texts`, in input order.
+
+    Texts are tokenised, sorted by length and padded to a few bucket lengths so that jit compiles
+    a bounded number of shapes; batches are sharded over the devices when there are several.
+    """
+    texts = list(texts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    limit = int(getattr(encoder.config, "max_position_embeddings", 0) or 1 << 30)
+    max_length = min(int(max_length or encoder.max_length), limit)
+    if not texts:
+        return np.zeros((0, encoder.config.hidden_size), np.float32)
+    seqs = tokenize(encoder.tokenizer, texts, max_length)
+    batches = bucket_batches([len(s) for s in seqs], batch_size, buckets, max_length=max_length)
+    step = encode_step(encoder.spec)
+    placer = _Placer(encoder.params, mesh if mesh is not None else _default_mesh())
+    pad = pad_id(encoder.tokenizer)
+    out: np.ndarray | None = None
+    pending = []  # dispatched but not yet fetched: overlaps host work with device compute
+    bar = _progress(len(texts), progress)
+    for idx, padded_len in batches:
+        rows = placer.rows(len(idx), batch_size)
+        ids, mask = pad_batch([seqs[i] for i in idx], padded_len, pad)
+        if rows > len(idx):  # filler rows: one attended [PAD] each, discarded below
+            ids = np.concatenate([ids, np.full((rows - len(idx), padded_len), pad, np.int32)])
+            mask = np.concatenate([mask, np.zeros((rows - len(idx), padded_len), np.int32)])
+            mask[len(idx) :, 0] = 1
+        pending.append((idx, step(*placer.put(ids, mask))))
+        while len(pending) > 2:
+            out = _fetch(pending.pop(0), out, len(texts), bar)
+    while pending:
+        out = _fetch(pending.pop(0), out, len(texts), bar)
+    bar.close()
+    return out
+
+
+def _fetch(item, out: np.ndarray | None, n: int, bar) -> np.ndarray:
+    idx, emb = item
+    emb = np.asarray(emb)  # (rows, D)
+    if out is None:
+        out = np.empty((n, emb.shape[-1]), np.float32)
+    out[idx] = emb[: len(idx)]
+    bar.update(len(idx))
+    return out
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="text", desc="encode", disable=not enabled, dynamic_ncols=True)
+
+
+def encode_file(
+    model: str,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> np.ndarray:
+    """Reads a JSONL file, encodes it with `model` and saves the (N, D) array atomically."""
+    from dualenc.models.loading import load_encoder
+
+    texts = read_texts(input_path)  # fails before the (slow) model load on bad input
+    encoder = load_encoder(model, dtype=dtype)
+    emb = encode_texts(
+        encoder, texts, batch_size=batch_size, max_length=max_length, progress=progress
+    )
+    with atomic_write(output_path, "wb") as f:
+        np.save(f, emb)
+    return emb
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string(
+        "model",
+        None,
+        "Model: a Hugging Face or sentence-transformers dir, or a hub id.",
+        required=True,
+    )
+    flags.DEFINE_string(
+        "input",
+        None,
+        "JSONL(.gz) file, one object per line with a `text` field and an optional `title`.",
+        required=True,
+    )
+    flags.DEFINE_string(
+        "output",
+        None,
+        "Output .npy path: float32 (N, D) embeddings in input order, written atomically.",
+        required=True,
+    )
+    flags.DEFINE_integer(
+        "batch_size", 64, "Texts per jitted step (padded to a bucket length).", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "max_length",
+        None,
+        "Truncate to this many tokens (default: the model's max_seq_length).",
+        lower_bound=2,
+    )
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def main(argv) -> None:
+    from absl import flags, logging
+
+    del argv
+    fv = flags.FLAGS
+    try:
+        emb = encode_file(
+            fv.model,
+            fv.input,
+            fv.output,
+            batch_size=fv.batch_size,
+            max_length=fv.max_length,
+            dtype=fv.dtype,
+            progress=fv.progress,
+        )
+    except InputError as e:  # bad user input: one clear line, no traceback
+        sys.exit(f"error: {e}")
+    logging.info("wrote %s: %s float32", Path(fv.output), emb.shape)
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,370 @@
+"""Evaluate a retriever on a BEIR-format dataset: encode -> index -> search -> rerank -> metrics.
+
+    python -m dualenc.evaluate --model M --data BEIR_DIR --split test --index exact --output DIR
+    python -m dualenc.evaluate --config configs/eval/default.py --config.model=M ...
+
+Writes DIR/metrics.json (ir-measures names: "nDCG@10", "R@100", "RR@10", ...; "Acc@k" DPR
+answer accuracy when queries carry metadata.answers), DIR/run.trec, DIR/curve.json (R@k or
+Acc@k for plots) and DIR/report.md, all atomically. Hybrid = BM25 + w * dense; w is tuned on
+--tune_split (never the evaluated split) when given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from dualenc.index.base import Run, rows_to_run, top_k_run
+from dualenc.io import InputError, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+KINDS = ("exact", "scann", "bm25", "hybrid")
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
+
+
+def _corpus_file(root: Path) -> Path:
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        if (root / name).exists():
+            return root / name
+    raise InputError("no corpus.jsonl[.gz]", path=root)
+
+
+def load_answers(root: Path, qids) -> dict[str, list[str]]:
+    """metadata.answers of each query in `qids` (NQ-style BEIR views); {} when none carry any."""
+    path = next(
+        (root / n for n in ("queries.jsonl", "queries.jsonl.gz") if (root / n).exists()), None
+    )
+    if path is None:
+        return {}
+    wanted, out = set(qids), {}
+    for lineno, obj in read_jsonl(path):
+        ans = (obj.get("metadata") or {}).get("answers")
+        if obj.get("_id") in wanted and ans is not None:
+            if not isinstance(ans, list) or not all(isinstance(a, str) for a in ans):
+                raise InputError(
+                    "answers must be a list of strings",
+                    path=path,
+                    line=lineno,
+                    field="metadata.answers",
+                )
+            out[obj["_id"]] = ans
+    return out
+
+
+def load_split(cfg, split: str, qrels_file: str = ""):
+    """(doc_ids, doc_texts, qids, query_texts, qrels) for one split (judged queries only)."""
+    from dualenc.data.beir import filter_qrels, load_beir, load_qrels
+    from dualenc.encode import beir_doc_text
+
+    ds = load_beir(cfg.data, split)
+    qrels = ds.qrels
+    if qrels_file:
+        qrels = filter_qrels(load_qrels(qrels_file), ds.queries, ds.corpus, source=qrels_file)
+    if not qrels:
+        raise InputError(f"no judged queries for split {split!r}", path=cfg.data)
+    doc_ids = list(ds.corpus)
+    texts = [beir_doc_text(ds.corpus[d]) for d in doc_ids]
+    qids = sorted(qrels)
+    return doc_ids, texts, qids, [ds.queries[q] for q in qids], qrels
+
+
+class Dense:
+    """Encoder + corpus embeddings + index, built once and reused for test and tune splits."""
+
+    def __init__(self, cfg, doc_ids, texts, kind: str):
+        from dualenc.corpus_cache import cached_embeddings
+        from dualenc.index.base import IndexManifest
+        from dualenc.models.loading import load_encoder
+
+        if not cfg.model:
+            raise InputError("--model is required for dense retrieval", field="model")
+        self.cfg, self.doc_ids = cfg, doc_ids
+        self.encoder = load_encoder(cfg.model)
+        self.max_length = cfg.max_length or self.encoder.max_length
+        t = time.time()
+        p_emb, self.reused = cached_embeddings(
+            self.encoder,
+            doc_ids,
+            texts,
+            cache_dir=cfg.cache_dir or None,
+            max_length=self.max_length,
+            encode_fn=self._encode,
+        )
+        self.encode_s = time.time() - t
+        m = IndexManifest(
+            kind=kind,
+            count=len(doc_ids),
+            model_source=str(self.encoder.source),
+            weights_hash=self.encoder.weights_hash(),
+            pooling=str(self.encoder.pooling),
+            normalize=bool(self.encoder.normalize),
+            corpus_path=str(_corpus_file(Path(cfg.data)).resolve()),
+            max_length=int(self.max_length),
+        )
+        t = time.time()
+        self.index = build_dense_index(p_emb, m, kind, cfg)
+        self.build_s = time.time() - t
+
+    def _encode(self, texts):
+        from dualenc.encode import encode_texts
+
+        return encode_texts(
+            self.encoder,
+            texts,
+            batch_size=self.cfg.batch_size,
+            max_length=self.max_length,
+            progress=self.cfg.progress,
+        )
+
+    def run(self, qids, queries, k: int) -> Run:
+        scores, rows = self.index.search(self._encode(list(queries)), k)
+        return rows_to_run(qids, scores, rows, self.doc_ids)
+
+
+def build_dense_index(p_emb, manifest, kind: str, cfg):
+    """Exact or ScaNN index over (N, D) embeddings with the config's similarity/params."""
+    if kind == "scann":
+        from dualenc.index.scann_index import ScannIndex
+
+        return ScannIndex.build(
+            p_emb, manifest, similarity=cfg.similarity, k=cfg.k, **cfg.scann.to_dict()
+        )
+    from dualenc.index.exact import ExactIndex
+
+    return ExactIndex(p_emb, manifest, similarity=cfg.similarity)
+
+
+def _bm25(cfg, doc_ids, texts):
+    from dualenc.index.base import IndexManifest
+    from dualenc.index.bm25 import BM25Index
+
+    m = IndexManifest(
+        kind="bm25", count=len(doc_ids), corpus_path=str(_corpus_file(Path(cfg.data)).resolve())
+    )
+    return BM25Index.build(texts, m)
+
+
+def _rerank(cfg, run: Run, queries: dict[str, str], docs: dict[str, str]) -> Run:
+    if importlib.util.find_spec("dualenc.rerank") is None:
+        raise NotImplementedError(
+            "reranking not available: dualenc.rerank is not installed "
+            "in this checkout (--rerank_model needs it)"
+        )
+    from dualenc import rerank
+
+    reranker = rerank.load_reranker(cfg.rerank_model)
+    return rerank.rerank_run(
+        reranker,
+        run,
+        queries,
+        docs,
+        top_k=cfg.rerank_top,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+    )
+
+
+def _check(cfg) -> None:
+    if cfg.index not in KINDS:
+        raise InputError(f"unknown index {cfg.index!r}; choose one of {KINDS}", field="index")
+    if not cfg.data:
+        raise InputError("--data (a BEIR directory) is required", field="data")
+    if not Path(cfg.data).is_dir():
+        raise InputError("data directory not found", path=cfg.data)
+    if cfg.tune_split and cfg.tune_split == cfg.split:
+        raise InputError(
+            f"refusing to tune the hybrid weight on the evaluated split {cfg.split!r}",
+            field="tune_split",
+        )
+    if cfg.tune_split and cfg.index != "hybrid":
+        raise InputError("--tune_split only applies to --index hybrid", field="tune_split")
+
+
+def retrieve(cfg, doc_ids, texts, qids, queries, info: dict[str, Any]) -> tuple[Run, Any]:
+    """The run for `queries` with the configured system; also returns the searched index."""
+    from dualenc.index.bm25 import bm25_run
+    from dualenc.index.fusion import fuse, tune_weight
+
+    kind = cfg.index
+    depth = cfg.fusion_depth if kind == "hybrid" else cfg.k
+    dense = bm25 = None
+    if kind in ("exact", "scann", "hybrid"):
+        dense = Dense(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind)
+        info.update(
+            encode_corpus_s=round(dense.encode_s, 2),
+            cache_reused=dense.reused,
+            index_build_s=round(dense.build_s, 2),
+            model=str(dense.encoder.source),
+        )
+    if kind in ("bm25", "hybrid"):
+        bm25 = _bm25(cfg, doc_ids, texts)
+    t = time.time()
+    if kind == "bm25":
+        run = bm25_run(bm25, qids, queries, doc_ids, depth)
+    elif kind != "hybrid":
+        run = dense.run(qids, queries, depth)
+    else:
+        weight = cfg.hybrid_weight
+        if cfg.tune_split:
+            _, _, t_qids, t_queries, t_qrels = load_split(cfg, cfg.tune_split)
+            weight, grid = tune_weight(
+                bm25_run(bm25, t_qids, t_queries, doc_ids, depth),
+                dense.run(t_qids, t_queries, depth),
+                t_qrels,
+                cfg.tune_metric,
+                tuple(cfg.tune_grid),
+                cfg.fusion,
+            )
+            info.update(
+                tune_split=cfg.tune_split,
+                tune_queries=len(t_qids),
+                tune_scores={str(w): round(v, 4) for w, v in grid.items()},
+            )
+        info.update(hybrid_weight=weight, fusion=cfg.fusion)
+        run = fuse(
+            bm25_run(bm25, qids, queries, doc_ids, depth),
+            dense.run(qids, queries, depth),
+            cfg.fusion,
+            weight,
+        )
+    info["search_s"] = round(time.time() - t, 2)
+    return run, (dense.index if dense is not None and kind != "hybrid" else bm25)
+
+
+def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
+    """Runs the evaluation described by `cfg`, writes cfg.output/*, returns the metrics."""
+    from dualenc import report
+    from dualenc.metrics import answer_accuracy, evaluate_run, recall_curve
+    from dualenc.runs import write_trec
+
+    _check(cfg)
+    t0 = time.time()
+    doc_ids, texts, qids, queries, qrels = load_split(cfg, cfg.split, cfg.qrels_file)
+    info: dict[str, Any] = {
+        "system": cfg.index,
+        "data": str(cfg.data),
+        "split": cfg.split,
+        "num_docs": len(doc_ids),
+        "num_queries": len(qids),
+    }
+    run, index = retrieve(cfg, doc_ids, texts, qids, queries, info)
+    if cfg.rerank_model:
+        docs = dict(zip(doc_ids, texts, strict=True))
+        run = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
+        info["rerank_model"] = cfg.rerank_model
+    run = top_k_run(run, cfg.k)
+    metrics, _ = evaluate_run(run, qrels, tuple(cfg.measures))
+    curve = {f"R@{k}": v for k, v in recall_curve(run, qrels, CURVE_KS).items()}
+    answers = load_answers(Path(cfg.data), qids)
+    if answers:
+        docs = dict(zip(doc_ids, texts, strict=True))
+        metrics.update(answer_accuracy(run, docs, answers, tuple(cfg.answer_ks)))
+        curve.update(answer_accuracy(run, docs, answers, CURVE_KS))
+    metrics["num_queries"] = len(qids)
+    info["total_s"] = round(time.time() - t0, 2)
+    if cfg.output:
+        out = Path(cfg.output)
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "curve.json", curve)
+        write_json(out / "info.json", {**info, "config": cfg.to_dict()})
+        write_trec(out / "run.trec", run, tag=cfg.tag or f"dualenc-{cfg.index}")
+        report.write_single_report(out / "report.md", metrics, info)
+    if cfg.save_index:
+        from dualenc.index import save_index_dir
+
+        save_index_dir(index, doc_ids, cfg.save_index)
+    log.info("metrics: %s", json.dumps(metrics))
+    return metrics
+
+
+# ---- command line: the flag form builds the same ConfigDict as configs/eval/default.py ----
+_FLAG_KEYS = (
+    "model",
+    "data",
+    "split",
+    "qrels_file",
+    "index",
+    "output",
+    "k",
+    "fusion_depth",
+    "batch_size",
+    "max_length",
+    "cache_dir",
+    "similarity",
+    "fusion",
+    "hybrid_weight",
+    "tune_split",
+    "tune_metric",
+    "rerank_model",
+    "rerank_top",
+    "save_index",
+    "tag",
+    "progress",
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    import importlib.util as iu
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "eval" / "default.py"
+    spec = iu.spec_from_file_location("_dualenc_eval_default", path)
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval/*.py).")
+    d = default_config()
+    helps = {
+        "index": f"one of {KINDS}",
+        "data": "BEIR dir (corpus, queries, qrels/<split>.tsv)",
+        "tune_split": "split whose queries tune the hybrid weight (never the test split)",
+        "cache_dir": "corpus embedding cache dir ('' = none)",
+        "save_index": "also write the searched index here (for dualenc.search)",
+    }
+    for key in _FLAG_KEYS:
+        v, h = d[key], helps.get(key, f"config.{key}")
+        if isinstance(v, bool):
+            flags.DEFINE_boolean(key, v, h)
+        elif isinstance(v, int):
+            flags.DEFINE_integer(key, v, h)
+        elif isinstance(v, float):
+            flags.DEFINE_float(key, v, h)
+        else:
+            flags.DEFINE_string(key, v, h)
+
+
+def config_from_flags(flag_values) -> ml_collections.ConfigDict:
+    """--config file (or the default config) with explicitly given flags applied on top."""
+    cfg = flag_values.config if flag_values.config is not None else default_config()
+    with cfg.unlocked():
+        for key in _FLAG_KEYS:
+            if flag_values[key].present:
+                cfg[key] = flag_values[key].value
+    return cfg
+
+
+def main(argv):
+    from absl import flags
+
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    metrics = run_evaluation(config_from_flags(flags.FLAGS))
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

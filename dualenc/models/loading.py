@@ -1,0 +1,454 @@
+"""Pretrained encoders in, trained encoders out: Hugging Face and sentence-transformers layouts.
+
+`load_encoder` reads a Hugging Face model dir, a sentence-transformers dir or a hub id into an
+`Encoder` (Flax params + tokenizer + pooling); `save_sentence_transformers` / `save_hf` write dirs
+that PyTorch loads unchanged, and `load_encoder` reads them back (round trip).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import tokenizers
+
+from dualenc.io import InputError, atomic_dir
+from dualenc.models.convert import WeightsError, params_from_state_dict, state_dict_from_params
+from dualenc.models.dual_encoder import EncoderSpec
+from dualenc.models.registry import get_arch, init_abstract
+
+POOLINGS = ("cls", "mean", "max", "pooler")
+# sentence-transformers pooling names → dualenc pooling kinds (the rest are unsupported).
+_ST_POOLING = {"cls": "cls", "mean": "mean", "max": "max"}
+_ST_LEGACY_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+_TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spm.model",
+    "sentencepiece.bpe.model",
+)
+_DUALENC_META = "dualenc.json"  # pooling / normalize / max_length of a save_hf dir
+_BIG = 1_000_000  # tokenizer_config model_max_length above this means "unset"
+
+
+@dataclasses.dataclass(eq=False)
+class Encoder:
+    """A text encoder: architecture config + Flax params + tokenizer + pooling recipe."""
+
+    arch: str  # HF model_type, a key of registry.ARCHS
+    config: Any
+    params: Any  # the tower's Linen params (no {'params': ...} wrapper)
+    tokenizer: tokenizers.Tokenizer
+    pooling: str  # 'cls' | 'mean' | 'pooler'
+    normalize: bool
+    max_length: int
+    source: str  # where it was loaded from (a dir or a hub id)
+    spec: EncoderSpec
+    model_dir: Path | None = None  # local dir holding the tokenizer files, for export
+    _hash: str | None = dataclasses.field(default=None, init=False, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.config.hidden_size)
+
+    def weights_hash(self) -> str:
+        """Short sha256 over every param's path, dtype, shape and bytes (identifies weights)."""
+        if self._hash is None:
+            h = hashlib.sha256()
+            for path, leaf in sorted(_flatten(self.params).items()):
+                a = np.ascontiguousarray(np.asarray(leaf))
+                h.update(f"{path}:{a.dtype}:{a.shape};".encode())
+                h.update(a.tobytes())
+            self._hash = h.hexdigest()[:16]
+        return self._hash
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def encoder_from_params(base: Encoder, params) -> Encoder:
+    """`base` with new (e.g. trained) tower params; everything else, tokenizer included, kept."""
+    return dataclasses.replace(base, params=params)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_encoder(
+    name_or_path: str | Path,
+    *,
+    dtype: str = "float32",
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+) -> Encoder:
+    """Loads an HF model dir, a sentence-transformers dir or a hub id as an `Encoder`.
+
+    Plain HF dirs default to CLS pooling without normalisation; sentence-transformers dirs follow
+    their modules.json. `pooling` / `normalize` / `max_length` override what the dir says.
+    """
+    root = _resolve(name_or_path)
+    model_dir, meta = root, _hf_meta(root)
+    if (root / "modules.json").exists():
+        model_dir, meta = _read_st_layout(root)
+    hf_cfg = _read_json(model_dir / "config.json", what="config.json (the model config)")
+    model_type = hf_cfg.get("model_type")
+    try:
+        arch = get_arch(model_type)
+    except (ValueError, KeyError) as e:
+        raise InputError(
+            str(e).strip("'\""), path=model_dir / "config.json", field="model_type"
+        ) from None
+    try:
+        config = dataclasses.replace(arch.config_cls.from_hf(hf_cfg), dtype=dtype)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"unsupported model config: {e}", path=model_dir / "config.json") from None
+    params, config = _load_params(model_dir, arch, config)
+    tok = _load_tokenizer(model_dir)
+    pooling = pooling or meta.get("pooling") or "cls"
+    if pooling not in POOLINGS:
+        raise InputError(
+            f"unknown pooling {pooling!r}; expected one of {POOLINGS}", field="pooling"
+        )
+    normalize = bool(meta.get("normalize", False)) if normalize is None else bool(normalize)
+    max_length = int(max_length or meta.get("max_length") or _default_max_length(model_dir, config))
+    spec = EncoderSpec(arch=model_type, config=config, pooling=pooling, normalize=normalize)
+    return Encoder(
+        arch=model_type,
+        config=config,
+        params=params,
+        tokenizer=tok,
+        pooling=pooling,
+        normalize=normalize,
+        max_length=max_length,
+        source=str(name_or_path),
+        spec=spec,
+        model_dir=model_dir,
+    )
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    """A local dir, or the snapshot of a hub id; otherwise an InputError saying it is neither."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise InputError("expected a model directory, got a file", path=path)
+    name = str(name_or_path)
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or not name.strip()
+    if not looks_local:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name))
+        except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: all mean "not found"
+            raise InputError(
+                f"neither a local directory nor reachable on the Hugging Face hub "
+                f"({type(e).__name__}: {e})",
+                path=name,
+            ) from None
+    raise InputError("model directory not found (and not a hub id)", path=name)
+
+
+def _read_json(path: Path, *, what: str) -> dict:
+    if not path.exists():
+        raise InputError(f"missing {what}", path=path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg})", path=path, line=e.lineno) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", path=path)
+    return obj
+
+
+def _hf_meta(root: Path) -> dict:
+    """The pooling / normalize / max_length that `save_hf` recorded, if any."""
+    path = root / _DUALENC_META
+    return _read_json(path, what=_DUALENC_META) if path.exists() else {}
+
+
+def _read_st_layout(root: Path) -> tuple[Path, dict]:
+    """(transformer dir, {pooling, normalize, max_length}) from a sentence-transformers dir."""
+    modules_path = root / "modules.json"
+    try:
+        modules = json.loads(modules_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg})", path=modules_path, line=e.lineno) from None
+    if not isinstance(modules, list):
+        raise InputError("expected a list of modules", path=modules_path)
+    model_dir, meta = None, {"normalize": False}
+    for m in modules:
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        sub = root / m.get("path", "")
+        if kind == "Transformer":
+            model_dir = sub
+        elif kind == "Pooling":
+            meta["pooling"] = _st_pooling(sub / "config.json")
+        elif kind == "Normalize":
+            meta["normalize"] = (
+                True  # its folder may be absent; sentence-transformers still normalises
+            )
+        else:
+            raise InputError(
+                f"unsupported sentence-transformers module {m.get('type')!r}",
+                path=modules_path,
+                field="type",
+            )
+    if model_dir is None:
+        raise InputError("no sentence_transformers Transformer module", path=modules_path)
+    meta["max_length"] = _st_max_length(model_dir)
+    meta.setdefault("pooling", "mean")
+    return model_dir, meta
+
+
+def _st_pooling(path: Path) -> str:
+    """dualenc pooling kind from 1_Pooling/config.json (new `pooling_mode` or legacy booleans)."""
+    cfg = _read_json(path, what="pooling config")
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        mode = [name for key, name in _ST_LEGACY_KEYS.items() if cfg.get(key)] or ["mean"]
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(modes) != 1 or modes[0] not in _ST_POOLING:
+        raise InputError(
+            f"unsupported pooling mode {'+'.join(map(str, modes))!r}; dualenc supports "
+            f"{sorted(_ST_POOLING)}",
+            path=path,
+            field="pooling_mode",
+        )
+    if cfg.get("include_prompt") is False:
+        raise InputError("include_prompt=false is not supported", path=path, field="include_prompt")
+    return _ST_POOLING[modes[0]]
+
+
+def _st_max_length(model_dir: Path) -> int | None:
+    path = model_dir / "sentence_bert_config.json"
+    if path.exists():
+        n = _read_json(path, what="sentence_bert_config.json").get("max_seq_length")
+        if n:
+            return int(n)
+    return None
+
+
+def _default_max_length(model_dir: Path, config) -> int:
+    """tokenizer_config's model_max_length when set, capped by the position table."""
+    limit = int(getattr(config, "max_position_embeddings", 512) or 512)
+    path = model_dir / "tokenizer_config.json"
+    if path.exists():
+        n = _read_json(path, what="tokenizer_config.json").get("model_max_length")
+        if isinstance(n, int | float) and 0 < n < _BIG:
+            return min(int(n), limit)
+    return limit
+
+
+def _load_params(model_dir: Path, arch, config):
+    """(params, config) from safetensors (or pytorch_model.bin), checked against model shapes.
+
+    A checkpoint without pooler tensors (saved with add_pooling_layer=False) gets a config
+    without the pooler rather than a missing-tensor error.
+    """
+    sd = _read_state_dict(model_dir)
+    if getattr(config, "add_pooling_layer", False) and not any("pooler." in k for k in sd):
+        config = dataclasses.replace(config, add_pooling_layer=False)
+    abstract = init_abstract(arch, config)
+    try:
+        params = params_from_state_dict(sd, abstract, prefix=None)
+    except WeightsError as e:
+        raise WeightsError(e.missing, e.unexpected, e.mismatched, context=str(model_dir)) from None
+    return params, config
+
+
+def _read_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    single = model_dir / "model.safetensors"
+    index = model_dir / "model.safetensors.index.json"
+    if single.exists():
+        return dict(load_file(str(single)))
+    if index.exists():
+        shards = sorted(set(_read_json(index, what="safetensors index")["weight_map"].values()))
+        sd = {}
+        for shard in shards:
+            sd.update(load_file(str(model_dir / shard)))
+        return sd
+    pt = model_dir / "pytorch_model.bin"
+    if pt.exists():
+        try:
+            import torch
+        except ImportError:
+            raise InputError(
+                "pytorch_model.bin needs torch installed (or convert it to model.safetensors)",
+                path=pt,
+            ) from None
+        sd = torch.load(str(pt), map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    raise InputError("no weights: expected model.safetensors or pytorch_model.bin", path=model_dir)
+
+
+def _load_tokenizer(model_dir: Path) -> tokenizers.Tokenizer:
+    from dualenc.tokenization import load_tokenizer
+
+    names = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model")
+    if not any((model_dir / n).exists() for n in names):
+        raise InputError("missing tokenizer: no tokenizer.json (or vocab files)", path=model_dir)
+    return load_tokenizer(model_dir)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_hf(encoder: Encoder, out_dir: str | Path) -> Path:
+    """Writes a Hugging Face model dir (config, safetensors, tokenizer) for AutoModel.
+
+    dualenc.json records pooling / normalize / max_length so `load_encoder` round-trips it.
+    """
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_model_files(encoder, tmp)
+        meta = {
+            "pooling": encoder.pooling,
+            "normalize": bool(encoder.normalize),
+            "max_length": int(encoder.max_length),
+            "weights_hash": encoder.weights_hash(),
+        }
+        _dump(tmp / _DUALENC_META, meta)
+    return out_dir
+
+
+def save_sentence_transformers(encoder: Encoder, out_dir: str | Path) -> Path:
+    """Writes a sentence-transformers dir (Transformer + Pooling [+ Normalize]) for PyTorch."""
+    if encoder.pooling not in _ST_POOLING:
+        raise ValueError(
+            f"pooling {encoder.pooling!r} has no sentence-transformers equivalent; "
+            f"use one of {sorted(_ST_POOLING)} (or save_hf)"
+        )
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_model_files(encoder, tmp)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
+        ]
+        if encoder.normalize:
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+            (tmp / "2_Normalize").mkdir()
+            _dump(tmp / "2_Normalize" / "config.json", {})
+        _dump(tmp / "modules.json", modules)
+        (tmp / "1_Pooling").mkdir()
+        _dump(tmp / "1_Pooling" / "config.json", _st_pooling_config(encoder))
+        _dump(
+            tmp / "sentence_bert_config.json",
+            {"max_seq_length": int(encoder.max_length), "do_lower_case": False},
+        )
+        _dump(
+            tmp / "config_sentence_transformers.json",
+            {
+                "__version__": {"dualenc": _version()},
+                "prompts": {},
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine" if encoder.normalize else "dot",
+            },
+        )
+        (tmp / "README.md").write_text(_readme(encoder), encoding="utf-8")
+    return out_dir
+
+
+def _st_pooling_config(encoder: Encoder) -> dict:
+    return {
+        "word_embedding_dimension": encoder.dim,
+        "pooling_mode_cls_token": encoder.pooling == "cls",
+        "pooling_mode_mean_tokens": encoder.pooling == "mean",
+        "pooling_mode_max_tokens": encoder.pooling == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+
+
+def _write_model_files(encoder: Encoder, out: Path) -> None:
+    """config.json + model.safetensors (base-model names, no prefix) + tokenizer files."""
+    from safetensors.numpy import save_file
+
+    arch = get_arch(encoder.arch)
+    hf_cfg = dict(encoder.config.to_hf())
+    hf_cfg["model_type"] = encoder.arch
+    hf_cfg["architectures"] = [arch.hf_model_class_name]
+    hf_cfg.pop("dtype", None)
+    hf_cfg.pop("torch_dtype", None)
+    _dump(out / "config.json", hf_cfg)
+    host = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(encoder.params))
+    sd = state_dict_from_params(host, prefix="")
+    sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _write_tokenizer(encoder, out)
+
+
+def _write_tokenizer(encoder: Encoder, out: Path) -> None:
+    """tokenizer.json (no baked-in padding/truncation) + the source dir's companion files."""
+    src = encoder.model_dir
+    if src is not None:
+        for name in _TOKENIZER_FILES:
+            if (src / name).exists():
+                shutil.copyfile(src / name, out / name)
+    encoder.tokenizer.save(str(out / "tokenizer.json"))
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+    cfg["model_max_length"] = int(encoder.max_length)
+    _dump(cfg_path, cfg)
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dualenc")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def _readme(encoder: Encoder) -> str:
+    return (
+        f"# dualenc export\n\nExported by dualenc from `{encoder.source}` "
+        f"(weights {encoder.weights_hash()}).\n\n- architecture: {encoder.arch}\n"
+        f"- pooling: {encoder.pooling}, normalize: {encoder.normalize}\n"
+        f"- max_seq_length: {encoder.max_length}\n"
+    )

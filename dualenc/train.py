@@ -1,0 +1,57 @@
+"""Train a dual encoder: python -m dualenc.train --config configs/nq_toy.py --workdir DIR.
+
+Override any config key with --config.a.b=value (e.g. --config.train.num_steps=10); an unknown
+key or a value of the wrong type fails before anything is loaded. Rerunning with the same
+--workdir resumes from its newest checkpoint. On SIGTERM the run saves a checkpoint at the next
+step boundary and exits 0 (rerun to resume). A non-finite loss exits 1 naming the step.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file (configs/*.py), overridable by --config.a.b=v.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, export/ go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that turns a bad --config.a.b key into one clear line (no traceback)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+    except (AttributeError, KeyError) as e:  # ml_collections: unknown key in a locked config
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        raw = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
+        detail = " ".join(raw.replace("'", "").split())
+        sys.exit(f"error: unknown config key ({detail}) in overrides {bad}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dualenc import distributed
+
+    distributed.maybe_initialize()
+    from dualenc import train_lib
+
+    try:
+        metrics = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train_lib.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if metrics.get("preempted"):
+        print(f"stopped by signal at step {metrics['step']}; checkpoint saved", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

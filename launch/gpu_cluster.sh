@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs one dualenc training job over several GPU hosts, one process per host.
+#
+#   launch/gpu_cluster.sh --hosts h1,h2,h3,h4 [--port 1234] [--dry-run] -- \
+#       --config configs/dpr_nq_tpu.py --workdir /shared/runs/dpr --config.model.dtype=bfloat16
+#
+# Under SLURM use `srun --ntasks-per-node=1 python -m dualenc.train ...` instead: JAX reads the
+# SLURM variables itself. Here the first host is the coordinator; every process gets
+# DUALENC_COORDINATOR_ADDRESS / DUALENC_NUM_PROCESSES / DUALENC_PROCESS_ID (dualenc.distributed).
+# The repo and its .venv must exist at the same path on every host; the workdir must be shared.
+set -euo pipefail
+HOSTS="" PORT=1234 DRY=0 DIR="${DUALENC_DIR:-$PWD}"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --hosts) HOSTS="$2"; shift 2 ;;
+    --port) PORT="$2"; shift 2 ;;
+    --dir) DIR="$2"; shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ -n "$HOSTS" ]] || { echo "--hosts is required (see --help)" >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "pass the dualenc.train flags after --" >&2; exit 2; }
+IFS=, read -r -a H <<< "$HOSTS"
+N=${#H[@]}
+TRAIN_ARGS=$(printf '%q ' "$@")
+pids=()
+for i in "${!H[@]}"; do
+  ENV="DUALENC_COORDINATOR_ADDRESS=${H[0]}:$PORT DUALENC_NUM_PROCESSES=$N DUALENC_PROCESS_ID=$i"
+  REMOTE="cd $(printf '%q' "$DIR") && $ENV .venv/bin/python -m dualenc.train $TRAIN_ARGS"
+  if [[ $DRY -eq 1 ]]; then
+    printf 'ssh %q %q\n' "${H[$i]}" "$REMOTE"
+  else
+    ssh "${H[$i]}" "$REMOTE" &
+    pids+=($!)
+  fi
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+exit $rc

@@ -1,0 +1,230 @@
+"""Hand-computed values and an independent numpy reference for dualenc.losses."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dualenc import losses, sharding
+
+E = math.e
+
+
+def _lse(*xs):
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+# q0=[1,0], q1=[0,1]; positives [1,0], [0,1]; negatives [0,2], [0,0]; scale 1.
+# Correct candidates [p0+, p1+, p0-, p1-]: query 0 -> [1, 0, 0, 0], query 1 -> [0, 1, 2, 0].
+Q2 = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+P2 = np.array([[[1.0, 0.0], [0.0, 2.0]], [[0.0, 1.0], [0.0, 0.0]]], np.float32)
+LOSS2 = 0.5 * ((_lse(1, 0, 0, 0) - 1) + (_lse(0, 1, 2, 0) - 1))
+# Interleaved (P N P N) candidates [p0+, p0-, p1+, p1-]: query 1 -> [0, 2, 1, 0] and its label
+# column 1 would hold p0- (score 2).
+LOSS2_INTERLEAVED = 0.5 * ((_lse(1, 0, 0, 0) - 1) + (_lse(0, 2, 1, 0) - 2))
+
+
+def _ref_loss_and_grads(q, p, p_ids, scale, mask):
+    """Independent float64 numpy reference: loss, dL/dq, dL/dp (analytic softmax gradient)."""
+    q, p = q.astype(np.float64), p.astype(np.float64)
+    b, n, d = p.shape
+    order = [(i, 0) for i in range(b)] + [(i, j) for i in range(b) for j in range(1, n)]
+    cand = np.stack([p[i, j] for i, j in order])
+    logits = scale * q @ cand.T
+    if mask and p_ids is not None:
+        cid = np.array([p_ids[i, j] for i, j in order])
+        for i in range(b):
+            for c in range(len(order)):
+                if c != i and cid[c] == p_ids[i, 0]:
+                    logits[i, c] = -np.inf
+    m = logits.max(axis=1, keepdims=True)
+    prob = np.exp(logits - m)
+    prob /= prob.sum(axis=1, keepdims=True)
+    loss = np.mean(-np.log(prob[np.arange(b), np.arange(b)]))
+    dlog = (prob - np.eye(b, len(order))) / b
+    dq = scale * dlog @ cand
+    dcand = scale * dlog.T @ q
+    dp = np.zeros_like(p)
+    for c, (i, j) in enumerate(order):
+        dp[i, j] += dcand[c]
+    return loss, dq, dp
+
+
+def test_contrastive_hand_value_and_candidate_order():
+    loss, m = losses.contrastive_loss(jnp.asarray(Q2), jnp.asarray(P2), scale=1.0)
+    assert abs(LOSS2 - LOSS2_INTERLEAVED) > 0.4  # the data tells the two orders apart
+    np.testing.assert_allclose(float(loss), LOSS2, rtol=1e-6)
+    assert float(m["loss"]) == float(loss)
+    np.testing.assert_allclose(float(m["accuracy"]), 0.5)  # query 1's negative p0- wins
+    np.testing.assert_allclose(float(m["pos_score"]), 1.0)
+    np.testing.assert_allclose(float(m["hardest_neg_score"]), 0.5 * (0 + 2))
+
+
+def test_contrastive_scale():
+    loss, _ = losses.contrastive_loss(jnp.asarray(Q2), jnp.asarray(P2), scale=2.0)
+    want = 0.5 * ((_lse(2, 0, 0, 0) - 2) + (_lse(0, 2, 4, 0) - 2))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+
+
+def test_contrastive_grads_match_numpy_reference():
+    r = np.random.default_rng(0)
+    q = r.normal(size=(4, 3)).astype(np.float32)
+    p = r.normal(size=(4, 3, 3)).astype(np.float32)
+    ids = np.array([[0, 5, 6], [0, 7, 1], [2, 8, 2], [3, 9, 10]], np.int32)  # dupes + mined==pos
+    for mask in (False, True):
+        ref, dq, dp = _ref_loss_and_grads(q, p, ids, 3.0, mask)
+        f = functools.partial(losses.contrastive_loss, p_ids=ids, scale=3.0, mask_duplicates=mask)
+        f = jax.jit(jax.value_and_grad(lambda q, p, f=f: f(q, p)[0], argnums=(0, 1)))
+        loss, (gq, gp) = f(q, p)
+        np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(gq), dq, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(gp), dp, atol=1e-5)
+        assert np.isfinite(np.asarray(gp)).all()
+
+
+def test_duplicate_masking_equals_column_removed():
+    r = np.random.default_rng(1)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    p = unit(r.normal(size=(3, 2, 4))).astype(np.float32)
+    p[1, 0] = p[0, 0]  # queries 0 and 1 share a positive text
+    p[2, 1] = p[2, 0]  # a mined negative equal to query 2's positive
+    q = unit(p[:, 0] + 0.3 * r.normal(size=(3, 4))).astype(np.float32)  # near their positives
+    ids = np.array([[7, 10], [7, 11], [9, 9]], np.int32)
+    loss, _ = losses.contrastive_loss(jnp.asarray(q), jnp.asarray(p), jnp.asarray(ids), scale=4.0)
+    unmasked, _ = losses.contrastive_loss(
+        jnp.asarray(q), jnp.asarray(p), jnp.asarray(ids), scale=4.0, mask_duplicates=False
+    )
+    cand = np.concatenate([p[:, 0], p[:, 1]]).astype(np.float64)  # columns 0..5
+    keep = {0: [0, 2, 3, 4, 5], 1: [1, 0, 2, 3, 4, 5], 2: [2, 0, 1, 3, 4]}
+    keep[1].remove(0)  # column 0 (the shared positive) is a false negative for query 1
+    ce = []
+    for i, cols in keep.items():
+        logits = 4.0 * cand[cols] @ q[i].astype(np.float64)
+        ce.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[0])
+    np.testing.assert_allclose(float(loss), np.mean(ce), rtol=1e-5)
+    assert float(unmasked) > float(loss) + 0.3  # about log 2 per duplicated row
+    # Without ids nothing is masked.
+    none, _ = losses.contrastive_loss(jnp.asarray(q), jnp.asarray(p), None, scale=4.0)
+    np.testing.assert_allclose(float(none), float(unmasked), rtol=1e-6)
+
+
+def test_symmetric_hand_value():
+    loss, _ = losses.contrastive_loss(jnp.asarray(Q2), jnp.asarray(P2), scale=1.0, symmetric=True)
+    # passage->query over positives: p0+=[1,0] -> [1, 0] (label 0), p1+=[0,1] -> [0, 1] (label 1)
+    back = 0.5 * ((_lse(1, 0) - 1) + (_lse(0, 1) - 1))
+    np.testing.assert_allclose(float(loss), 0.5 * (LOSS2 + back), rtol=1e-6)
+
+
+def test_sharded_label_offsets_and_order_hand_value():
+    """Two shards of one query each: without the axis_index offset query 1's label would be
+    column 0; with per-shard interleaved gathering the order would be P N P N."""
+    mesh = sharding.make_mesh((2, 1), devices=jax.devices()[:2])
+    for sym, want in ((False, LOSS2), (True, None)):
+        loss, m = jax.jit(
+            lambda q, p, s=sym: losses.contrastive_loss_sharded(
+                q, p, None, mesh=mesh, scale=1.0, symmetric=s
+            )
+        )(jnp.asarray(Q2), jnp.asarray(P2))
+        if want is None:
+            want = float(
+                losses.contrastive_loss(
+                    jnp.asarray(Q2), jnp.asarray(P2), scale=1.0, symmetric=True
+                )[0]
+            )
+        np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+    no_offset = 0.5 * ((_lse(1, 0, 0, 0) - 1) + (_lse(0, 1, 2, 0) - 0))  # query 1 -> column 0
+    assert abs(no_offset - LOSS2) > 0.4 and abs(LOSS2_INTERLEAVED - LOSS2) > 0.4
+    np.testing.assert_allclose(float(m["accuracy"]), 0.5)
+
+
+def test_sharded_rejects_indivisible_batch():
+    mesh = sharding.make_mesh((4, 2))
+    with pytest.raises(ValueError, match="not divisible"):
+        losses.contrastive_loss_sharded(jnp.zeros((4, 2)), jnp.zeros((4, 2, 2)), None, mesh=mesh)
+
+
+def test_in_batch_accuracy():
+    q = jnp.eye(3)
+    p = jnp.stack([jnp.eye(3), jnp.roll(jnp.eye(3), 1, axis=0)], axis=1)  # (3, 2, 3)
+    assert float(losses.in_batch_accuracy(q, p)) == 1.0
+    p = p.at[2, 1].set(jnp.array([0.0, 0.0, 5.0]))  # a negative beats query 2's positive
+    np.testing.assert_allclose(float(losses.in_batch_accuracy(q, p)), 2 / 3, rtol=1e-6)
+
+
+def test_margin_mse_hand_values():
+    q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    p_pos = jnp.array([[2.0, 0.0], [0.0, 3.0]])  # student pos scores 2, 3
+    p_neg = jnp.array([[1.0, 1.0], [0.0, -1.0]])  # student neg scores 1, -1 -> margins 1, 4
+    loss, m = losses.margin_mse_loss(q, p_pos, p_neg, jnp.array([5.0, 1.0]), jnp.array([3.0, 0.0]))
+    np.testing.assert_allclose(float(loss), ((1 - 2) ** 2 + (4 - 1) ** 2) / 2)  # 5.0
+    np.testing.assert_allclose(float(m["teacher_margin"]), 1.5)
+    # k=2 negatives per query: (B, k, D) with teacher_neg (B, k).
+    p_neg2 = jnp.stack([p_neg, jnp.zeros_like(p_neg)], axis=1)
+    t_neg2 = jnp.array([[3.0, 2.0], [0.0, 1.0]])
+    loss2, _ = losses.margin_mse_loss(q, p_pos, p_neg2, jnp.array([5.0, 1.0]), t_neg2)
+    # margins: q0 -> (1, 2) vs teacher (2, 3); q1 -> (4, 3) vs teacher (1, 0)
+    np.testing.assert_allclose(float(loss2), (1 + 1 + 9 + 9) / 4)
+
+
+def test_kl_distillation_hand_values():
+    s = jnp.array([[0.0, 0.0]])
+    t = jnp.array([[math.log(3.0), 0.0]])  # teacher probs (3/4, 1/4)
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    np.testing.assert_allclose(float(losses.kl_distillation_loss(s, t)[0]), kl, rtol=1e-6)
+    # At T=2 with doubled teacher scores the distributions are the same; T^2 scales by 4.
+    got = float(losses.kl_distillation_loss(s, 2 * t, temperature=2.0)[0])
+    np.testing.assert_allclose(got, 4 * kl, rtol=1e-6)
+    assert float(losses.kl_distillation_loss(t, t)[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+# Row 0: cos(q,d+)=1, cos(q,d-)=0, cos(d+,d-)=0 -> m=1, t=0.5, x=0.5.
+# Row 1: q=[2,0], d+=[3,4] (cos .6), d-=[-1,0] (cos -1), cos(d+,d-)=-.6 -> m=1.6, t=.2, x=1.4.
+AM_Q = jnp.array([[1.0, 0.0], [2.0, 0.0]])
+AM_POS = jnp.array([[1.0, 0.0], [3.0, 4.0]])
+AM_NEG = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "err,want",
+    [
+        ("squared", (0.25 + 1.96) / 2),
+        ("l1", (0.5 + 1.4) / 2),
+        ("softplus", (math.log1p(math.exp(-0.5)) + math.log1p(math.exp(-1.4))) / 2),
+    ],
+)
+def test_adaptive_margin_hand_values(err, want):
+    loss, m = losses.adaptive_margin_loss(AM_Q, AM_POS, AM_NEG, err=err)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(float(m["margin"]), 1.3, rtol=1e-5)
+    np.testing.assert_allclose(float(m["target"]), 0.35, rtol=1e-5)
+    # The pipeline layout (q, p (B, 1+k, D)) gives the same loss.
+    p = jnp.stack([AM_POS, AM_NEG], axis=1)
+    np.testing.assert_allclose(
+        float(losses.adaptive_margin_loss(AM_Q, p, err=err)[0]), want, rtol=1e-5
+    )
+
+
+def test_adaptive_margin_has_no_stop_gradient_and_rejects_bad_err():
+    """Finite differences see the target's dependence on d+ and d-; a stop-gradient would not."""
+    r = np.random.default_rng(3)
+    q, pos, neg = (r.normal(size=(3, 4)).astype(np.float32) for _ in range(3))
+    f = jax.jit(lambda n: losses.adaptive_margin_loss(q, pos, n)[0])
+    g = np.asarray(jax.grad(f)(neg))
+    eps, fd = 1e-2, np.zeros_like(neg)
+    for idx in np.ndindex(neg.shape):
+        hi, lo = neg.copy(), neg.copy()
+        hi[idx] += eps
+        lo[idx] -= eps
+        fd[idx] = (float(f(jnp.asarray(hi))) - float(f(jnp.asarray(lo)))) / (2 * eps)
+    np.testing.assert_allclose(g, fd, atol=2e-3)
+    with pytest.raises(ValueError, match="err must be"):
+        losses.adaptive_margin_loss(AM_Q, AM_POS, AM_NEG, err="huber")
+    with pytest.raises(ValueError, match="k >= 1"):
+        losses.adaptive_margin_loss(AM_Q, AM_POS[:, None])  # no hard negative
+    soft = losses.adaptive_margin_loss(AM_Q, AM_POS, AM_NEG, err="soft")[0]  # official name
+    np.testing.assert_allclose(
+        float(soft), float(losses.adaptive_margin_loss(AM_Q, AM_POS, AM_NEG, err="softplus")[0])
+    )

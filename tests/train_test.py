@@ -1,0 +1,272 @@
+"""End-to-end and step-level tests of the trainer on a tiny random BERT and tiny DPR data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dualenc import train_lib
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = (
+    "apple river stone cloud tiger piano garden rocket silver forest castle ocean "
+    "violin desert candle mirror planet bridge falcon meadow"
+).split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    """A persistent XLA cache shared by this session's runs (and its subprocesses): identical
+    programs built by different trainers compile once. Results are unaffected."""
+    yield from use_compile_cache(tmp_path_factory.getbasetemp() / "jax_cache")
+
+
+def use_compile_cache(path: Path):
+    keys = {
+        "jax_compilation_cache_dir": str(path),
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in keys.items():
+        jax.config.update(k, v)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
+def write_tiny_data(root: Path, n: int = 48, seed: int = 0) -> tuple[Path, Path]:
+    """(DPR train.json, BEIR dir with test/dev qrels): query i names two words that its positive
+    passage repeats; the hard negative shares one of them."""
+    rng = np.random.default_rng(seed)
+    rows, corpus, queries, qrels = [], [], [], []
+    for i in range(n):
+        a, b = rng.choice(len(WORDS), 2, replace=False)
+        filler = " ".join(rng.choice(WORDS, 4))
+        pos = f"the {WORDS[a]} and the {WORDS[b]} number {i} {filler}"
+        neg = f"the {WORDS[a]} without number {i + n} {filler}"
+        q = f"where is {WORDS[a]} with {WORDS[b]} {i}"
+        rows.append(
+            {
+                "question": q,
+                "answers": [str(i)],
+                "positive_ctxs": [{"title": "", "text": pos, "passage_id": f"d{i}"}],
+                "negative_ctxs": [],
+                "hard_negative_ctxs": [{"title": "", "text": neg, "passage_id": f"n{i}"}],
+            }
+        )
+        corpus += [
+            {"_id": f"d{i}", "title": "", "text": pos},
+            {"_id": f"n{i}", "title": "", "text": neg},
+        ]
+        queries.append({"_id": f"q{i}", "text": q})
+        qrels.append(f"q{i}\td{i}\t1")
+    root.mkdir(parents=True, exist_ok=True)
+    train = root / "train.json"
+    train.write_text(json.dumps(rows))
+    beir = root / "beir"
+    (beir / "qrels").mkdir(parents=True, exist_ok=True)
+    (beir / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (beir / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    for split in ("test", "dev"):
+        (beir / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n"
+        )
+    return train, beir
+
+
+def tiny_config(tmp_path: Path, **overrides):
+    """configs/tiny.py pointed at tiny data in tmp_path; overrides as 'a.b': value."""
+    sys.path.insert(0, str(REPO))
+    from configs import tiny
+
+    train, beir = write_tiny_data(tmp_path / "data")
+    c = tiny.get_config()
+    c.data.train.path = str(train)
+    c.data.dev.path = str(beir)
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """Two identical runs (same config + seed) with export and before/after eval."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    out = []
+    for name in ("a", "b"):
+        c = tiny_config(
+            tmp,
+            **{
+                "train.num_steps": 12,
+                "export.enabled": True,
+                "eval.before_after_split": "test",
+                "eval.every_steps": 0,
+            },
+        )
+        out.append(train_lib.train_and_evaluate(c, tmp / name))
+    return tmp, out
+
+
+def test_end_to_end_loss_decreases_and_metrics(e2e):
+    _, (res, _) = e2e
+    losses = [r["loss"] for r in res["log"]]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+    before, after = res["before/test"], res["after/test"]
+    assert set(before) >= {"nDCG@10", "RR@10", "R@10", "R@100"}
+    assert after["nDCG@10"] > before["nDCG@10"], (before, after)
+    assert "nDCG@10" in res["dev"]
+    assert (Path(res["export_dir"]) / "modules.json").exists()
+
+
+def test_export_loads_in_dualenc_and_sentence_transformers(e2e):
+    from sentence_transformers import SentenceTransformer
+
+    from dualenc.encode import encode_texts
+    from dualenc.models.loading import load_encoder
+
+    _, (res, _) = e2e
+    texts = ["where is apple with river 3", "the tiger and the piano number 7"]
+    enc = load_encoder(res["export_dir"])
+    ours = encode_texts(enc, texts, progress=False)
+    st = SentenceTransformer(res["export_dir"], device="cpu").encode(texts)
+    np.testing.assert_allclose(ours, st, atol=1e-5)
+
+
+def test_same_seed_twice_is_bitwise_identical(e2e):
+    _, (a, b) = e2e
+    fa = Path(a["export_dir"]) / "model.safetensors"
+    fb = Path(b["export_dir"]) / "model.safetensors"
+    assert fa.read_bytes() == fb.read_bytes()
+    assert [r["loss"] for r in a["log"]] == [r["loss"] for r in b["log"]]
+
+
+# ----------------------------------------------------------------------------- step level
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(config, base encoder, tx, schedule, params, one host batch of 8)."""
+    from dualenc import optim
+
+    c = tiny_config(tmp_path_factory.mktemp("tiny"))
+    base = train_lib.load_base_encoder(c.model)
+    batch = next(iter(train_lib.make_pipeline(c, base.tokenizer)))
+    tx, schedule = optim.make_optimizer(c.train, 10)
+    return c, base, tx, schedule, train_lib.init_dual_params(base, True), batch
+
+
+def _grads(c, base, params, batch, chunk):
+    embed_q, embed_p = train_lib._embed_fns(base.spec, False)
+    loss_fn = train_lib.make_loss_fn(c.loss)
+    b, rng = jax.tree.map(jnp.asarray, batch), jax.random.key(0)
+    if chunk:
+        return jax.jit(
+            lambda p: train_lib._cache_grads(embed_q, embed_p, loss_fn, p, b, rng, chunk)
+        )(params)
+    return jax.jit(lambda p: train_lib._plain_grads(embed_q, embed_p, loss_fn, p, b, rng))(params)
+
+
+def test_gradcache_equals_plain_step(tiny):
+    c, base, _, _, params, batch = tiny
+    loss, _, g_plain = _grads(c, base, params, batch, 0)
+    loss_c, _, g_cache = _grads(c, base, params, batch, 4)
+    np.testing.assert_allclose(loss_c, loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_cache, g_plain)
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_plain)) > 1e-4
+
+
+def _one_step(c, base, tx, schedule, params, batch, mesh):
+    from dualenc import sharding
+
+    state, sh = train_lib.create_state(params, tx, mesh, train_lib.mesh_rules(c))
+    step = train_lib.jit_train_step(train_lib.make_train_step(c, base.spec, tx, schedule), sh, mesh)
+    state, metrics = step(state, sharding.shard_batch(batch, mesh), jax.random.key(0))
+    return jax.device_get(state["params"]), jax.device_get(metrics)
+
+
+def _mesh(shape):
+    from dualenc.sharding import make_mesh
+
+    return make_mesh(shape, devices=jax.devices()[: int(np.prod(shape))])
+
+
+def test_grad_accumulation_equals_mean_of_micro_batch_grads(tiny):
+    """2 micro-batches of B/2 (rows i::2) == one update with the mean of their gradients."""
+    import optax
+
+    c, base, tx, schedule, params, batch = tiny
+    c = c.copy_and_resolve_references()
+    c.train.grad_accum_steps = 2
+    got, metrics = _one_step(c, base, tx, schedule, params, batch, _mesh((1, 1)))
+    halves = [jax.tree.map(lambda x, i=i: x[i::2], batch) for i in range(2)]
+    gs = [_grads(c, base, params, h, 0)[2] for h in halves]
+    g = jax.tree.map(lambda a, b: (a + b) / 2, *gs)
+    updates, _ = tx.update(g, tx.init(params), params)
+    want = optax.apply_updates(params, updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, want)
+    assert np.isfinite(metrics["loss"])
+
+
+@pytest.fixture(scope="module")
+def single_device_step(tiny):
+    return _one_step(*tiny, _mesh((1, 1)))
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
+def test_sharded_step_equals_single_device(tiny, single_device_step, shape):
+    """Batch over data×fsdp, kernels and embeddings split over 'fsdp' (sharding.DEFAULT_RULES)."""
+    ref, m_ref = single_device_step
+    got, m_got = _one_step(*tiny, _mesh(shape))
+    np.testing.assert_allclose(m_got["loss"], m_ref["loss"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, ref)
+
+
+def test_bf16_runs(tmp_path):
+    c = tiny_config(tmp_path, **{"model.dtype": "bfloat16", "train.num_steps": 2})
+    res = train_lib.train_and_evaluate(c, tmp_path / "w")
+    assert res["step"] == 2 and np.isfinite(res["train/loss"])
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path):
+    c = tiny_config(tmp_path, **{"loss.scale": float("nan"), "train.num_steps": 3})
+    with pytest.raises(train_lib.NonFiniteLossError, match="at step 1"):
+        train_lib.train_and_evaluate(c, tmp_path / "w")
+
+
+@pytest.mark.parametrize("flag", ["--config.train.num_stepz=3", "--config.train.num_steps=abc"])
+def test_bad_config_flag_fails_before_training(tmp_path, flag):
+    workdir = tmp_path / "w"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dualenc.train",
+            "--config",
+            str(REPO / "configs/tiny.py"),
+            "--workdir",
+            str(workdir),
+            flag,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode != 0
+    assert "num_step" in proc.stderr, proc.stderr[-2000:]
+    assert not workdir.exists()
