@@ -38,6 +38,7 @@ bench: setup
 	$(PY) benchmarks/encode.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/search.py
+	$(PY) benchmarks/retrieval.py
 
 nq-toy: setup
 	$(PY) -m dualenc.data.build_nq_toy --out data/nq-toy
