@@ -12,20 +12,14 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from dualenc.sharding import DEFAULT_RULES
+
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
-# Partition rules (first full match wins; see dualenc/sharding.py): big matrices split over the
-# 'fsdp' mesh axis (a no-op when it has size 1), everything else replicated. Linen kernels are
-# (in, out); word embeddings split the hidden dim since vocab sizes rarely divide.
-FSDP_RULES = (
-    (
-        r".*/(query|key|value|dense|q_lin|k_lin|v_lin|out_lin|lin1|lin2|query_proj|key_proj"
-        r"|value_proj|in_proj|pos_proj|pos_q_proj)/kernel",
-        ("fsdp", None),
-    ),
-    (r".*embeddings/.*embedding", (None, "fsdp")),
-    (r".*", None),
-)
+# Partition rules as config data: the library defaults (dualenc/sharding.py: big matrices split
+# over the 'fsdp' mesh axis, a no-op when it has size 1; everything else replicated). A config
+# file replaces `mesh.rules` to shard differently.
+FSDP_RULES = tuple(DEFAULT_RULES)
 
 
 def minilm_path() -> str:
