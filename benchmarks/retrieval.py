@@ -37,7 +37,8 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
         for system, r in systems.items():
             cells = [f"{r['metrics'][c]:.4f}" if c in r["metrics"] else "-" for c in COLUMNS]
             w = r.get("hybrid_weight")
-            lines.append(f"| {name} | {system} | " + " | ".join(cells) + f" | {w or '-'} |")
+            cells.append("-" if w is None else str(w))  # a tuned weight may be 0.0
+            lines.append(f"| {name} | {system} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
