@@ -15,6 +15,7 @@ setup(
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12",
         "ml-collections>=1.1",
+        "etils[epath]>=1.7",
         "absl-py>=2.1",
         "numpy>=2.0",
         "transformers>=5.0",
@@ -33,7 +34,12 @@ setup(
     extras_require={
         # torch comes from the Makefile (pinned CPU wheel); sentence-transformers is installed
         # --no-deps there too so that it cannot pull a CUDA build of torch.
-        "test": ["pytest>=8", "ruff>=0.6"],
+        # setuptools >= 70.1 builds wheels by itself: tests/package_test.py builds one offline.
+        "test": ["pytest>=8", "ruff>=0.6", "setuptools>=70.1"],
         "bench": ["psutil>=5.9"],
+        # Accelerator runtimes, used by launch/tpu_pod.sh and launch/gpu_cluster.sh. gs:// workdirs
+        # go through etils.epath (gcsfs) for metrics/exports and tensorstore for checkpoints.
+        "tpu": ["jax[tpu]>=0.10", "etils[epath-gcs]>=1.7"],
+        "cuda12": ["jax[cuda12]>=0.10", "etils[epath-gcs]>=1.7"],
     },
 )

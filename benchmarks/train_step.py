@@ -79,6 +79,7 @@ def _batches(tok, pairs, batch: int, max_length: int):
                 "p_input_ids": pi[:, None],
                 "p_attention_mask": pm[:, None],
                 "p_ids": np.arange(s, s + batch, dtype=np.int32)[:, None],
+                "q_pos_ids": np.arange(s, s + batch, dtype=np.int32)[:, None],
             }
         )
     return out
@@ -87,17 +88,17 @@ def _batches(tok, pairs, batch: int, max_length: int):
 def bench_dualenc(model_dir, pairs, batch, max_length, steps, warmup, **train) -> dict:
     import jax
 
-    from dualenc import optim, sharding, train_lib
+    from dualenc import optim, sharding, steps
 
     c = dualenc_config(model_dir, batch, max_length, **train)
-    base = train_lib.load_base_encoder(c.model)
+    base = steps.load_base_encoder(c.model)
     batches = _batches(base.tokenizer, pairs, batch, max_length)
     tx, schedule = optim.make_optimizer(c.train, 1000)
-    mesh = train_lib.build_mesh(c)
-    state, sh = train_lib.create_state(
-        train_lib.init_dual_params(base, True), tx, mesh, train_lib.mesh_rules(c)
+    mesh = steps.build_mesh(c)
+    state, sh = steps.create_state(
+        steps.init_dual_params(base, True), tx, mesh, steps.mesh_rules(c)
     )
-    step = train_lib.jit_train_step(train_lib.make_train_step(c, base.spec, tx, schedule), sh, mesh)
+    step = steps.jit_train_step(steps.make_train_step(c, base.spec, tx, schedule), sh, mesh)
     rng = jax.random.key(0, impl=c.train.rng_impl)
     shapes = set()
     for b in batches[: warmup + steps]:  # compile every shape the timed steps use

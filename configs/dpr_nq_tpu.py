@@ -5,8 +5,11 @@ global batch 128 with in-batch negatives + 1 BM25 hard negative, lr 2e-5, 40 epo
 warmup/decay, grad-norm clip 2.0, bf16 compute, data parallel over all devices with FSDP of the
 large matrices. NQ train (58,880 questions) / dev from the DPR release converted to DPR JSON.
 
-python -m dualenc.train --config configs/dpr_nq_tpu.py --workdir gs://BUCKET/dpr_nq \\
-    --config.data.train.path=/data/dpr/nq-train.json --config.data.dev.path=/data/nq-beir
+On every worker of a TPU VM pod slice (installs `.[tpu]` there; the workdir must be gs://):
+
+launch/tpu_pod.sh --tpu NAME --zone ZONE -- --config configs/dpr_nq_tpu.py \\
+    --workdir gs://BUCKET/dpr_nq --config.data.train.path=/data/dpr/nq-train.json \\
+    --config.data.dev.path=/data/nq-beir
 """
 
 import sys

@@ -9,14 +9,16 @@ current shardings) so arrays land on the current mesh and optax NamedTuples keep
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from dualenc import multihost
 
 
 def abstract_like(tree):
@@ -29,12 +31,20 @@ def abstract_like(tree):
 
 
 class Checkpointer:
-    """Thin wrapper over `ocp.CheckpointManager` at `workdir/checkpoints`."""
+    """Thin wrapper over `ocp.CheckpointManager` at `workdir/checkpoints` (local or `gs://`)."""
 
     def __init__(
-        self, workdir: str | Path, *, keep: int = 2, every_steps: int = 0, async_save: bool = True
+        self,
+        workdir: str | os.PathLike,
+        *,
+        keep: int = 2,
+        every_steps: int = 0,
+        async_save: bool = True,
     ):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        workdir = multihost.epath(workdir)
+        if multihost.is_local(workdir):
+            workdir = workdir.absolute()
+        self.directory = workdir / "checkpoints"
         self.every_steps = int(every_steps)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max(1, int(keep)),
@@ -99,6 +109,7 @@ class PreemptionGuard:
 
     The loop then saves a checkpoint, waits for it and returns normally, so the process exits 0
     and a rerun with the same workdir resumes from that step. Restores the old handler on exit.
+    With several processes, `should_stop()` agrees across hosts, so all save the same step.
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):
@@ -108,7 +119,16 @@ class PreemptionGuard:
 
     @property
     def requested(self) -> bool:
+        """This process got the signal (local view; use `should_stop` in the loop)."""
         return self._event.is_set()
+
+    def should_stop(self) -> bool:
+        """True on every process, at the same step, once any process got the signal.
+
+        With several processes it is one round trip through the coordination service (no device
+        sync): call it on every process at every step.
+        """
+        return multihost.any_host(self._event.is_set())
 
     def _handler(self, signum, frame):
         del frame

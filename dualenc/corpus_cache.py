@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from dualenc.io import atomic_dir, write_json
 
@@ -87,7 +88,10 @@ def cached_embeddings(
     emb = np.asarray(encode_fn(list(texts)), np.float32)
     if emb.shape[0] != len(doc_ids):
         raise ValueError(f"encoder returned {emb.shape[0]} vectors for {len(doc_ids)} texts")
-    with atomic_dir(_entry_dir(Path(cache_dir), key)) as tmp:
-        np.save(tmp / EMBEDDINGS, emb)
-        write_json(tmp / MANIFEST, {**key, "dim": int(emb.shape[1]), "dtype": str(emb.dtype)})
+    try:
+        with atomic_dir(_entry_dir(Path(cache_dir), key)) as tmp:
+            np.save(tmp / EMBEDDINGS, emb)
+            write_json(tmp / MANIFEST, {**key, "dim": int(emb.shape[1]), "dtype": str(emb.dtype)})
+    except OSError as e:  # e.g. another host swapped the same entry in first: only a cache
+        logging.warning("could not write the embedding cache in %s: %s", cache_dir, e)
     return emb, False

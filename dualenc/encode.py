@@ -4,7 +4,10 @@ Usage:
   python -m dualenc.encode --model DIR_OR_HUB_ID --input FILE.jsonl[.gz] --output OUT.npy
 
 Each input line is a JSON object with a `text` field (and an optional `title`, prepended as in
-BEIR). The output is a float32 (N, D) .npy array in input order, written atomically.
+BEIR). The output is a float32 (N, D) .npy array in input order, written atomically by process 0.
+Empty texts are kept (one warning counts them) and embed as `[CLS] [SEP]`, as in
+sentence-transformers. With several processes (`multihost.initialize`), every batch is sharded
+over all devices of all hosts and the embeddings are gathered to every host.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dualenc import multihost
 from dualenc.io import InputError, atomic_write, read_jsonl, require_str
+from dualenc.models.loading import load_towers
 from dualenc.tokenization import DEFAULT_BUCKETS, bucket_batches, pad_batch, pad_id, tokenize
 
 _STEPS: dict = {}
@@ -35,11 +40,30 @@ def beir_doc_text(doc) -> str:
     return f"{title} {text}".strip()
 
 
+def warn_empty(texts: Sequence[str], what: str, source="") -> int:
+    """Logs ONE warning counting the empty texts (kept: they embed as `[CLS] [SEP]`)."""
+    n = sum(1 for t in texts if not t.strip())
+    if n:
+        where = f"{source}: " if source else ""
+        logging.warning(
+            "%s%d of %d %s are empty; they are kept and embed as [CLS] [SEP] (BM25 never "
+            "retrieves them)",
+            where,
+            n,
+            len(texts),
+            what,
+        )
+    return n
+
+
 def read_texts(path: str | os.PathLike) -> list[str]:
-    """Texts of a JSONL file (`text`, optional `title`); bad lines name file:line:field."""
+    """Texts of a JSONL file (`text`, optional `title`); bad lines name file:line:field.
+
+    Empty texts are valid input (public collections hold some): kept, counted in one warning.
+    """
     texts = []
     for lineno, obj in read_jsonl(path):
-        text = require_str(obj, "text", path=path, line=lineno)
+        text = require_str(obj, "text", path=path, line=lineno, allow_empty=True)
         title = obj.get("title") or ""
         if not isinstance(title, str):
             raise InputError(
@@ -51,6 +75,7 @@ def read_texts(path: str | os.PathLike) -> list[str]:
         texts.append(beir_doc_text({"title": title, "text": text}))
     if not texts:
         raise InputError("no texts to encode: the file is empty", path=path)
+    warn_empty(texts, "texts", path)
     return texts
 
 
@@ -74,17 +99,22 @@ def encode_step(spec):
 
 
 class _Placer:
-    """Places params once per layout, and each batch sharded over `mesh` or on one device."""
+    """Places params once per layout, and each batch sharded over `mesh` or on one device.
+
+    With several processes every batch is sharded over the global mesh (each host holds the
+    whole padded batch and contributes its devices' rows); params must then be host values.
+    """
 
     def __init__(self, params, mesh: Mesh | None):
         self.params, self.mesh = params, mesh
         self.ndev = mesh.size if mesh is not None else 1
+        self.multi = jax.process_count() > 1
         self._cache = {}
 
     def rows(self, n: int, batch_size: int) -> int:
         """Padded row count: a full batch, else the next power of two (bounded shapes)."""
         r = n if n >= batch_size else min(batch_size, 1 << max(n - 1, 0).bit_length())
-        if self.ndev > 1 and r >= self.ndev:
+        if self.ndev > 1 and (r >= self.ndev or self.multi):
             r = math.ceil(r / self.ndev) * self.ndev
         return r
 
@@ -94,13 +124,24 @@ class _Placer:
             batch = NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names))
             rep = NamedSharding(self.mesh, PartitionSpec())
         else:
-            batch = rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            batch = rep = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         if sharded not in self._cache:
-            self._cache[sharded] = jax.device_put(self.params, rep)
-        return self._cache[sharded], jax.device_put(ids, batch), jax.device_put(mask, batch)
+            self._cache[sharded] = _put(self.params, rep)
+        return self._cache[sharded], _put(ids, batch), _put(mask, batch)
+
+
+def _put(tree, sharding):
+    """device_put that also works for a sharding spanning other hosts' devices."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)),
+        multihost.to_host(tree),
+    )
 
 
 def _default_mesh() -> Mesh | None:
+    """A 1-D mesh over all devices of all processes (None for a single device)."""
     devs = jax.devices()
     return Mesh(np.array(devs), ("data",)) if len(devs) > 1 else None
 
@@ -118,7 +159,9 @@ def encode_texts(
     """(N, D) float32 embeddings of `texts`, in input order.
 
     Texts are tokenised, sorted by length and padded to a few bucket lengths so that jit compiles
-    a bounded number of shapes; batches are sharded over the devices when there are several.
+    a bounded number of shapes; batches are sharded over the devices when there are several
+    (all devices of all hosts by default). Every process must call it with the same texts; all
+    get the full result.
     """
     texts = list(texts)
     if batch_size < 1:
@@ -153,7 +196,7 @@ def encode_texts(
 
 def _fetch(item, out: np.ndarray | None, n: int, bar) -> np.ndarray:
     idx, emb = item
-    emb = np.asarray(emb)  # (rows, D)
+    emb = multihost.to_host(emb)  # (rows, D), gathered across hosts when sharded over them
     if out is None:
         out = np.empty((n, emb.shape[-1]), np.float32)
     out[idx] = emb[: len(idx)]
@@ -164,7 +207,13 @@ def _fetch(item, out: np.ndarray | None, n: int, bar) -> np.ndarray:
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="text", desc="encode", disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit="text",
+        desc="encode",
+        disable=not enabled or not multihost.is_main(),
+        dynamic_ncols=True,
+    )
 
 
 def encode_file(
@@ -176,17 +225,22 @@ def encode_file(
     max_length: int | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    tower: str = "passage",
 ) -> np.ndarray:
-    """Reads a JSONL file, encodes it with `model` and saves the (N, D) array atomically."""
-    from dualenc.models.loading import load_encoder
+    """Reads a JSONL file, encodes it with `model`; process 0 saves the (N, D) array atomically.
 
+    `tower` picks the query or passage tower of a separate-tower export (ignored otherwise).
+    """
     texts = read_texts(input_path)  # fails before the (slow) model load on bad input
-    encoder = load_encoder(model, dtype=dtype)
+    q_enc, p_enc = load_towers(model, dtype=dtype)
+    encoder = q_enc if tower == "query" else p_enc
     emb = encode_texts(
         encoder, texts, batch_size=batch_size, max_length=max_length, progress=progress
     )
-    with atomic_write(output_path, "wb") as f:
-        np.save(f, emb)
+    if multihost.is_main():
+        with atomic_write(output_path, "wb") as f:
+            np.save(f, emb)
+    multihost.barrier("encode_file:written")
     return emb
 
 
@@ -221,14 +275,21 @@ def _define_flags() -> None:
         lower_bound=2,
     )
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
+    flags.DEFINE_enum(
+        "tower",
+        "passage",
+        ["query", "passage"],
+        "Which tower of a separate-tower export (MODEL/query + MODEL/passage) encodes the texts.",
+    )
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 def main(argv) -> None:
-    from absl import flags, logging
+    from absl import flags
 
     del argv
     fv = flags.FLAGS
+    multihost.initialize()
     try:
         emb = encode_file(
             fv.model,
@@ -238,10 +299,12 @@ def main(argv) -> None:
             max_length=fv.max_length,
             dtype=fv.dtype,
             progress=fv.progress,
+            tower=fv.tower,
         )
-    except InputError as e:  # bad user input: one clear line, no traceback
-        sys.exit(f"error: {e}")
-    logging.info("wrote %s: %s float32", Path(fv.output), emb.shape)
+    except InputError as e:  # bad user input: one clear line, no traceback, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    logging.info("wrote %s: %s float32", fv.output, emb.shape)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@
 
 Writes DIR/metrics.json (ir-measures names: "nDCG@10", "R@100", "RR@10", ...; "Acc@k" DPR
 answer accuracy when queries carry metadata.answers), DIR/run.trec, DIR/curve.json (R@k or
-Acc@k for plots) and DIR/report.md, all atomically. Hybrid = BM25 + w * dense; w is tuned on
---tune_split (never the evaluated split) when given.
+Acc@k for plots) and DIR/report.md, all atomically and from process 0 only. Hybrid = BM25 + w *
+dense; w is tuned on --tune_split (never the evaluated split) when given.
+
+Dense retrieval goes through `train_eval`, the engine train-time eval also uses; --model may be a
+separate-tower export (MODEL/query + MODEL/passage). Run with several processes
+(DUALENC_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID, or a TPU pod), encoding and exact
+search shard over all devices of all hosts. Empty documents are evaluated (one warning).
 """
 
 from __future__ import annotations
@@ -14,14 +19,24 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from dualenc.index.base import Run, rows_to_run, top_k_run
+from dualenc import multihost, report, train_eval
+from dualenc.index import save_index_dir
+from dualenc.index.base import IndexManifest, Run, top_k_run
+from dualenc.index.bm25 import BM25Index, bm25_run
+from dualenc.index.exact import ExactIndex
+from dualenc.index.fusion import fuse, tune_weight
+from dualenc.index.scann_index import ScannIndex
 from dualenc.io import InputError, read_jsonl, write_json
+from dualenc.metrics import answer_accuracy, evaluate_run, recall_curve
+from dualenc.models.loading import load_towers
+from dualenc.runs import write_trec
 
 log = logging.getLogger(__name__)
 KINDS = ("exact", "scann", "bm25", "hybrid")
@@ -59,48 +74,36 @@ def load_answers(root: Path, qids) -> dict[str, list[str]]:
 
 def load_split(cfg, split: str, qrels_file: str = ""):
     """(doc_ids, doc_texts, qids, query_texts, qrels) for one split (judged queries only)."""
-    from dualenc.data.beir import filter_qrels, load_beir, load_qrels
-    from dualenc.encode import beir_doc_text
-
-    ds = load_beir(cfg.data, split)
-    qrels = ds.qrels
-    if qrels_file:
-        qrels = filter_qrels(load_qrels(qrels_file), ds.queries, ds.corpus, source=qrels_file)
-    if not qrels:
-        raise InputError(f"no judged queries for split {split!r}", path=cfg.data)
-    doc_ids = list(ds.corpus)
-    texts = [beir_doc_text(ds.corpus[d]) for d in doc_ids]
-    qids = sorted(qrels)
-    return doc_ids, texts, qids, [ds.queries[q] for q in qids], qrels
+    ds = train_eval.load_split(cfg.data, split, 0, qrels_file)
+    doc_ids, texts = train_eval.corpus_texts(ds)
+    qids, queries = train_eval.judged_queries(ds)
+    return doc_ids, texts, qids, queries, ds.qrels
 
 
 class Dense:
-    """Encoder + corpus embeddings + index, built once and reused for test and tune splits."""
+    """Towers + corpus embeddings + index, built once and reused for test and tune splits."""
 
     def __init__(self, cfg, doc_ids, texts, kind: str):
-        from dualenc.corpus_cache import cached_embeddings
-        from dualenc.index.base import IndexManifest
-        from dualenc.models.loading import load_encoder
-
         if not cfg.model:
             raise InputError("--model is required for dense retrieval", field="model")
         self.cfg, self.doc_ids = cfg, doc_ids
-        self.encoder = load_encoder(cfg.model)
+        self.q_encoder, self.encoder = load_towers(cfg.model)  # encoder = the passage tower
         self.max_length = cfg.max_length or self.encoder.max_length
         t = time.time()
-        p_emb, self.reused = cached_embeddings(
+        p_emb, self.reused = train_eval.encode_corpus(
             self.encoder,
             doc_ids,
             texts,
-            cache_dir=cfg.cache_dir or None,
+            batch_size=cfg.batch_size,
             max_length=self.max_length,
-            encode_fn=self._encode,
+            progress=cfg.progress,
+            cache_dir=cfg.cache_dir or None,
         )
         self.encode_s = time.time() - t
         m = IndexManifest(
             kind=kind,
             count=len(doc_ids),
-            model_source=str(self.encoder.source),
+            model_source=str(cfg.model),
             weights_hash=self.encoder.weights_hash(),
             pooling=str(self.encoder.pooling),
             normalize=bool(self.encoder.normalize),
@@ -111,39 +114,30 @@ class Dense:
         self.index = build_dense_index(p_emb, m, kind, cfg)
         self.build_s = time.time() - t
 
-    def _encode(self, texts):
-        from dualenc.encode import encode_texts
-
-        return encode_texts(
-            self.encoder,
-            texts,
+    def run(self, qids, queries, k: int) -> Run:
+        return train_eval.dense_run(
+            self.q_encoder,
+            self.index,
+            qids,
+            list(queries),
+            self.doc_ids,
+            k,
             batch_size=self.cfg.batch_size,
-            max_length=self.max_length,
+            max_length=self.cfg.max_length or self.q_encoder.max_length,
             progress=self.cfg.progress,
         )
-
-    def run(self, qids, queries, k: int) -> Run:
-        scores, rows = self.index.search(self._encode(list(queries)), k)
-        return rows_to_run(qids, scores, rows, self.doc_ids)
 
 
 def build_dense_index(p_emb, manifest, kind: str, cfg):
     """Exact or ScaNN index over (N, D) embeddings with the config's similarity/params."""
     if kind == "scann":
-        from dualenc.index.scann_index import ScannIndex
-
         return ScannIndex.build(
             p_emb, manifest, similarity=cfg.similarity, k=cfg.k, **cfg.scann.to_dict()
         )
-    from dualenc.index.exact import ExactIndex
-
     return ExactIndex(p_emb, manifest, similarity=cfg.similarity)
 
 
 def _bm25(cfg, doc_ids, texts):
-    from dualenc.index.base import IndexManifest
-    from dualenc.index.bm25 import BM25Index
-
     m = IndexManifest(
         kind="bm25", count=len(doc_ids), corpus_path=str(_corpus_file(Path(cfg.data)).resolve())
     )
@@ -188,9 +182,6 @@ def _check(cfg) -> None:
 
 def retrieve(cfg, doc_ids, texts, qids, queries, info: dict[str, Any]) -> tuple[Run, Any]:
     """The run for `queries` with the configured system; also returns the searched index."""
-    from dualenc.index.bm25 import bm25_run
-    from dualenc.index.fusion import fuse, tune_weight
-
     kind = cfg.index
     depth = cfg.fusion_depth if kind == "hybrid" else cfg.k
     dense = bm25 = None
@@ -239,10 +230,6 @@ def retrieve(cfg, doc_ids, texts, qids, queries, info: dict[str, Any]) -> tuple[
 
 def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     """Runs the evaluation described by `cfg`, writes cfg.output/*, returns the metrics."""
-    from dualenc import report
-    from dualenc.metrics import answer_accuracy, evaluate_run, recall_curve
-    from dualenc.runs import write_trec
-
     _check(cfg)
     t0 = time.time()
     doc_ids, texts, qids, queries, qrels = load_split(cfg, cfg.split, cfg.qrels_file)
@@ -268,17 +255,16 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         curve.update(answer_accuracy(run, docs, answers, CURVE_KS))
     metrics["num_queries"] = len(qids)
     info["total_s"] = round(time.time() - t0, 2)
-    if cfg.output:
-        out = Path(cfg.output)
+    if cfg.output and multihost.is_main():
+        out = multihost.epath(cfg.output)
         write_json(out / "metrics.json", metrics)
         write_json(out / "curve.json", curve)
         write_json(out / "info.json", {**info, "config": cfg.to_dict()})
         write_trec(out / "run.trec", run, tag=cfg.tag or f"dualenc-{cfg.index}")
         report.write_single_report(out / "report.md", metrics, info)
-    if cfg.save_index:
-        from dualenc.index import save_index_dir
-
+    if cfg.save_index and multihost.is_main():
         save_index_dir(index, doc_ids, cfg.save_index)
+    multihost.barrier("evaluate:written")
     log.info("metrics: %s", json.dumps(metrics))
     return metrics
 
@@ -310,13 +296,10 @@ _FLAG_KEYS = (
 
 
 def default_config() -> ml_collections.ConfigDict:
-    import importlib.util as iu
+    """The package's default eval config (dualenc/eval_config.py; works from a wheel)."""
+    from dualenc import eval_config
 
-    path = Path(__file__).resolve().parent.parent / "configs" / "eval" / "default.py"
-    spec = iu.spec_from_file_location("_dualenc_eval_default", path)
-    mod = iu.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return eval_config.get_config()
 
 
 def _define_flags():
@@ -359,8 +342,14 @@ def main(argv):
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    metrics = run_evaluation(config_from_flags(flags.FLAGS))
-    print(json.dumps(metrics, indent=2))
+    multihost.initialize()
+    try:
+        metrics = run_evaluation(config_from_flags(flags.FLAGS))
+    except InputError as e:  # bad user input: one clear line, no traceback, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if multihost.is_main():
+        print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

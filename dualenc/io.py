@@ -11,10 +11,14 @@ import gzip
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 
 class InputError(ValueError):
@@ -43,11 +47,14 @@ class InputError(ValueError):
 
 
 def data_dir() -> Path:
-    """Root of the shared evaluation data: $DUALENC_DATA_DIR, default ../shared/data."""
+    """$DUALENC_DATA_DIR, else the first existing ../shared/data beside the CWD or the checkout
+    (an installed wheel has no checkout), else the CWD one."""
     env = os.environ.get("DUALENC_DATA_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    here = Path.cwd().parent / "shared" / "data"
+    checkout = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return next((p for p in (here, checkout) if p.is_dir()), here)
 
 
 def open_text(path: str | os.PathLike) -> io.TextIOBase:
@@ -93,10 +100,33 @@ def require_str(obj: dict, key: str, *, path, line: int, allow_empty: bool = Fal
     return val
 
 
+def _is_local(path) -> bool:
+    s = os.fspath(path)
+    return "://" not in s or s.startswith("file://")
+
+
+def _local(path) -> Path:
+    s = os.fspath(path)
+    return Path(s[len("file://") :] if s.startswith("file://") else s)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[Any]:
-    """Opens a temp file beside `path` and renames it over `path` only on success."""
-    path = Path(path)
+    """Opens a temp file beside `path` and renames it over `path` only on success.
+
+    `path` may be an `etils.epath` URL (`gs://...`): the file is written locally, then copied
+    (object stores replace whole objects, so readers never see half a file).
+    """
+    if not _is_local(path):
+        with tempfile.TemporaryDirectory() as d:
+            local = Path(d) / "out"
+            with open(local, mode, **kwargs) as f:
+                yield f
+            dst = epath.Path(path)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            epath.Path(local).copy(dst, overwrite=True)
+        return
+    path = _local(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -112,38 +142,67 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator
 
 
 def atomic_dir(path: str | os.PathLike):
-    """Context manager yielding a temp dir that replaces `path` (a directory) on success."""
-    return _AtomicDir(Path(path))
+    """Context manager yielding a local temp dir that replaces directory `path` on success.
+
+    Every temporary name is unique (several hosts or runs may swap the same directory). For an
+    `etils.epath` URL the tree is built locally, copied beside `path`, then renamed into place.
+    """
+    return _AtomicDir(path)
+
+
+def _copy_tree(src: Path, dst: epath.Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        if child.is_dir():
+            _copy_tree(child, dst / child.name)
+        else:
+            epath.Path(child).copy(dst / child.name, overwrite=True)
+
+
+def _swap_in(tmp, path) -> None:
+    """Renames `tmp` to `path`, moving an existing `path` to a unique side name first."""
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+        path.rename(old)
+        tmp.rename(path)
+        if isinstance(old, Path):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rmtree()
+    else:
+        tmp.rename(path)
 
 
 class _AtomicDir:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path):
+        self.local = _is_local(path)
+        self.path = _local(path) if self.local else epath.Path(path)
 
     def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        parent = self.path.parent if self.local else None
+        if parent is not None:
+            parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        import shutil
-
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
+        if self.local:
+            _swap_in(self.tmp, self.path)
+            return False
+        remote_tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            _copy_tree(self.tmp, remote_tmp)
+            _swap_in(remote_tmp, self.path)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return False
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON atomically, pretty-printed and with a trailing newline."""
+    """Writes JSON atomically (local path or epath URL), pretty-printed, trailing newline."""
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")

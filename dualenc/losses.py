@@ -1,4 +1,4 @@
-"""Pure retrieval losses. Every loss returns `(loss scalar, metrics dict of scalars)`.
+"""Pure retrieval losses and a registry by name. Every loss returns `(loss, metrics dict)`.
 
 Math is float32 whatever the encoder dtype: softmax over thousands of candidates and small
 margins lose too much in bf16. Contrastive losses are written over the GLOBAL batch (big_vision
@@ -9,12 +9,17 @@ query sees every device's positives and hard negatives. `contrastive_loss_sharde
 Candidate order (both variants): all B positives first, then the B*k hard negatives query-major,
 so the label of query i is column i. Interleaving (P N P N ...) silently points labels at
 negatives -- the sentence-transformers gather bug (NOTES.md).
+
+False negatives: with passage ids, a candidate column holding a positive of the row's query (the
+same id as its sampled positive, or any id in its `q_pos_ids` row, -1 padded) is masked, except
+the row's own label column. Multi-positive queries (SciFact) thus never push away their other
+positives, whichever device holds them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 _NEG_INF = -jnp.inf
 ERRS = ("squared", "l1", "softplus")
 _ERR_ALIASES = {"l2": "squared", "soft": "softplus"}  # the official code's names
+MARGIN_TARGETS = ("adaptive", "static")
 
 
 def _replicate_if_explicit(x):
@@ -35,17 +41,42 @@ def _replicate_if_explicit(x):
     return jax.sharding.reshard(x, P())
 
 
+def _flat_candidates(x):
+    """(B, 1+k, ...) -> (B+B*k, ...): all column-0 entries, then the rest query-major."""
+    b, n = x.shape[:2]
+    return jnp.concatenate([x[:, 0], x[:, 1:].reshape(b * (n - 1), *x.shape[2:])], axis=0)
+
+
 def _candidates(p, p_ids):
     """p (B,1+k,D) -> (cand (B+B*k, D), cand_ids (B+B*k,) | None): positives, then negatives."""
-    b, n, d = p.shape
-    cand = jnp.concatenate([p[:, 0], p[:, 1:].reshape(b * (n - 1), d)], axis=0)
+    cand = _replicate_if_explicit(_flat_candidates(p))
     if p_ids is None:
-        return _replicate_if_explicit(cand), None
-    ids = jnp.concatenate([p_ids[:, 0], p_ids[:, 1:].reshape(b * (n - 1))], axis=0)
-    return _replicate_if_explicit(cand), _replicate_if_explicit(ids)
+        return cand, None
+    return cand, _replicate_if_explicit(_flat_candidates(p_ids))
 
 
-def _row_terms(q, cand, labels, pos_ids, cand_ids, scale, mask):
+def _is_positive(cand_ids, pos_ids, q_pos_ids):
+    """(b, N) bool: column c holds a positive of row i's query: cand_ids[c] == pos_ids[i] or
+    cand_ids[c] in q_pos_ids[i] (b, P), -1 = padding. A loop over P keeps memory at (b, N)."""
+    hit = cand_ids[None, :] == pos_ids[:, None]
+    if q_pos_ids is None or q_pos_ids.shape[-1] == 0:
+        return hit
+
+    def body(j, acc):
+        col = jax.lax.dynamic_index_in_dim(q_pos_ids, j, axis=1)  # (b, 1)
+        return acc | ((cand_ids[None, :] == col) & (col >= 0))
+
+    return jax.lax.fori_loop(0, q_pos_ids.shape[-1], body, hit)
+
+
+def _false_negatives(cand_ids, pos_ids, q_pos_ids, is_label, mask):
+    """Columns to drop: positives of the row's query other than its label column."""
+    if not mask or cand_ids is None:
+        return jnp.zeros_like(is_label)
+    return _is_positive(cand_ids, pos_ids, q_pos_ids) & ~is_label
+
+
+def _row_terms(q, cand, labels, pos_ids, cand_ids, scale, mask, q_pos_ids=None):
     """Per-query terms for rows `q` (b,D) against all candidates (N,D).
 
     Returns (masked logits (b,N), per-row CE (b,), correct (b,), pos score (b,), hardest negative
@@ -54,11 +85,7 @@ def _row_terms(q, cand, labels, pos_ids, cand_ids, scale, mask):
     sims = q @ cand.T  # (b, N)
     cols = jnp.arange(cand.shape[0])
     is_label = cols[None, :] == labels[:, None]  # (b, N)
-    drop = jnp.zeros_like(is_label)
-    if mask and cand_ids is not None:
-        # A column holding the query's own positive passage (other than the label column) is a
-        # false negative: a duplicate positive in the batch or a mined negative equal to it.
-        drop = (cand_ids[None, :] == pos_ids[:, None]) & ~is_label
+    drop = _false_negatives(cand_ids, pos_ids, q_pos_ids, is_label, mask)
     logits = jnp.where(drop, _NEG_INF, scale * sims)
     ce = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
@@ -79,16 +106,23 @@ def _metrics(loss, correct_sum, pos_sum, hard_sum, has_neg_sum, n):
 
 
 def contrastive_loss(
-    q, p, p_ids=None, *, scale: float = 20.0, symmetric: bool = False, mask_duplicates: bool = True
+    q,
+    p,
+    p_ids=None,
+    *,
+    scale: float = 20.0,
+    symmetric: bool = False,
+    mask_duplicates: bool = True,
+    q_pos_ids=None,
 ):
-    """In-batch + hard-negative softmax (MNRL / DPR) over the global batch.
+    """In-batch + hard-negative softmax (MNRL / InfoNCE / DPR) over the global batch.
 
     q (B,D), p (B,1+k,D) with p[:,0] the positive, p_ids (B,1+k) int passage ids (equal text =>
-    equal id) or None. logits = scale * q @ cand.T (B, B+B*k), labels arange(B). With
-    `mask_duplicates`, non-label columns whose id equals the query's positive id get -inf (false
-    negatives). `symmetric` averages in the passage->query softmax over the positives (ST's
-    MultipleNegativesSymmetricRankingLoss). Metrics: loss, accuracy, pos_score, hardest_neg_score
-    (raw similarities, not scaled).
+    equal id) or None, q_pos_ids (B,P) all positive ids of each row's query (-1 padded) or None.
+    logits = scale * q @ cand.T (B, B+B*k), labels arange(B). With `mask_duplicates`, non-label
+    columns holding a positive of the row's query get -inf (false negatives). `symmetric` averages
+    in the passage->query softmax over the positives (ST's MultipleNegativesSymmetricRankingLoss).
+    Metrics: loss, accuracy, pos_score, hardest_neg_score (raw similarities, not scaled).
     """
     q, p = q.astype(jnp.float32), p.astype(jnp.float32)
     b = q.shape[0]
@@ -96,11 +130,12 @@ def contrastive_loss(
     pos_ids = None if p_ids is None else p_ids[:, 0]
     labels = jnp.arange(b)
     logits, ce, correct, pos, hard, has_neg = _row_terms(
-        q, cand, labels, pos_ids, cand_ids, scale, mask_duplicates
+        q, cand, labels, pos_ids, cand_ids, scale, mask_duplicates, q_pos_ids
     )
     loss = jnp.mean(ce)
     if symmetric:
-        # Passage i vs all queries: the transpose of the positive block (the mask is symmetric).
+        # Passage i vs all queries: the transpose of the positive block. back[i, j] is masked iff
+        # passage i is a positive of query j: then query j is no negative for passage i.
         back = logits[:, :b].T  # (B, B)
         eye = labels[:, None] == labels[None, :]
         ce_back = jax.nn.logsumexp(back, axis=-1) - jnp.sum(jnp.where(eye, back, 0.0), axis=-1)
@@ -121,6 +156,7 @@ def contrastive_loss_sharded(
     scale: float = 20.0,
     symmetric: bool = False,
     mask_duplicates: bool = True,
+    q_pos_ids=None,
 ):
     """`contrastive_loss` with hand-written collectives (`jax.shard_map`), for huge batches.
 
@@ -140,25 +176,27 @@ def contrastive_loss_sharded(
         )
     if p_ids is None:
         ids = jnp.zeros(p.shape[:2], jnp.int32)
-        mask_duplicates = False
+        mask_duplicates, q_pos_ids = False, None
     else:
         ids = p_ids
+    extra = () if q_pos_ids is None else (q_pos_ids,)
 
-    def local(q_l, p_l, ids_l):
+    def local(q_l, p_l, ids_l, *rest):
+        qpos_l = rest[0] if rest else None
         q_l, p_l = q_l.astype(jnp.float32), p_l.astype(jnp.float32)
-        b, n, d = p_l.shape
+        b = q_l.shape[0]
         gather = lambda x: jax.lax.all_gather(x, axes, tiled=True)  # noqa: E731
-        cand = jnp.concatenate([gather(p_l[:, 0]), gather(p_l[:, 1:].reshape(b * (n - 1), d))])
-        cand_ids = jnp.concatenate([gather(ids_l[:, 0]), gather(ids_l[:, 1:].reshape(-1))])
+        cand = jnp.concatenate([gather(p_l[:, 0]), gather(_flat_candidates(p_l)[b:])])
+        cand_ids = jnp.concatenate([gather(ids_l[:, 0]), gather(_flat_candidates(ids_l)[b:])])
         labels = jax.lax.axis_index(axes) * b + jnp.arange(b)
         logits, ce, correct, pos, hard, has_neg = _row_terms(
-            q_l, cand, labels, ids_l[:, 0], cand_ids, scale, mask_duplicates
+            q_l, cand, labels, ids_l[:, 0], cand_ids, scale, mask_duplicates, qpos_l
         )
         total_b = b * jax.lax.axis_size(axes)
         loss = jax.lax.psum(ce.sum(), axes) / total_b
         if symmetric:
             ce_back = _sym_local_ce(
-                q_l, p_l[:, 0], ids_l[:, 0], labels, gather, scale, mask_duplicates
+                q_l, p_l[:, 0], ids_l[:, 0], qpos_l, labels, gather, scale, mask_duplicates
             )
             loss = 0.5 * (loss + jax.lax.psum(ce_back.sum(), axes) / total_b)
         sums = [
@@ -166,23 +204,31 @@ def contrastive_loss_sharded(
         ]
         return loss, _metrics(loss, *sums, total_b)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=P())(q, p, ids)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * (3 + len(extra)), out_specs=P())(
+        q, p, ids, *extra
+    )
 
 
-def _sym_local_ce(q_l, pos_l, pos_ids_l, labels, gather, scale, mask):
-    """Per-row passage->query CE of this shard's positives (b,D) against all queries."""
+def _sym_local_ce(q_l, pos_l, pos_ids_l, qpos_l, labels, gather, scale, mask):
+    """Per-row passage->query CE of this shard's positives (b,D) against all queries: query j
+    is dropped for passage i when passage i is a positive of query j (not the label)."""
     q_all = gather(q_l)  # (B, D)
     back = scale * (pos_l @ q_all.T)  # (b, B)
     is_label = jnp.arange(q_all.shape[0])[None, :] == labels[:, None]
     if mask:
-        drop = (gather(pos_ids_l)[None, :] == pos_ids_l[:, None]) & ~is_label
-        back = jnp.where(drop, _NEG_INF, back)
+        # (B, b): [j, i] = passage i is a positive of query j.
+        qpos_all = None if qpos_l is None else gather(qpos_l)
+        hit = _is_positive(pos_ids_l, gather(pos_ids_l), qpos_all)
+        back = jnp.where(hit.T & ~is_label, _NEG_INF, back)
     return jax.nn.logsumexp(back, axis=-1) - jnp.sum(jnp.where(is_label, back, 0.0), axis=-1)
 
 
-def in_batch_accuracy(q, p, p_ids=None, *, mask_duplicates: bool = True):
+def in_batch_accuracy(q, p, p_ids=None, *, mask_duplicates: bool = True, q_pos_ids=None):
     """Fraction of queries whose positive outscores every other candidate (same masking)."""
-    return contrastive_loss(q, p, p_ids, scale=1.0, mask_duplicates=mask_duplicates)[1]["accuracy"]
+    m = contrastive_loss(
+        q, p, p_ids, scale=1.0, mask_duplicates=mask_duplicates, q_pos_ids=q_pos_ids
+    )[1]
+    return m["accuracy"]
 
 
 def margin_mse_loss(q, p_pos, p_neg, teacher_pos, teacher_neg):
@@ -225,41 +271,221 @@ def _cos(a, b):
     return jnp.sum(a * b, axis=-1) / jnp.maximum(na * nb, 1e-8)
 
 
-def adaptive_margin_loss(q, p_pos, p_neg=None, *, err: str = "squared"):
-    """Adaptive relevance margins (Gienapp et al., ICTIR 2025), as in the official code.
+def _unit(x):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
 
-    Cosine s; margin m = s(q,d+) - s(q,d-); target t = s(d+,d-)/2 + 1/2 (no stop-gradient);
-    loss = mean err(m - t) with err squared | l1 | softplus (the code's 'l2' | 'l1' | 'soft',
-    'soft' being log1p(exp(-x)), i.e. softplus(t - m): margins short of the target cost most).
-    Call as (q (B,D), p_pos (B,D), p_neg (B,D) or (B,k,D)), or (q, p (B,1+k,D)) with the pipeline's
-    layout (p[:,0] positive); every (query, negative) pair counts once.
-    """
+
+def _err(x, err: str):
+    if err == "squared":
+        return jnp.square(x)
+    if err == "l1":
+        return jnp.abs(x)
+    return jax.nn.softplus(-x)
+
+
+def _check_err(err: str) -> str:
     err = _ERR_ALIASES.get(err, err)
     if err not in ERRS:
         raise ValueError(f"err must be one of {ERRS}, got {err!r}")
+    return err
+
+
+def adaptive_margin_loss(
+    q,
+    p_pos,
+    p_neg=None,
+    *,
+    err: str = "squared",
+    target: str = "adaptive",
+    static_margin: float = 0.5,
+    stop_gradient: bool = False,
+    in_batch: bool = False,
+    p_ids=None,
+    q_pos_ids=None,
+    mask_duplicates: bool = True,
+):
+    """Adaptive relevance margins (Gienapp et al., ICTIR 2025), as in the official code.
+
+    Cosine s; margin m = s(q,d+) - s(q,d-); target t = s(d+,d-)/2 + 1/2 (`target='adaptive'`,
+    no stop-gradient unless `stop_gradient`) or t = `static_margin` (`target='static'`: a
+    fixed-margin variant); loss = mean err(m - t) with err squared | l1 | softplus (the
+    code's 'l2' | 'l1' | 'soft', 'soft' being softplus(t - m)). Call as (q (B,D), p_pos (B,D),
+    p_neg (B,D) or (B,k,D)), or (q, p (B,1+k,D)) with the pipeline's layout (p[:,0] positive).
+    Pairs: each (query, own hard negative) once; `in_batch`: every other passage of the global
+    batch. With ids, pairs whose negative is a positive of the query are left out.
+    """
+    err = _check_err(err)
+    if target not in MARGIN_TARGETS:
+        raise ValueError(f"target must be one of {MARGIN_TARGETS}, got {target!r}")
     if p_neg is None:
-        if p_pos.ndim != 3 or p_pos.shape[1] < 2:
+        if p_pos.ndim != 3 or (p_pos.shape[1] < 2 and not in_batch):
             raise ValueError(
                 f"adaptive_margin_loss needs p (B, 1+k, D) with k >= 1 hard "
                 f"negatives, got shape {p_pos.shape}"
             )
-        p_pos, p_neg = p_pos[:, 0], p_pos[:, 1:]
-    q, p_pos, p_neg = (x.astype(jnp.float32) for x in (q, p_pos, p_neg))
-    if p_neg.ndim == 3:
-        q, p_pos = q[:, None], p_pos[:, None]  # broadcast over the k negatives
-    margin = _cos(q, p_pos) - _cos(q, p_neg)
-    target = _cos(p_pos, p_neg) / 2 + 0.5
-    x = margin - target
-    if err == "squared":
-        e = jnp.square(x)
-    elif err == "l1":
-        e = jnp.abs(x)
+        p_all = p_pos.astype(jnp.float32)
+        p_pos, p_neg = p_all[:, 0], p_all[:, 1:]
     else:
-        e = jax.nn.softplus(-x)
-    loss = jnp.mean(e)
+        if in_batch or p_ids is not None:
+            raise ValueError("in_batch / p_ids need the pipeline layout p (B, 1+k, D)")
+        p_all = None
+    q, p_pos, p_neg = (x.astype(jnp.float32) for x in (q, p_pos, p_neg))
+    if in_batch:
+        margin, tgt, valid = _am_in_batch(q, p_all, p_ids, q_pos_ids, mask_duplicates)
+    else:
+        if p_neg.ndim == 3:
+            q, p_pos = q[:, None], p_pos[:, None]  # broadcast over the k negatives
+        margin = _cos(q, p_pos) - _cos(q, p_neg)
+        tgt = _cos(p_pos, p_neg) / 2 + 0.5
+        valid = jnp.ones(margin.shape, bool)
+        if p_ids is not None and mask_duplicates:
+            pos, negs = p_ids[:, 0], p_ids[:, 1:]  # (B,), (B,k)
+            hit = jax.vmap(lambda n, ps, qp: _is_positive(n, ps[None], qp[None])[0])(
+                negs, pos, q_pos_ids if q_pos_ids is not None else jnp.full((len(pos), 0), -1)
+            )
+            valid = ~hit
+    if target == "static":
+        tgt = jnp.full_like(margin, float(static_margin))
+    elif stop_gradient:
+        tgt = jax.lax.stop_gradient(tgt)
+    w = valid.astype(jnp.float32)
+    n = jnp.maximum(w.sum(), 1.0)
+    mean = lambda x: jnp.sum(w * x) / n  # noqa: E731
+    loss = mean(_err(margin - tgt, err))
     return loss, {
         "loss": loss,
-        "margin": jnp.mean(margin),
-        "target": jnp.mean(target),
-        "accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
+        "margin": mean(margin),
+        "target": mean(tgt),
+        "accuracy": mean((margin > 0).astype(jnp.float32)),
     }
+
+
+def _am_in_batch(q, p, p_ids, q_pos_ids, mask):
+    """(margin, target, valid) (B, B+B*k): query i against every candidate but its label and the
+    positives of its query."""
+    b = q.shape[0]
+    cand, cand_ids = _candidates(_unit(p), p_ids)
+    qn, posn = _unit(q), _unit(p[:, 0])
+    margin = jnp.sum(qn * posn, axis=-1)[:, None] - qn @ cand.T
+    tgt = (posn @ cand.T) / 2 + 0.5
+    is_label = jnp.arange(cand.shape[0])[None, :] == jnp.arange(b)[:, None]
+    pos_ids = None if p_ids is None else p_ids[:, 0]
+    drop = _false_negatives(cand_ids, pos_ids, q_pos_ids, is_label, mask)
+    return margin, tgt, ~(drop | is_label)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _teacher(batch, name: str, p):
+    """The batch's `teacher_scores` (B, 1+k) as float32, or a clear error at trace time."""
+    if "teacher_scores" not in batch:
+        raise ValueError(
+            f"loss.name={name!r} distils teacher scores, but the batch has no 'teacher_scores': "
+            "train on data that carries a score per candidate (e.g. sentence-transformers JSONL "
+            "with scores), or choose loss.name='contrastive'"
+        )
+    t = jnp.asarray(batch["teacher_scores"], jnp.float32)
+    if t.shape != p.shape[:2]:
+        raise ValueError(f"teacher_scores shape {t.shape} != (B, 1+k) {p.shape[:2]}")
+    return t
+
+
+def _contrastive(lcfg):
+    kw = dict(
+        scale=float(lcfg.scale),
+        symmetric=bool(lcfg.get("symmetric", False)),
+        mask_duplicates=bool(lcfg.get("mask_duplicates", True)),
+    )
+    return lambda q, p, batch: contrastive_loss(
+        q, p, batch.get("p_ids"), q_pos_ids=batch.get("q_pos_ids"), **kw
+    )
+
+
+def _adaptive_margin(lcfg):
+    kw = dict(
+        err=str(lcfg.get("margin_err", "squared")),
+        target=str(lcfg.get("margin_target", "adaptive")),
+        static_margin=float(lcfg.get("static_margin", 0.5)),
+        stop_gradient=bool(lcfg.get("margin_stop_gradient", False)),
+        in_batch=bool(lcfg.get("margin_in_batch", False)),
+        mask_duplicates=bool(lcfg.get("mask_duplicates", True)),
+    )
+    return lambda q, p, batch: adaptive_margin_loss(
+        q, p, p_ids=batch.get("p_ids"), q_pos_ids=batch.get("q_pos_ids"), **kw
+    )
+
+
+def _margin_mse(lcfg):
+    def fn(q, p, batch):
+        t = _teacher(batch, "margin_mse", p)
+        return margin_mse_loss(q, p[:, 0], p[:, 1:], t[:, 0], t[:, 1:])
+
+    return fn
+
+
+def _kl(lcfg):
+    scale, tau = float(lcfg.scale), float(lcfg.get("temperature", 1.0))
+
+    def fn(q, p, batch):
+        t = _teacher(batch, "kl", p)
+        student = jnp.einsum("bd,bnd->bn", q.astype(jnp.float32), p.astype(jnp.float32))
+        loss, m = kl_distillation_loss(scale * student, t / tau)
+        acc = jnp.mean((jnp.argmax(student, -1) == jnp.argmax(t, -1)).astype(jnp.float32))
+        return loss, {**m, "accuracy": acc}
+
+    return fn
+
+
+# name -> builder(loss_cfg) -> fn(q (B,D), p (B,1+k,D), batch) -> (loss, metrics)
+LOSSES: dict[str, Callable] = {
+    "contrastive": _contrastive,
+    "adaptive_margin": _adaptive_margin,
+    "margin_mse": _margin_mse,
+    "kl": _kl,
+}
+DISTILLATION = ("margin_mse", "kl")  # need batch['teacher_scores']
+_NEEDS_NEGATIVES = ("margin_mse", "kl")  # a margin / a listwise target needs k >= 1
+
+
+def validate_loss_config(lcfg, num_negatives: int | None = None) -> None:
+    """Raises ValueError naming the `loss.*` (or `data.num_negatives`) key that cannot work, so a
+    bad loss config fails before any model is loaded."""
+    name = lcfg.get("name", "")
+    if name not in LOSSES:
+        raise ValueError(f"loss.name={name!r} must be one of {tuple(LOSSES)}")
+    scale = float(lcfg.get("scale", 1.0))
+    if scale <= 0:  # NaN passes on purpose: the trainer's non-finite-loss path handles it
+        raise ValueError(f"loss.scale={scale} must be > 0 (it is 1 / temperature)")
+    err = lcfg.get("margin_err", "squared")
+    if _ERR_ALIASES.get(err, err) not in ERRS:
+        raise ValueError(f"loss.margin_err={err!r} must be one of {ERRS}")
+    target = lcfg.get("margin_target", "adaptive")
+    if target not in MARGIN_TARGETS:
+        raise ValueError(f"loss.margin_target={target!r} must be one of {MARGIN_TARGETS}")
+    if float(lcfg.get("temperature", 1.0)) <= 0:
+        raise ValueError(f"loss.temperature={lcfg.get('temperature')} must be > 0")
+    if lcfg.get("symmetric", False) and name != "contrastive":
+        raise ValueError(
+            f"loss.symmetric=True only applies to loss.name='contrastive', not {name!r}"
+        )
+    if num_negatives is None or int(num_negatives) >= 1:
+        return
+    if name in _NEEDS_NEGATIVES:
+        raise ValueError(
+            f"loss.name={name!r} (distillation) needs a teacher score per hard negative: set "
+            f"data.num_negatives >= 1 (got {num_negatives})"
+        )
+    if name == "adaptive_margin" and not lcfg.get("margin_in_batch", False):
+        raise ValueError(
+            "loss.name='adaptive_margin' needs data.num_negatives >= 1 hard negatives, or "
+            "loss.margin_in_batch=True"
+        )
+
+
+def make_loss(lcfg) -> Callable:
+    """`fn(q (B,D), p (B,1+k,D), batch) -> (loss, metrics)` for `loss.name` (validated). `batch`
+    is the global batch dict: `p_ids`, `q_pos_ids` mask false negatives when present;
+    distillation losses read `teacher_scores`."""
+    validate_loss_config(lcfg)
+    return LOSSES[lcfg.name](lcfg)

@@ -10,10 +10,12 @@ and OUT/recall.png (the curves against k).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dualenc import multihost
 from dualenc.io import InputError, atomic_write
 
 TABLE_KS = (5, 20, 50, 100)
@@ -45,7 +47,7 @@ def write_single_report(path, metrics: Mapping[str, Any], info: Mapping[str, Any
 
 def load_system(directory) -> tuple[dict[str, Any], dict[str, float]]:
     """(metrics, curve) of one evaluation dir."""
-    d = Path(directory)
+    d = multihost.epath(directory)
     out = []
     for name in ("metrics.json", "curve.json"):
         if not (d / name).exists():
@@ -99,7 +101,7 @@ def compare(runs: Mapping[str, str], output) -> str:
         raise InputError("no runs given (use --runs name=DIR)")
     systems = {name: load_system(d) for name, d in runs.items()}
     table = comparison_table(systems)
-    out = Path(output)
+    out = multihost.epath(output)  # local or gs://
     with atomic_write(out / "report.md") as f:
         f.write("# Retrieval comparison\n\n" + table + "\n![recall](recall.png)\n")
     recall_plot(systems, out / "recall.png")
@@ -121,7 +123,11 @@ def main(argv):
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    print(compare(_parse_runs(flags.FLAGS.runs), flags.FLAGS.output))
+    try:
+        print(compare(_parse_runs(flags.FLAGS.runs), flags.FLAGS.output))
+    except InputError as e:  # bad user input: one clear line, no traceback, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

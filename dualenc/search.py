@@ -5,7 +5,10 @@
     python -m dualenc.search --build --kind exact --model M --corpus CORPUS.jsonl --index DIR
 
 An index dir (from `--build` or `dualenc.evaluate --save_index`) records the model and the corpus
-path, so queries are embedded with the same model and hits print with title and a snippet.
+path, so queries are embedded with the same model and hits print with title and a snippet. The
+model may be a separate-tower export (MODEL/query + MODEL/passage): documents are encoded with
+the passage tower, queries with the query tower. Empty documents are indexed (one warning); BM25
+never retrieves them. Bad input prints one line on stderr and exits with code 2.
 """
 
 from __future__ import annotations
@@ -14,7 +17,19 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from dualenc import multihost, train_eval
+from dualenc.data.beir import load_corpus
+from dualenc.encode import beir_doc_text, encode_texts
+from dualenc.evaluate import build_dense_index, default_config
+from dualenc.index import load_doc_ids, load_index, read_manifest, save_index_dir
+from dualenc.index.base import IndexManifest
+from dualenc.index.bm25 import BM25Index
 from dualenc.io import InputError
+from dualenc.models.loading import load_towers
 
 
 def build_index(
@@ -28,80 +43,74 @@ def build_index(
     max_length: int = 0,
     cache_dir: str = "",
 ) -> None:
-    """Encodes (or tokenises) a BEIR corpus file and saves a searchable index dir."""
-    from dualenc.data.beir import load_corpus
-    from dualenc.encode import beir_doc_text
-    from dualenc.index import save_index_dir
-    from dualenc.index.base import IndexManifest
+    """Encodes (or tokenises) a BEIR corpus file and saves a searchable index dir.
 
-    corpus = load_corpus(corpus_path)
+    Every process calls it (encoding is sharded over all hosts); process 0 writes.
+    """
+    corpus = load_corpus(corpus_path, allow_empty=True)
     doc_ids = list(corpus)
     texts = [beir_doc_text(corpus[d]) for d in doc_ids]
     m = IndexManifest(kind=kind, count=len(doc_ids), corpus_path=str(Path(corpus_path).resolve()))
     if kind == "bm25":
-        from dualenc.index.bm25 import BM25Index
-
-        save_index_dir(BM25Index.build(texts, m), doc_ids, out_dir)
-        return
-    from dualenc.corpus_cache import cached_embeddings
-    from dualenc.encode import encode_texts
-    from dualenc.evaluate import build_dense_index, default_config
-    from dualenc.models.loading import load_encoder
-
-    enc = load_encoder(model)
-    max_length = max_length or enc.max_length
-    emb, _ = cached_embeddings(
-        enc,
-        doc_ids,
-        texts,
-        cache_dir=cache_dir or None,
-        max_length=max_length,
-        encode_fn=lambda t: encode_texts(
-            enc, t, batch_size=batch_size, max_length=max_length, progress=True
-        ),
-    )
-    m.model_source, m.weights_hash = str(enc.source), enc.weights_hash()
-    m.pooling, m.normalize, m.max_length = str(enc.pooling), bool(enc.normalize), max_length
-    cfg = default_config()
-    with cfg.unlocked():
-        cfg.similarity = similarity
-    save_index_dir(build_dense_index(emb, m, kind, cfg), doc_ids, out_dir)
+        index = BM25Index.build(texts, m)
+    else:
+        _, enc = load_towers(model)  # the passage tower encodes documents
+        max_length = max_length or enc.max_length
+        emb, _ = train_eval.encode_corpus(
+            enc,
+            doc_ids,
+            texts,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=True,
+            cache_dir=cache_dir or None,
+        )
+        m.model_source, m.weights_hash = str(model), enc.weights_hash()
+        m.pooling, m.normalize, m.max_length = str(enc.pooling), bool(enc.normalize), max_length
+        cfg = default_config()
+        with cfg.unlocked():
+            cfg.similarity = similarity
+        index = build_dense_index(emb, m, kind, cfg)
+    if multihost.is_main():
+        save_index_dir(index, doc_ids, out_dir)
+    multihost.barrier("search:index_written")
 
 
 class Searcher:
-    """A loaded index + what it needs to answer text queries (encoder, ids, titles)."""
+    """A loaded index + what it needs to answer text queries (encoder, ids, titles).
+
+    Host-local: it searches on this process's devices only (no collectives), so process 0 can
+    answer queries alone in a multi-host launch.
+    """
 
     def __init__(self, index_dir: str):
-        from dualenc.data.beir import load_corpus
-        from dualenc.index import load_doc_ids, load_index, read_manifest
-
+        devices = jax.local_devices()
+        self.mesh = Mesh(np.array(devices), ("data",))
         self.manifest = read_manifest(index_dir)
         self.doc_ids = load_doc_ids(index_dir)
-        self.encoder = None
+        self.encoder = None  # the query tower (None for BM25)
+        wh = None
         if self.manifest.kind != "bm25":
-            from dualenc.models.loading import load_encoder
-
-            self.encoder = load_encoder(self.manifest.model_source)
-        wh = self.encoder.weights_hash() if self.encoder else None
-        self.index = load_index(index_dir, weights_hash=wh)
+            self.encoder, p_enc = load_towers(self.manifest.model_source)
+            wh = p_enc.weights_hash()  # the index holds passage-tower vectors
+        self.index = load_index(index_dir, weights_hash=wh, devices=devices)
         path = self.manifest.corpus_path
-        self.corpus = load_corpus(path) if path and Path(path).exists() else {}
+        self.corpus = load_corpus(path, allow_empty=True) if path and Path(path).exists() else {}
 
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
         """[(doc id, score)] best first."""
-        if self.encoder is None:
-            scores, rows = self.index.search_texts([query], k)
+        if self.index.inputs == "text":
+            q = [query]
         else:
-            from dualenc.encode import encode_texts
-
             q = encode_texts(
                 self.encoder,
                 [query],
                 batch_size=1,
                 max_length=self.manifest.max_length or None,
+                mesh=self.mesh,
                 progress=False,
             )
-            scores, rows = self.index.search(q, k)
+        scores, rows = self.index.search(q, k)
         return [
             (self.doc_ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0
         ]
@@ -122,9 +131,17 @@ class Searcher:
 def main(argv):
     from absl import flags
 
-    f = flags.FLAGS
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    multihost.initialize()
+    try:
+        _main(flags.FLAGS)
+    except InputError as e:  # bad user input: one clear line, no traceback, exit code 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(f) -> None:
     if not f.index:
         raise InputError("--index DIR is required", field="index")
     if f.build:
@@ -134,8 +151,11 @@ def main(argv):
             f.kind, f.corpus, f.index, model=f.model, similarity=f.similarity, cache_dir=f.cache_dir
         )
         if f.query is None:
-            print(f"index written to {f.index}")
+            if multihost.is_main():
+                print(f"index written to {f.index}")
             return
+    if not multihost.is_main():
+        return  # interactive search is host-local: process 0 answers
     s = Searcher(f.index)
     if f.query is not None:
         print(s.format(s.search(f.query, f.k)))

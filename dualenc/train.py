@@ -3,7 +3,9 @@
 Override any config key with --config.a.b=value (e.g. --config.train.num_steps=10); an unknown
 key or a value of the wrong type fails before anything is loaded. Rerunning with the same
 --workdir resumes from its newest checkpoint. On SIGTERM the run saves a checkpoint at the next
-step boundary and exits 0 (rerun to resume). A non-finite loss exits 1 naming the step.
+step boundary and exits 0 (rerun to resume). A non-finite loss exits 1 naming the step; a config
+that cannot work (e.g. a batch not divisible by the accumulation steps) or bad training data exits
+2 with one line naming the key or file:line.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from dualenc import multihost, trainer
+from dualenc.config import ConfigError
+from dualenc.io import InputError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -39,14 +45,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dualenc import distributed
-
-    distributed.maybe_initialize()
-    from dualenc import train_lib
-
+    multihost.initialize()
     try:
-        metrics = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except train_lib.NonFiniteLossError as e:
+        metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, InputError) as e:  # bad config or data: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except trainer.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if metrics.get("preempted"):

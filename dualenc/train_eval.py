@@ -1,16 +1,30 @@
-"""Retrieval evaluation during training: encode queries + corpus with the current params, exact
-search, IR metrics (nDCG@10, RR@10, R@k) through `metrics.evaluate_run`.
+"""The one retrieval-evaluation engine: train-time eval and `dualenc.evaluate` both go through it.
 
-Used for the periodic dev evaluation and for the before/after comparison printed by the demo.
+load a BEIR split (`load_split`) -> encode the corpus with the passage tower (`encode_corpus`,
+optionally cached) -> index -> encode queries with the query tower and search (`dense_run`) ->
+IR metrics (nDCG@10, RR@10, R@k) through `metrics.evaluate_run`.
+
+Multi-host: every process calls these functions with the same inputs; corpus encoding and exact
+search shard over all devices of all hosts and every process gets identical results.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
+
+from dualenc import corpus_cache, multihost
+from dualenc.data.beir import BeirDataset, filter_qrels, load_beir, load_qrels
+from dualenc.encode import beir_doc_text, encode_texts, warn_empty
+from dualenc.index.base import Run, rows_to_run
+from dualenc.index.exact import ExactIndex
+from dualenc.io import InputError
+from dualenc.metrics import evaluate_run
 
 
 def measures_for(k_values) -> list[str]:
@@ -20,17 +34,96 @@ def measures_for(k_values) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def load_split(root: str, split: str, max_queries: int = 0):
-    """BEIR split (cached: the periodic eval reads it once); optionally the first N queries."""
-    from dualenc.data.beir import load_beir
+def load_split(
+    root: str | os.PathLike, split: str, max_queries: int = 0, qrels_file: str = ""
+) -> BeirDataset:
+    """A BEIR split (cached: the periodic eval reads it once); the first N judged queries if
+    `max_queries`; `qrels_file` replaces the split's qrels. Empty documents are kept.
 
-    ds = load_beir(root, split)
-    if max_queries and len(ds.queries) > max_queries:
-        keep = sorted(ds.queries)[:max_queries]
+    Callers must not mutate the (shared, cached) result.
+    """
+    ds = load_beir(root, split, allow_empty_docs=True)
+    qrels = ds.qrels
+    if qrels_file:
+        qrels = filter_qrels(load_qrels(qrels_file), ds.queries, ds.corpus, source=qrels_file)
+    if not qrels:
+        raise InputError(f"no judged queries for split {split!r}", path=root)
+    queries = ds.queries
+    if max_queries and len(qrels) > max_queries:
+        keep = sorted(qrels)[:max_queries]
+        qrels = {q: qrels[q] for q in keep}
         queries = {q: ds.queries[q] for q in keep}
-        qrels = {q: ds.qrels[q] for q in keep if q in ds.qrels}
-        ds = type(ds)(corpus=ds.corpus, queries=queries, qrels=qrels)
-    return ds
+    return BeirDataset(corpus=ds.corpus, queries=queries, qrels=qrels)
+
+
+def judged_queries(ds: BeirDataset) -> tuple[list[str], list[str]]:
+    """(query ids, texts) of the judged queries, sorted by id."""
+    qids = sorted(q for q in ds.qrels if q in ds.queries)
+    return qids, [ds.queries[q] for q in qids]
+
+
+def corpus_texts(ds: BeirDataset) -> tuple[list[str], list[str]]:
+    """(doc ids, 'title text' strings) in corpus order."""
+    doc_ids = list(ds.corpus)
+    return doc_ids, [beir_doc_text(ds.corpus[d]) for d in doc_ids]
+
+
+def encode_corpus(
+    p_encoder,
+    doc_ids: Sequence[str],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+    cache_dir: str | None = None,
+) -> tuple[np.ndarray, bool]:
+    """((N, D) float32 passage embeddings, reused from the cache?).
+
+    With several processes the cache is used only when every host hits it (encoding is a
+    collective, so all hosts must take the same branch); each host writes its own miss.
+    """
+    max_length = int(max_length or p_encoder.max_length)
+
+    def encode(t):
+        return encode_texts(
+            p_encoder, t, batch_size=batch_size, max_length=max_length, progress=progress
+        )
+
+    if cache_dir and multihost.process_count() > 1:
+        key = corpus_cache.cache_manifest(p_encoder, doc_ids, texts, max_length)
+        hit = corpus_cache.load_cached(cache_dir, key)
+        if multihost.any_host(hit is None):
+            hit = None  # someone misses: everyone encodes (and re-writes the entry)
+        if hit is not None:
+            return hit, True
+    return corpus_cache.cached_embeddings(
+        p_encoder, doc_ids, texts, cache_dir=cache_dir, max_length=max_length, encode_fn=encode
+    )
+
+
+def dense_run(
+    q_encoder,
+    index,
+    qids: Sequence[str],
+    q_texts: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int,
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> Run:
+    """Encodes the queries with the query tower, searches `index`, maps rows to doc ids."""
+    q_emb = encode_texts(
+        q_encoder,
+        list(q_texts),
+        batch_size=batch_size,
+        max_length=max_length or q_encoder.max_length,
+        progress=progress,
+    )
+    scores, rows = index.search(np.asarray(q_emb, np.float32), k)
+    return rows_to_run(list(qids), scores, rows, list(doc_ids))
 
 
 def evaluate_retrieval(
@@ -47,24 +140,17 @@ def evaluate_retrieval(
     """{measure: value} for `ds` (BeirDataset) with the given query / passage encoders.
 
     Only judged queries are encoded. Embeddings from a normalising encoder make 'dot' cosine.
+    Every process must call it; all get the same metrics.
     """
-    from dualenc.encode import beir_doc_text, encode_texts
-    from dualenc.index.base import rows_to_run
-    from dualenc.index.exact import ExactIndex
-    from dualenc.metrics import evaluate_run
-
     t0 = time.time()
-    qids = [q for q in sorted(ds.queries) if q in ds.qrels]
-    doc_ids = list(ds.corpus)
-    q_texts = [ds.queries[q] for q in qids]
-    p_texts = [beir_doc_text(ds.corpus[d]) for d in doc_ids]
+    qids, q_texts = judged_queries(ds)
+    doc_ids, p_texts = corpus_texts(ds)
+    warn_empty(q_texts, "queries")
     kw = {"batch_size": batch_size, "max_length": max_length, "progress": progress}
-    q_emb = encode_texts(q_encoder, q_texts, **kw)
-    p_emb = encode_texts(p_encoder, p_texts, **kw)
+    p_emb, _ = encode_corpus(p_encoder, doc_ids, p_texts, **kw)
     k = min(max(max(int(k) for k in k_values), 10), len(doc_ids))
-    index = ExactIndex(np.asarray(p_emb, np.float32), similarity=similarity)
-    scores, rows = index.search(np.asarray(q_emb, np.float32), k)
-    run = rows_to_run(qids, scores, rows, doc_ids)
+    index = ExactIndex(p_emb, similarity=similarity)
+    run = dense_run(q_encoder, index, qids, q_texts, doc_ids, k, **kw)
     agg, _ = evaluate_run(run, ds.qrels, measures_for(k_values))
     logging.info(
         "retrieval eval: %d queries x %d docs in %.1fs: %s",

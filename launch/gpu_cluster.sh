@@ -6,8 +6,10 @@
 #
 # Under SLURM use `srun --ntasks-per-node=1 python -m dualenc.train ...` instead: JAX reads the
 # SLURM variables itself. Here the first host is the coordinator; every process gets
-# DUALENC_COORDINATOR_ADDRESS / DUALENC_NUM_PROCESSES / DUALENC_PROCESS_ID (dualenc.distributed).
-# The repo and its .venv must exist at the same path on every host; the workdir must be shared.
+# DUALENC_COORDINATOR_ADDRESS / DUALENC_NUM_PROCESSES / DUALENC_PROCESS_ID (dualenc.multihost).
+# The checkout must exist at the same path (--dir, default $PWD) on every host; a host without
+# .venv gets one with the `cuda12` extra (pip install '.[cuda12]'). The workdir must be shared
+# by all hosts (a network filesystem or a gs:// URL).
 set -euo pipefail
 HOSTS="" PORT=1234 DRY=0 DIR="${DUALENC_DIR:-$PWD}"
 while [[ $# -gt 0 ]]; do
@@ -17,7 +19,7 @@ while [[ $# -gt 0 ]]; do
     --dir) DIR="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -29,7 +31,8 @@ TRAIN_ARGS=$(printf '%q ' "$@")
 pids=()
 for i in "${!H[@]}"; do
   ENV="DUALENC_COORDINATOR_ADDRESS=${H[0]}:$PORT DUALENC_NUM_PROCESSES=$N DUALENC_PROCESS_ID=$i"
-  REMOTE="cd $(printf '%q' "$DIR") && $ENV .venv/bin/python -m dualenc.train $TRAIN_ARGS"
+  SETUP="{ test -x .venv/bin/python || { python3 -m venv .venv && .venv/bin/pip install -q '.[cuda12]'; }; }"
+  REMOTE="cd $(printf '%q' "$DIR") && $SETUP && $ENV .venv/bin/python -m dualenc.train $TRAIN_ARGS"
   if [[ $DRY -eq 1 ]]; then
     printf 'ssh %q %q\n' "${H[$i]}" "$REMOTE"
   else

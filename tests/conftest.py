@@ -32,6 +32,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _forbid_skip(report, what: str) -> None:
+    """In CI a skip hides a test that should run (a missing dependency, data or device): fail."""
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"{what} skipped, but CI=true forbids skips: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _forbid_skip(outcome.get_result(), "module")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if not {"gpu", "tpu"} & set(item.keywords):  # hardware-tier tests may skip on CPU CI
+        _forbid_skip(outcome.get_result(), "test")
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     return data_dir()

@@ -192,6 +192,26 @@ def test_st_tsv(tmp_path):
     ]
 
 
+def test_st_repeated_anchors_are_grouped(tmp_path):
+    lines = [
+        {"anchor": "q0", "positive": "p0", "negative": "p1"},
+        {"anchor": "q1", "positive": "p1"},
+        {"anchor": "q0", "positive": "p1", "negative": ["n0", "p0"]},
+        ["q0", "p0", "n0", "n9"],
+    ]
+    exs = st_format.load_st(_write(tmp_path / "t.jsonl", _jsonl(lines)))
+    # one q0 with both positives; a text that is a positive of q0 is never its negative
+    assert [(e.qid, e.query, e.positives, e.negatives) for e in exs] == [
+        ("0", "q0", ["p0", "p1"], ["n0", "n9"]),
+        ("1", "q1", ["p1"], []),
+    ]
+    tsv = st_format.load_st(_write(tmp_path / "t.tsv", "a\tx\nb\ty\na\tz\tw\n"))
+    assert [(e.query, e.positives, e.negatives) for e in tsv] == [
+        ("a", ["x", "z"], ["w"]),
+        ("b", ["y"], []),
+    ]
+
+
 def test_examples_from_beir_skips_relevant_negatives(tmp_path):
     ds = beir.load_beir(_beir_dir(tmp_path, "q1\td1\t1\nq2\td2\t0\n"))
     exs = st_format.examples_from_beir(ds, {"q1": ["d1", "d2", "unknown"]})

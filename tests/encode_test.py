@@ -130,7 +130,6 @@ def test_read_texts(tmp_path):
     [
         ("{not json", r"in\.jsonl:3: malformed JSON"),
         (json.dumps({"title": "no text"}), r"in\.jsonl:3 field 'text': missing field"),
-        (json.dumps({"text": "   "}), r"in\.jsonl:3 field 'text': empty text"),
         (json.dumps({"text": 5}), r"in\.jsonl:3 field 'text': expected a string"),
         (json.dumps({"text": "x", "title": 7}), r"in\.jsonl:3 field 'title': expected a string"),
         ("[1, 2]", r"in\.jsonl:3: expected a JSON object"),
@@ -142,6 +141,23 @@ def test_read_texts_errors_name_file_line_field(tmp_path, bad, match):
     )
     with pytest.raises(InputError, match=match):
         encode.read_texts(path)
+
+
+def test_empty_texts_are_kept_with_one_warning(tmp_path, tiny, caplog):
+    """Public collections hold empty documents: kept, counted once, embedded as [CLS] [SEP]."""
+    lines = [
+        json.dumps({"text": "ok"}),
+        json.dumps({"text": "  "}),
+        json.dumps({"title": "", "text": ""}),
+    ]
+    with caplog.at_level("WARNING"):
+        texts = encode.read_texts(_write(tmp_path / "in.jsonl", lines))
+    assert texts == ["ok", "", ""]
+    warnings = [r.getMessage() for r in caplog.records if "empty" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 3 texts are empty" in warnings[0]
+    emb = encode.encode_texts(tiny, ["", "ok", ""], batch_size=4, progress=False)
+    np.testing.assert_allclose(emb[0], emb[2], atol=1e-6)
+    assert np.isfinite(emb).all() and abs(np.linalg.norm(emb[0]) - 1) < 1e-5
 
 
 def test_read_texts_empty_and_missing_file(tmp_path):
@@ -217,7 +233,7 @@ def test_cli_bad_input_and_help(tiny_dir, tmp_path):
     inp = _write(tmp_path / "in.jsonl", [json.dumps({"text": "ok"}), "{broken"])
     out = tmp_path / "emb.npy"
     r = _cli("--model", str(tiny_dir), "--input", str(inp), "--output", str(out))
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert f"{inp}:2: malformed JSON" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
     r = _cli("--help")  # absl prints the help and exits with status 1

@@ -5,11 +5,13 @@ import jax
 import numpy as np
 import pytest
 
+from dualenc.corpus_cache import cached_embeddings, corpus_fingerprint
 from dualenc.index import Index, load_doc_ids, load_index, save_index_dir
 from dualenc.index.base import IndexManifest, IndexMismatchError, check_doc_ids, rows_to_run
 from dualenc.index.bm25 import BM25Index, bm25_run
 from dualenc.index.exact import ExactIndex
 from dualenc.index.fusion import fuse, tune_weight
+from dualenc.index.scann_index import ScannIndex, default_params
 from dualenc.io import InputError
 from dualenc.runs import read_trec, write_trec
 
@@ -57,26 +59,28 @@ def _clustered(n, d, n_clusters, rng, noise=0.15):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_scann_recall_and_round_trip(tmp_path):
-    from dualenc.index.scann_index import ScannIndex
-
+def test_scann_tree_ah_recall_and_round_trip(tmp_path):
+    """20k clustered unit vectors with ScaNN's defaults: the searcher is a partition tree with
+    anisotropic hashing and exact reordering (not brute force), and recall@10 against the exact
+    index is >= 0.9; the saved index reloads into the same searcher."""
     rng = np.random.default_rng(0)
-    x = _clustered(21_000, 32, 400, rng)
+    x = _clustered(20_500, 64, 400, rng)
     p, q = x[:20_000], x[20_000:]
-    idx = ScannIndex.build(
-        p,
-        IndexManifest(kind="scann", count=0, weights_hash="abc"),
-        brute_force_below=1000,
-        num_leaves_to_search=20,
-    )
+    idx = ScannIndex.build(p, IndexManifest(kind="scann", count=0, weights_hash="abc"), k=10)
     assert not idx.manifest.params["brute_force"] and idx.manifest.params["num_leaves"] == 141
-    assert idx.manifest.params["num_leaves_to_search"] == 20  # the override wins over 14
+    config = idx.searcher.config()  # the text proto ScaNN actually built
+    assert "brute_force" not in config
+    for part in ("partitioning {", "num_children: 141", "asymmetric_hash {", "exact_reordering {"):
+        assert part in config, part
     s, rows = idx.search(q, 10)
-    _, ref = _numpy_topk(q, p, 10)
+    _, ref = ExactIndex(p).search(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, ref, strict=True)])
     assert recall >= 0.9, recall
     save_index_dir(idx, [f"d{i}" for i in range(len(p))], tmp_path / "ix")
+    assets = (tmp_path / "ix" / "scann" / "scann_assets.pbtxt").read_text()
+    assert "PARTITIONER" in assets and "AH_CENTERS" in assets
     again = load_index(tmp_path / "ix", weights_hash="abc")
+    assert "asymmetric_hash {" in again.searcher.config()
     s2, rows2 = again.search(q, 10)
     np.testing.assert_array_equal(rows2, rows)
     np.testing.assert_array_equal(s2, s)
@@ -85,9 +89,14 @@ def test_scann_recall_and_round_trip(tmp_path):
         load_index(tmp_path / "ix", weights_hash="other")
 
 
-def test_scann_brute_force_small_corpus_is_exact():
-    from dualenc.index.scann_index import ScannIndex
+def test_scann_overrides_win():
+    p = default_params(20_000, brute_force_below=1000, num_leaves_to_search=20, reorder=None)
+    assert not p["brute_force"] and p["num_leaves"] == 141
+    assert p["num_leaves_to_search"] == 20 and p["reorder"] == 100  # None keeps the default 100
+    assert default_params(19_999)["brute_force"] and not default_params(20_000)["brute_force"]
 
+
+def test_scann_brute_force_small_corpus_is_exact():
     rng = np.random.default_rng(3)
     p, q = _clustered(500, 16, 20, rng), _clustered(7, 16, 20, rng)
     idx = ScannIndex.build(p)
@@ -203,8 +212,6 @@ class _FakeEncoder:
 
 
 def test_corpus_cache_reuses_only_on_matching_manifest(tmp_path):
-    from dualenc.corpus_cache import cached_embeddings, corpus_fingerprint
-
     calls = []
 
     def enc(texts):

@@ -228,3 +228,248 @@ def test_adaptive_margin_has_no_stop_gradient_and_rejects_bad_err():
     np.testing.assert_allclose(
         float(soft), float(losses.adaptive_margin_loss(AM_Q, AM_POS, AM_NEG, err="softplus")[0])
     )
+
+
+# ----------------------------------------------------------------------------- multi-positive
+# Query 0 has two positives, ids 10 and 11; row 1 samples passage 11 as ITS positive. Candidates
+# [p0+ (10), p1+ (11), p0- (20), p1- (21)]: q0 -> [1, 1, 0, 0], q1 -> [0, 1, 0, 0] (scale 1).
+MQ = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+MP = np.array([[[1.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 0.0]]], np.float32)
+M_IDS = np.array([[10, 20], [11, 21]], np.int32)
+M_QPOS = np.array([[10, 11], [11, -1]], np.int32)
+# Masked: p1+ is a positive of q0, so it is no negative of q0 (column dropped).
+M_LOSS = 0.5 * ((_lse(1, 0, 0) - 1) + (_lse(0, 1, 0, 0) - 1))
+M_LOSS_UNMASKED = 0.5 * ((_lse(1, 1, 0, 0) - 1) + (_lse(0, 1, 0, 0) - 1))
+# Passage -> query over positives: p0+ -> [q0 1, q1 0]; p1+ -> [q0 1 (dropped: p1+ is q0's), q1 1].
+M_BACK = 0.5 * ((_lse(1, 0) - 1) + (_lse(1) - 1))
+
+
+def _mbatch():
+    return {"p_ids": jnp.asarray(M_IDS), "q_pos_ids": jnp.asarray(M_QPOS)}
+
+
+def test_other_rows_positive_of_the_query_is_not_a_negative():
+    assert M_LOSS_UNMASKED - M_LOSS > 0.2  # counting p1+ as q0's negative is visible
+    fn = jax.jit(losses.make_loss(_cfg(scale=1.0)))
+    loss, m = fn(jnp.asarray(MQ), jnp.asarray(MP), _mbatch())
+    np.testing.assert_allclose(float(loss), M_LOSS, rtol=1e-6)
+    np.testing.assert_allclose(float(m["hardest_neg_score"]), 0.0)  # q0's 1.0 was dropped
+    # Without the query's positive set only exact duplicates of the sampled positive are masked.
+    loss, _ = fn(jnp.asarray(MQ), jnp.asarray(MP), {"p_ids": jnp.asarray(M_IDS)})
+    np.testing.assert_allclose(float(loss), M_LOSS_UNMASKED, rtol=1e-6)
+    sym, _ = losses.make_loss(_cfg(scale=1.0, symmetric=True))(MQ, MP, _mbatch())
+    np.testing.assert_allclose(float(sym), 0.5 * (M_LOSS + M_BACK), rtol=1e-6)
+
+
+def test_multi_positive_masking_across_devices():
+    """One row per shard: q0's second positive lives on the other device."""
+    mesh = sharding.make_mesh((2, 1), devices=jax.devices()[:2])
+    sh = sharding.batch_sharding(mesh)
+    args = [jax.device_put(x, sh) for x in (MQ, MP, M_IDS, M_QPOS)]
+    for sym, want in ((False, M_LOSS), (True, 0.5 * (M_LOSS + M_BACK))):
+        jit_global = jax.jit(
+            lambda q, p, i, qp, s=sym: losses.contrastive_loss(
+                q, p, i, scale=1.0, symmetric=s, q_pos_ids=qp
+            )[0]
+        )
+        shard_map = jax.jit(
+            lambda q, p, i, qp, s=sym: losses.contrastive_loss_sharded(
+                q, p, i, mesh=mesh, scale=1.0, symmetric=s, q_pos_ids=qp
+            )[0]
+        )
+        np.testing.assert_allclose(float(jit_global(*args)), want, rtol=1e-6)
+        np.testing.assert_allclose(float(shard_map(*args)), want, rtol=1e-6)
+
+
+def _am_ref(q, p, ids, qpos, err="squared", in_batch=True, static=None):
+    """Independent float64 loops: (query, candidate) pairs minus the label and the positives."""
+    q, p = q.astype(np.float64), p.astype(np.float64)
+    b, n = p.shape[:2]
+    cos = lambda a, c: a @ c / max(np.linalg.norm(a) * np.linalg.norm(c), 1e-8)  # noqa: E731
+    if in_batch:
+        cands = [(i, 0) for i in range(b)] + [(i, j) for i in range(b) for j in range(1, n)]
+    errs = []
+    for i in range(b):
+        pos_set = {ids[i, 0], *(x for x in qpos[i] if x >= 0)}
+        rows = cands if in_batch else [(i, j) for j in range(1, n)]
+        for r, c in rows:
+            if (r, c) == (i, 0) or ids[r, c] in pos_set:
+                continue
+            m = cos(q[i], p[i, 0]) - cos(q[i], p[r, c])
+            x = m - (cos(p[i, 0], p[r, c]) / 2 + 0.5 if static is None else static)
+            errs.append({"squared": x * x, "l1": abs(x), "softplus": math.log1p(math.exp(-x))}[err])
+    return float(np.mean(errs))
+
+
+@pytest.mark.parametrize("err", ["squared", "softplus"])
+def test_adaptive_margin_in_batch_masks_other_positives(err):
+    cfg = _cfg(name="adaptive_margin", margin_err=err, margin_in_batch=True)
+    fn = jax.jit(losses.make_loss(cfg))
+    loss, m = fn(jnp.asarray(MQ), jnp.asarray(MP), _mbatch())
+    want = _am_ref(MQ, MP, M_IDS, M_QPOS, err)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    # By hand (squared; zero vectors have cosine 0): q0 keeps p0-, p1- -> m = 1, t = 0.5 twice;
+    # q1 (s(q1,p1+) = c = 1/sqrt2) keeps p0+ (m = c, t = c/2 + 1/2) and p0-, p1- (m = c, t = 1/2).
+    if err == "squared":
+        c = 1 / math.sqrt(2)
+        hand = (2 * 0.25 + (c / 2 - 0.5) ** 2 + 2 * (c - 0.5) ** 2) / 5
+        np.testing.assert_allclose(float(loss), hand, rtol=1e-5)
+    unmasked = _am_ref(MQ, MP, M_IDS, np.full_like(M_QPOS, -1), err)
+    loss_u, _ = fn(jnp.asarray(MQ), jnp.asarray(MP), {"p_ids": jnp.asarray(M_IDS)})
+    np.testing.assert_allclose(float(loss_u), unmasked, rtol=1e-5)
+    assert abs(unmasked - want) > 0.02  # the pair (q0, p1+) would add x = 1/2 - 3c/2
+
+
+def test_adaptive_margin_pairs_skip_a_negative_that_is_a_positive():
+    r = np.random.default_rng(4)
+    q, p = r.normal(size=(3, 4)).astype(np.float32), r.normal(size=(3, 3, 4)).astype(np.float32)
+    ids = np.array([[0, 5, 1], [1, 6, 7], [2, 2, 8]], np.int32)  # row 0 mined q0's 2nd positive
+    qpos = np.array([[0, 1], [1, -1], [2, -1]], np.int32)
+    cfg = _cfg(name="adaptive_margin", margin_err="l1")
+    loss, _ = losses.make_loss(cfg)(q, p, {"p_ids": ids, "q_pos_ids": qpos})
+    want = _am_ref(q, p, ids, qpos, "l1", in_batch=False)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    plain, _ = losses.adaptive_margin_loss(q, p, err="l1")  # all 6 pairs
+    assert abs(float(plain) - want) > 1e-3
+
+
+def test_adaptive_margin_static_target_and_stop_gradient():
+    p = jnp.stack([AM_POS, AM_NEG], axis=1)
+    loss, m = losses.make_loss(_cfg(name="adaptive_margin", margin_target="static"))(AM_Q, p, {})
+    np.testing.assert_allclose(float(loss), ((1 - 0.5) ** 2 + (1.6 - 0.5) ** 2) / 2, rtol=1e-5)
+    np.testing.assert_allclose(float(m["target"]), 0.5)
+    # stop_gradient: the gradient is that of err(m - t0) with t0 frozen at its current value.
+    r = np.random.default_rng(5)
+    q, pos, neg = (r.normal(size=(3, 4)).astype(np.float32) for _ in range(3))
+    t0 = losses._cos(pos, neg) / 2 + 0.5
+    frozen = lambda n: jnp.mean(jnp.square(losses._cos(q, pos) - losses._cos(q, n) - t0))  # noqa
+    stop = lambda n: losses.adaptive_margin_loss(q, pos, n, stop_gradient=True)[0]  # noqa: E731
+    live = lambda n: losses.adaptive_margin_loss(q, pos, n)[0]  # noqa: E731
+    np.testing.assert_allclose(float(stop(neg)), float(live(neg)), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(stop)(neg), jax.grad(frozen)(neg), atol=1e-6)
+    assert float(jnp.abs(jax.grad(stop)(neg) - jax.grad(live)(neg)).max()) > 1e-3
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _cfg(**kw):
+    import ml_collections
+
+    from dualenc.config import base_config
+
+    c = base_config().loss
+    c.update(kw)
+    return ml_collections.FrozenConfigDict(c)
+
+
+def test_registry_names():
+    assert {"contrastive", "adaptive_margin", "margin_mse", "kl"} <= set(losses.LOSSES)
+
+
+def test_margin_mse_and_kl_from_batch_hand_values():
+    q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    p = jnp.array([[[2.0, 0.0], [1.0, 1.0]], [[0.0, 3.0], [0.0, -1.0]]])  # margins 1, 4
+    t = jnp.array([[5.0, 3.0], [1.0, 0.0]])  # teacher margins 2, 1
+    loss, m = losses.make_loss(_cfg(name="margin_mse"))(q, p, {"teacher_scores": t})
+    np.testing.assert_allclose(float(loss), ((1 - 2) ** 2 + (4 - 1) ** 2) / 2)
+    np.testing.assert_allclose(float(m["teacher_margin"]), 1.5)
+    # kl: student scale * [2, 1] and [3, -1]; teacher [5, 3] / 2, [1, 0] / 2.
+    kl = losses.make_loss(_cfg(name="kl", scale=0.5, temperature=2.0))
+    got, _ = kl(q, p, {"teacher_scores": t})
+
+    def one(s, tt):
+        ps = np.exp(s) / np.exp(s).sum()
+        pt = np.exp(tt) / np.exp(tt).sum()
+        return float(np.sum(pt * np.log(pt / ps)))
+
+    want = (
+        one(np.array([1.0, 0.5]), np.array([2.5, 1.5]))
+        + one(np.array([1.5, -0.5]), np.array([0.5, 0.0]))
+    ) / 2
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["margin_mse", "kl"])
+def test_distillation_without_teacher_scores_fails_at_trace_time(name):
+    fn = jax.jit(losses.make_loss(_cfg(name=name)))
+    with pytest.raises(ValueError, match="teacher_scores"):
+        fn(jnp.asarray(MQ), jnp.asarray(MP), _mbatch())
+
+
+@pytest.mark.parametrize(
+    "kw,nneg,key",
+    [
+        ({"name": "infonce"}, None, "loss.name"),
+        ({"scale": 0.0}, None, "loss.scale"),
+        ({"scale": -1.0}, None, "loss.scale"),
+        ({"name": "adaptive_margin", "margin_err": "huber"}, None, "loss.margin_err"),
+        ({"margin_target": "fixed"}, None, "loss.margin_target"),
+        ({"name": "kl", "temperature": 0.0}, None, "loss.temperature"),
+        ({"name": "kl", "symmetric": True}, None, "loss.symmetric"),
+        ({"name": "margin_mse"}, 0, "data.num_negatives"),
+        ({"name": "adaptive_margin"}, 0, "loss.margin_in_batch"),
+    ],
+)
+def test_validate_loss_config_names_the_key(kw, nneg, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        losses.validate_loss_config(_cfg(**kw), nneg)
+    if nneg is None:  # make_loss validates too (it does not know data.num_negatives)
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            losses.make_loss(_cfg(**kw))
+
+
+def test_validate_accepts_defaults_and_in_batch_margin_without_negatives():
+    for name in losses.LOSSES:
+        losses.validate_loss_config(_cfg(name=name), 1)
+    losses.validate_loss_config(_cfg(name="adaptive_margin", margin_in_batch=True), 0)
+
+
+# ----------------------------------------------------------------------------- sharded == single
+
+
+@pytest.fixture(scope="module")
+def shard_data():
+    """B=16 rows, k=2; query 3's positive set includes row 12's positive (another device on
+    every mesh), row 5 mined its own positive, rows 2 and 9 share a positive."""
+    r = np.random.default_rng(6)
+    b, k, d = 16, 2, 8
+    p = r.normal(size=(b, 1 + k, d)).astype(np.float32)
+    ids = np.arange(b * (1 + k), dtype=np.int32).reshape(b, 1 + k)
+    p[9, 0], ids[9, 0] = p[2, 0], ids[2, 0]
+    p[5, 2], ids[5, 2] = p[5, 0], ids[5, 0]
+    qpos = np.full((b, 3), -1, np.int32)
+    qpos[:, 0] = ids[:, 0]
+    qpos[3, 1], qpos[12, 1] = ids[12, 0], ids[3, 0]
+    q = (p[:, 0] + 0.5 * r.normal(size=(b, d))).astype(np.float32)
+    teacher = r.normal(size=(b, 1 + k)).astype(np.float32)
+    return {"q": q, "p": p, "p_ids": ids, "q_pos_ids": qpos, "teacher_scores": teacher}
+
+
+CONFIGS = [
+    {"name": "contrastive", "symmetric": True},
+    {"name": "adaptive_margin", "margin_in_batch": True},
+    {"name": "adaptive_margin"},
+    {"name": "margin_mse"},
+    {"name": "kl", "temperature": 2.0},
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=lambda kw: "-".join(map(str, kw.values())))
+@pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
+def test_registry_losses_sharded_equal_single_device(kw, shape, shard_data):
+    fn = losses.make_loss(_cfg(**kw))
+
+    def vg(q, p, batch):
+        return jax.value_and_grad(lambda q, p: fn(q, p, batch), argnums=(0, 1), has_aux=True)(q, p)
+
+    data = dict(shard_data)
+    q, p = data.pop("q"), data.pop("p")
+    (want, _), (wq, wp) = jax.jit(vg)(q, p, data)
+    mesh = sharding.make_mesh(shape)
+    put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
+    (got, _), (gq, gp) = jax.jit(vg)(put(q), put(p), {k: put(v) for k, v in data.items()})
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(gq), np.asarray(wq), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gp), np.asarray(wp), atol=1e-5)
+    assert float(jnp.abs(wp).max()) > 1e-4

@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+# Plain imports, never importorskip: `make setup` installs the CPU torch stack, and a missing
+# torch must fail the suite rather than silently drop every parity test.
+import torch
+import transformers
 
-from dualenc.models import bert, convert, distilbert, pooling, registry  # noqa: E402
-from dualenc.models import dual_encoder as de  # noqa: E402
-from dualenc.models.cross_encoder import CrossEncoder  # noqa: E402
+from dualenc.models import bert, convert, distilbert, pooling, registry
+from dualenc.models import dual_encoder as de
+from dualenc.models.cross_encoder import CrossEncoder
 
 TOL = 1e-5
 TINY_BERT = dict(

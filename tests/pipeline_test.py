@@ -46,6 +46,11 @@ def _pipe(tok, examples=None, **kw):
     return TrainPipeline(examples if examples is not None else _examples(), tok, **args)
 
 
+def _ids(pipe):
+    """Passage text → id (the pipeline stores texts by id)."""
+    return {t: i for i, t in enumerate(pipe.texts)}
+
+
 def _take(pipe, n):
     return [next(pipe) for _ in range(n)]
 
@@ -66,7 +71,7 @@ def test_shapes_dtypes_and_content(tok):
     assert b["p_input_ids"].shape == b["p_attention_mask"].shape == (8, 3, lp)
     assert b["p_ids"].shape == (8, 3)
     assert all(v.dtype == np.int32 for v in b.values())
-    q_lens = [len(ids) for ids in tokenize(tok, [e.query for e in pipe.examples], 16)]
+    q_lens = [len(ids) for ids in tokenize(tok, [e.query for e in _examples()], 16)]
     assert b["q_attention_mask"].sum(1).max() <= lq
     assert lq == bucket_length(int(b["q_attention_mask"].sum(1).max()), DEFAULT_BUCKETS, 16)
     assert lq <= 16 and lp <= 24 and max(q_lens) <= 16
@@ -83,16 +88,17 @@ def test_positive_is_own_and_negatives_never_positive(tok):
     exs = _examples()
     exs[0].negatives = list(exs[0].positives) + ["other"]  # its own positive listed as negative
     pipe = _pipe(tok, exs, num_negatives=3)
-    pos_of = {pipe.passage_id[e.positives[0]]: e for e in exs}
+    pid = _ids(pipe)
+    pos_of = {pid[e.positives[0]]: e for e in exs}
     for b in _take(pipe, 3 * 4):
         for q_row, ids in zip(b["q_input_ids"], b["p_ids"], strict=True):
             ex = pos_of[int(ids[0])]
             q_ids = tokenize(tok, [ex.query], 16)[0]
             assert q_row[: len(q_ids)].tolist() == q_ids
-            own = {pipe.passage_id[t] for t in ex.positives}
+            own = {pid[t] for t in ex.positives}
             assert not own & set(ids[1:].tolist())
             if ex.negatives:  # sampled (with replacement if too few) from its own negatives
-                assert set(ids[1:].tolist()) <= {pipe.passage_id[t] for t in ex.negatives}
+                assert set(ids[1:].tolist()) <= {pid[t] for t in ex.negatives}
 
 
 def test_epochs_cover_each_example_once(tok):
@@ -100,7 +106,7 @@ def test_epochs_cover_each_example_once(tok):
     firsts = []
     for _ in range(2):
         ids = np.concatenate([b["p_ids"][:, 0] for b in _take(pipe, 3)])
-        assert sorted(ids.tolist()) == sorted(pipe.passage_id[e.positives[0]] for e in _examples())
+        assert sorted(ids.tolist()) == sorted(_ids(pipe)[e.positives[0]] for e in _examples())
         firsts.append(ids.tolist())
     assert firsts[0] != firsts[1]  # reshuffled per epoch
 
@@ -145,22 +151,19 @@ def test_duplicate_texts_share_ids(tok):
     b = next(pipe)
     pos = {int(i) for i in b["p_ids"][:, 0]}
     assert len(pos) == 7  # 8 rows, queries 0 and 1 share a positive id
-    row2 = [r for r in range(8) if b["p_ids"][r, 0] == pipe.passage_id[exs[2].positives[0]]][0]
-    assert b["p_ids"][row2, 1] == pipe.passage_id[exs[3].positives[0]]
+    pid = _ids(pipe)
+    row2 = [r for r in range(8) if b["p_ids"][r, 0] == pid[exs[2].positives[0]]][0]
+    assert b["p_ids"][row2, 1] == pid[exs[3].positives[0]]
 
 
 def test_queries_without_negatives_get_other_passages(tok):
     exs = [TrainExample(str(i), f"q{i}", [f"p{i}", f"alt{i}"]) for i in range(4)]
     pipe = _pipe(tok, exs, global_batch_size=4, num_negatives=5)
+    pid = _ids(pipe)
     for b in _take(pipe, 5):
         for ids in b["p_ids"]:
-            ex = next(
-                e
-                for e in exs
-                if pipe.passage_id[e.positives[0]] == ids[0]
-                or pipe.passage_id[e.positives[1]] == ids[0]
-            )
-            own = {pipe.passage_id[t] for t in ex.positives}
+            ex = next(e for e in exs if ids[0] in (pid[e.positives[0]], pid[e.positives[1]]))
+            own = {pid[t] for t in ex.positives}
             assert not own & set(ids[1:].tolist())
 
 

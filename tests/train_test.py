@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dualenc import train_lib
+from dualenc import steps, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = (
@@ -116,7 +116,7 @@ def e2e(tmp_path_factory):
                 "eval.every_steps": 0,
             },
         )
-        out.append(train_lib.train_and_evaluate(c, tmp / name))
+        out.append(trainer.train_and_evaluate(c, tmp / name))
     return tmp, out
 
 
@@ -163,21 +163,21 @@ def tiny(tmp_path_factory):
     from dualenc import optim
 
     c = tiny_config(tmp_path_factory.mktemp("tiny"))
-    base = train_lib.load_base_encoder(c.model)
-    batch = next(iter(train_lib.make_pipeline(c, base.tokenizer)))
+    base = steps.load_base_encoder(c.model)
+    batch = next(iter(trainer.make_pipeline(c, base.tokenizer)))
     tx, schedule = optim.make_optimizer(c.train, 10)
-    return c, base, tx, schedule, train_lib.init_dual_params(base, True), batch
+    return c, base, tx, schedule, steps.init_dual_params(base, True), batch
 
 
 def _grads(c, base, params, batch, chunk):
-    embed_q, embed_p = train_lib._embed_fns(base.spec, False)
-    loss_fn = train_lib.make_loss_fn(c.loss)
+    embed_q, embed_p = steps._embed_fns(base.spec, False)
+    loss_fn = steps.make_loss_fn(c.loss)
     b, rng = jax.tree.map(jnp.asarray, batch), jax.random.key(0)
     if chunk:
-        return jax.jit(
-            lambda p: train_lib._cache_grads(embed_q, embed_p, loss_fn, p, b, rng, chunk)
-        )(params)
-    return jax.jit(lambda p: train_lib._plain_grads(embed_q, embed_p, loss_fn, p, b, rng))(params)
+        return jax.jit(lambda p: steps._cache_grads(embed_q, embed_p, loss_fn, p, b, rng, chunk))(
+            params
+        )
+    return jax.jit(lambda p: steps._plain_grads(embed_q, embed_p, loss_fn, p, b, rng))(params)
 
 
 def test_gradcache_equals_plain_step(tiny):
@@ -192,8 +192,8 @@ def test_gradcache_equals_plain_step(tiny):
 def _one_step(c, base, tx, schedule, params, batch, mesh):
     from dualenc import sharding
 
-    state, sh = train_lib.create_state(params, tx, mesh, train_lib.mesh_rules(c))
-    step = train_lib.jit_train_step(train_lib.make_train_step(c, base.spec, tx, schedule), sh, mesh)
+    state, sh = steps.create_state(params, tx, mesh, steps.mesh_rules(c))
+    step = steps.jit_train_step(steps.make_train_step(c, base.spec, tx, schedule), sh, mesh)
     state, metrics = step(state, sharding.shard_batch(batch, mesh), jax.random.key(0))
     return jax.device_get(state["params"]), jax.device_get(metrics)
 
@@ -237,14 +237,14 @@ def test_sharded_step_equals_single_device(tiny, single_device_step, shape):
 
 def test_bf16_runs(tmp_path):
     c = tiny_config(tmp_path, **{"model.dtype": "bfloat16", "train.num_steps": 2})
-    res = train_lib.train_and_evaluate(c, tmp_path / "w")
+    res = trainer.train_and_evaluate(c, tmp_path / "w")
     assert res["step"] == 2 and np.isfinite(res["train/loss"])
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     c = tiny_config(tmp_path, **{"loss.scale": float("nan"), "train.num_steps": 3})
-    with pytest.raises(train_lib.NonFiniteLossError, match="at step 1"):
-        train_lib.train_and_evaluate(c, tmp_path / "w")
+    with pytest.raises(trainer.NonFiniteLossError, match="at step 1"):
+        trainer.train_and_evaluate(c, tmp_path / "w")
 
 
 @pytest.mark.parametrize("flag", ["--config.train.num_stepz=3", "--config.train.num_steps=abc"])
@@ -270,3 +270,173 @@ def test_bad_config_flag_fails_before_training(tmp_path, flag):
     assert proc.returncode != 0
     assert "num_step" in proc.stderr, proc.stderr[-2000:]
     assert not workdir.exists()
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((30, 1, 1, 4, 0), "train.batch_size=30 is not divisible by train.grad_accum_steps=4"),
+        ((16, 8, 1, 4, 0), "= 4 rows per micro-batch is not divisible by the 8 devices"),
+        ((32, 8, 1, 1, 12), "not divisible by train.cache_chunk_size=12"),
+        ((32, 8, 1, 1, 4), "train.cache_chunk_size=4 is not divisible by the 8 devices"),
+        ((12, 4, 8, 1, 0), "train.batch_size=12 is not divisible by the 8 processes"),
+    ],
+)
+def test_batch_divisibility_names_the_keys(args, message):
+    from dualenc.config import ConfigError, validate_batch
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate_batch(*args)
+
+
+def test_batch_divisibility_accepts_what_works():
+    from dualenc.config import validate_batch
+
+    validate_batch(64, 8, 2, 2, 16)  # 32 rows per micro-batch, chunks of 16 over 8 devices
+    validate_batch(8, 1, 1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.train.grad_accum_steps=3", "train.batch_size=8 is not divisible by"),
+        ("--config.loss.name=hinge", "loss.name='hinge' must be one of"),
+        ("--config.data.train.path=/nonexistent/train.json", "/nonexistent/train.json"),
+    ],
+)
+def test_cli_bad_config_or_data_is_one_line_exit_2(tmp_path, flag, message):
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "dualenc.train", "--config", str(REPO / "configs/tiny.py")]
+    cmd += ["--workdir", str(workdir), "--config.data.train.path=x.json", flag]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    if "grad_accum" in flag or "loss.name" in flag:  # config checks run before any file is made
+        assert not workdir.exists()
+
+
+# ----------------------------------------------------------------------------- resume + progress
+
+
+def test_resume_never_reads_the_pretrained_weights(tmp_path, monkeypatch):
+    """Resuming builds the state with jax.eval_shape and restores it: a pretrained model whose
+    weights cannot be read still resumes, bit-identically to the uninterrupted run."""
+    import shutil
+
+    from ml_collections import ConfigDict
+
+    from dualenc.models import loading
+
+    c = tiny_config(tmp_path, **{"train.num_steps": 4, "export.enabled": True})
+    model_dir = tmp_path / "pretrained"
+    loading.save_sentence_transformers(steps.load_base_encoder(c.model), model_dir)
+    c.model.init_random, c.model.name_or_path = False, str(model_dir)
+    c.model.config_overrides = ConfigDict()
+    trainer.train_and_evaluate(c, tmp_path / "a")
+    want = (tmp_path / "a" / "export" / "model.safetensors").read_bytes()
+    shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")  # as if stopped after step 2
+
+    def no_weights(_):
+        raise AssertionError("pretrained weights read on resume")
+
+    monkeypatch.setattr(loading, "_read_state_dict", no_weights)
+    steps._load_pretrained.cache_clear()
+    res = trainer.train_and_evaluate(c, tmp_path / "b")
+    assert res["step"] == 4 and [r["step"] for r in res["log"]] == [3, 4]
+    assert (tmp_path / "b" / "export" / "model.safetensors").read_bytes() == want
+
+
+def test_progress_counts_only_completed_steps(tmp_path, monkeypatch):
+    """The bar reaches step s only after step s's results are ready (never at dispatch)."""
+    import types
+
+    events = []
+    c = tiny_config(tmp_path, **{"train.num_steps": 5, "log.every_steps": 2})
+
+    metrics = {}  # step -> its metrics dict
+
+    class FakeStep:
+        compile_seconds = 0.0
+
+        def __call__(self, state, batch, rng):
+            events.append(("dispatch", state + 1))
+            metrics[state + 1] = {"loss": 1.0, "lr": 0.1, "grad_norm": 1.0, "num_tokens": 8.0}
+            return state + 1, metrics[state + 1]
+
+    class FakeBar:
+        def __init__(self, total, initial, **kw):
+            self.n = initial
+
+        def update(self, n):
+            self.n += n
+            events.append(("bar", self.n))
+
+        def set_postfix(self, **kw): ...
+
+        def write(self, msg): ...
+
+        def close(self): ...
+
+    def ready(m):  # jax.block_until_ready: the step whose metrics these are is now done
+        events.append(("ready", next(s for s, v in metrics.items() if v is m)))
+
+    step_fn = FakeStep()
+    monkeypatch.setattr(trainer, "tqdm", FakeBar)
+    monkeypatch.setattr(trainer.sharding, "shard_batch", lambda b, mesh: b)
+    monkeypatch.setattr(trainer.jax, "block_until_ready", ready)
+    guard = types.SimpleNamespace(should_stop=lambda: False)
+    ckpt = types.SimpleNamespace(should_save=lambda s: False)
+    run = types.SimpleNamespace(
+        config=c,
+        start=0,
+        num_steps=5,
+        pipeline=iter([{}] * 5),
+        mesh=None,
+        step_fn=step_fn,
+        rng=None,
+        writer=None,
+        ckpt=ckpt,
+    )
+    state, last, logged, preempted = trainer._loop(run, 0, guard)
+    assert state == 5 and not preempted and [r["step"] for r in logged] == [2, 4, 5]
+    bars = [s for e, s in events if e == "bar"]
+    assert bars[-1] == 5
+    for s in bars:
+        assert events.index(("ready", s)) < events.index(("bar", s)), events
+
+
+def test_init_from_a_workdir_starts_from_its_params(tmp_path):
+    """`init_from` = a previous workdir: with learning rate 0 the new run exports its params."""
+    c = tiny_config(tmp_path, **{"train.num_steps": 2, "export.enabled": True})
+    trainer.train_and_evaluate(c, tmp_path / "a")
+    c2 = tiny_config(
+        tmp_path, **{"train.num_steps": 1, "export.enabled": True, "train.learning_rate": 0.0}
+    )
+    c2.init_from = str(tmp_path / "a")
+    trainer.train_and_evaluate(c2, tmp_path / "b")
+    got = (tmp_path / "b" / "export" / "model.safetensors").read_bytes()
+    assert got == (tmp_path / "a" / "export" / "model.safetensors").read_bytes()
+
+
+def test_bm25_mining_never_returns_a_judged_positive(tmp_path):
+    """Query i's own passage d{i} ranks first in BM25 (it shares every query word) but is judged
+    relevant: never a negative."""
+    from dualenc.data import mining
+    from dualenc.data.beir import load_beir
+
+    _, beir = write_tiny_data(tmp_path)
+    ds = load_beir(beir, "test")
+    negs = mining.bm25_negatives(ds, depth=3)
+    assert set(negs) == set(ds.qrels)
+    for q, ids in negs.items():
+        i = q[1:]
+        assert 0 < len(ids) <= 3 and f"d{i}" not in ids and set(ids) <= set(ds.corpus), (q, ids)
+    examples = mining.beir_examples_with_negatives(str(beir), "test", depth=2, skip=1)
+    assert examples and all(len(ex.negatives) <= 2 for ex in examples)

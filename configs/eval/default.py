@@ -1,43 +1,8 @@
-"""Default evaluation config: the flag form of `dualenc.evaluate` builds exactly this ConfigDict.
+"""Default evaluation config (defined in dualenc/eval_config.py, so wheel installs have it).
 
 Usage: python -m dualenc.evaluate --config configs/eval/default.py --config.model=M ...
 """
 
-import ml_collections
-from ml_collections import config_dict
+from dualenc.eval_config import get_config
 
-
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.model = ""  # encoder dir / hub id (dense and hybrid)
-    c.data = ""  # BEIR dir: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv
-    c.split = "test"
-    c.qrels_file = ""  # overrides qrels/<split>.tsv (e.g. a file with a header line)
-    c.index = "exact"  # exact | scann | bm25 | hybrid
-    c.output = ""
-    c.k = 100  # depth of the written run
-    c.fusion_depth = 1000  # candidates per system for hybrid fusion
-    c.batch_size = 64
-    c.max_length = 0  # 0: the encoder's own max_length
-    c.cache_dir = ""  # corpus-embedding cache; "" disables
-    c.similarity = "dot"  # dot | cos
-    c.fusion = "minmax"  # minmax | zscore | rrf
-    c.hybrid_weight = 1.0  # weight of the dense run: bm25 + w * dense
-    c.tune_split = ""  # e.g. "train": tune hybrid_weight on that split's queries
-    c.tune_metric = "nDCG@10"
-    c.tune_grid = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 2.0, 3.0, 5.0)
-    c.rerank_model = ""
-    c.rerank_top = 100
-    c.save_index = ""  # write the searched index (for `dualenc.search`)
-    c.measures = ("nDCG@10", "RR@10", "R@10", "R@100", "AP", "P@10")
-    c.answer_ks = (5, 20, 50, 100)
-    c.tag = ""  # run tag; default from the index kind
-    c.progress = True
-    c.scann = ml_collections.ConfigDict()
-    c.scann.num_leaves = config_dict.placeholder(int)
-    c.scann.num_leaves_to_search = config_dict.placeholder(int)
-    c.scann.reorder = config_dict.placeholder(int)
-    c.scann.training_sample_size = config_dict.placeholder(int)
-    c.scann.brute_force_below = 20_000
-    c.lock()
-    return c
+__all__ = ["get_config"]

@@ -2,7 +2,9 @@
 
 Qrels files are read with or without a header (some published files have none, and BEIR's own
 loader then silently drops the first row), and qrels naming unknown ids are dropped with a warning
-rather than crashing an evaluation halfway through.
+rather than crashing an evaluation halfway through. Documents with no title and no text exist in
+public collections: evaluation, encoding and search read them with `allow_empty=True` (one warning
+counts them); training readers keep the strict default, which names file:line.
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ def _read_id(obj: dict, path, line: int) -> str:
     return val
 
 
-def load_corpus(path: str | os.PathLike) -> dict[str, Doc]:
-    """{doc_id: Doc(title, text)} in file order; duplicate ids or an empty corpus raise."""
+def load_corpus(path: str | os.PathLike, *, allow_empty: bool = False) -> dict[str, Doc]:
+    """{doc_id: Doc(title, text)} in file order; duplicate ids or an empty corpus raise.
+
+    A document with no title and no text raises, unless `allow_empty` (then one warning).
+    """
     corpus: dict[str, Doc] = {}
     first_line: dict[str, int] = {}
+    empty = []
     for lineno, obj in read_jsonl(path):
         doc_id = _read_id(obj, path, lineno)
         if doc_id in corpus:
@@ -61,13 +67,24 @@ def load_corpus(path: str | os.PathLike) -> dict[str, Doc]:
             raise InputError("expected a string", path=path, line=lineno, field="title")
         text = require_str(obj, "text", path=path, line=lineno, allow_empty=True)
         if not (title.strip() or text.strip()):
-            raise InputError(
-                "empty document (no title and no text)", path=path, line=lineno, field="text"
-            )
+            if not allow_empty:
+                raise InputError(
+                    "empty document (no title and no text)", path=path, line=lineno, field="text"
+                )
+            empty.append(lineno)
         corpus[doc_id] = Doc(title, text)
         first_line[doc_id] = lineno
     if not corpus:
         raise InputError("empty corpus", path=path)
+    if empty:
+        log.warning(
+            "%s: %d of %d documents are empty (no title and no text; first on line %d); they "
+            "are kept and embed as [CLS] [SEP]",
+            path,
+            len(empty),
+            len(corpus),
+            empty[0],
+        )
     return corpus
 
 
@@ -158,12 +175,15 @@ def qrels_path(root: str | os.PathLike, split: str) -> Path:
     return _find(Path(root) / "qrels", f"{split}.tsv", f"{split}.with_header.tsv")
 
 
-def load_beir(root: str | os.PathLike, split: str = "test") -> BeirDataset:
+def load_beir(
+    root: str | os.PathLike, split: str = "test", *, allow_empty_docs: bool = False
+) -> BeirDataset:
     """Loads root/corpus.jsonl[.gz], root/queries.jsonl[.gz] and root/qrels/<split>.tsv."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("BEIR dataset directory not found", path=root)
-    corpus = load_corpus(_find(root, "corpus.jsonl", "corpus.jsonl.gz"))
+    corpus_path = _find(root, "corpus.jsonl", "corpus.jsonl.gz")
+    corpus = load_corpus(corpus_path, allow_empty=allow_empty_docs)
     queries = load_queries(_find(root, "queries.jsonl", "queries.jsonl.gz"))
     qpath = qrels_path(root, split)
     qrels = filter_qrels(load_qrels(qpath), queries, corpus, source=str(qpath))

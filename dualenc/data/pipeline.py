@@ -1,56 +1,45 @@
-"""The training input pipeline: TrainExamples → per-host numpy batches for a dual encoder.
+"""The training input pipeline: a store split → per-host numpy batches for a dual encoder.
 
-Everything a batch contains is a pure function of (seed, epoch, position): the epoch order is a
-grain index shuffle seeded by (seed, epoch), and each query's positive and k hard negatives are
-drawn by (seed, epoch, example index). So the iterator state is just {epoch, position}, resuming
-is exact, and every host computes the same global batch and keeps its own slice of rows.
+A grain dataset of global steps, each mapped through: the epoch's example order (an index shuffle
+seeded by seed, epoch) → the global batch's example ids → positive + k hard negatives per row,
+drawn by (seed, epoch, example index) → this host's rows only (process_index of process_count) →
+tokenisation of those rows, padded to lengths every host computes alike from per-text token
+lengths → prefetched by grain worker threads. Every batch is a pure function of the step number,
+so the iterator state is grain's JSON `{"next_index": step}`, resume is exact, and concatenating
+the hosts' batches gives the one-host batch.
 """
 
 from __future__ import annotations
 
-import os
+import threading
 from collections.abc import Sequence
 
 import grain
+import jax
 import numpy as np
 
 from dualenc import tokenization
-from dualenc.data.examples import TrainExample, passage_ids
+from dualenc.data import store
+from dualenc.data.store import TEXT_FORMATS, Record, Split, load_examples
 from dualenc.io import InputError
 
-FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir", "tfds")
+FORMATS = (*TEXT_FORMATS, "tfds", "arrayrecord")
+STORE_FORMATS = ("tfds", "arrayrecord")  # both name a dir built by dualenc.data.store
+
+__all__ = ["FORMATS", "TrainPipeline", "load_examples", "open_data"]
 
 
-def load_examples(path: str | os.PathLike, format: str, *, split: str = "train"):
-    """Reads training examples in one of FORMATS (beir/tfds: `path` is the dataset dir)."""
-    if format == "dpr":
-        from dualenc.data.dpr import load_dpr
-
-        return load_dpr(path)
-    if format in ("st_jsonl", "st_tsv", "st"):
-        from dualenc.data import st_format
-
-        loader = {"st_jsonl": st_format.load_st_jsonl, "st_tsv": st_format.load_st_tsv}
-        return loader.get(format, st_format.load_st)(path)
-    if format == "beir":
-        from dualenc.data.beir import load_beir
-        from dualenc.data.st_format import examples_from_beir
-
-        return examples_from_beir(load_beir(path, split))
-    if format == "tfds":
-        from dualenc.data.tfds_builders import as_source
-
-        return as_source(path, split)
-    raise InputError(f"unknown training data format {format!r}; expected one of {FORMATS}")
-
-
-def _as_example(rec) -> TrainExample:
-    """TrainExample, or a record of a TFDS source (dict, text as bytes / JSON strings)."""
-    if isinstance(rec, TrainExample):
-        return rec
-    from dualenc.data.tfds_builders import example_from_record
-
-    return example_from_record(rec)
+def open_data(examples=None, path=None, format: str = "dpr", split: str = "train") -> Split:
+    """The random-access Split to train on: given examples (in memory), a store dir, or a file."""
+    if examples is not None:
+        return examples if isinstance(examples, Split) else store.memory_split(list(examples))
+    if path is None:
+        raise ValueError("TrainPipeline needs `examples` or `path`")
+    if format in STORE_FORMATS:
+        return store.open_split(path, split)
+    if format not in FORMATS:
+        raise InputError(f"unknown training data format {format!r}; expected one of {FORMATS}")
+    return store.memory_split(load_examples(path, format, split=split))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -58,12 +47,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class TrainPipeline:
-    """Deterministic, resumable iterator of dual-encoder training batches (numpy, per host).
+    """Deterministic, resumable, prefetching iterator of dual-encoder training batches (per host).
 
     Yields {'q_input_ids' (b, Lq), 'q_attention_mask', 'p_input_ids' (b, 1+k, Lp),
-    'p_attention_mask', 'p_ids' (b, 1+k)} int32 with b = global_batch_size / process_count;
-    p[:, 0] is the positive. Lq/Lp are the longest in the GLOBAL batch rounded up to a bucket
-    (≤ max length), so all hosts agree on shapes and jit sees few of them.
+    'p_attention_mask', 'p_ids' (b, 1+k), 'q_pos_ids' (b, P)} int32 (+ 'teacher_scores' (b, 1+k)
+    float32 when the data has them), b = global_batch_size / process_count; p[:, 0] is a positive
+    and q_pos_ids all positives of the row's query, padded with -1. Lq/Lp are the longest in the
+    GLOBAL batch rounded up to a bucket (≤ max length), so hosts agree and jit sees few shapes.
     """
 
     def __init__(
@@ -85,16 +75,13 @@ class TrainPipeline:
         drop_remainder: bool = True,
         buckets: Sequence[int] = tokenization.DEFAULT_BUCKETS,
         pad_multiple: int | None = None,
+        num_threads: int = 2,
+        prefetch: int = 4,
     ):
-        if examples is None:
-            if path is None:
-                raise ValueError("TrainPipeline needs `examples` or `path`")
-            examples = load_examples(path, format, split=split)
-        self.examples = [_as_example(examples[i]) for i in range(len(examples))]
+        self.data = open_data(examples, path, format, split)
         if tokenizer is None:
             raise ValueError("TrainPipeline needs a tokenizer")
-        self.tokenizer = tokenizer
-        self.pad_id = tokenization.pad_id(tokenizer)
+        self.tokenizer, self.pad_id = tokenizer, tokenization.pad_id(tokenizer)
         gbs = global_batch_size if global_batch_size is not None else batch_size
         if gbs is None or gbs <= 0:
             raise ValueError(f"global_batch_size must be positive, got {gbs}")
@@ -102,16 +89,21 @@ class TrainPipeline:
         self.q_max_length, self.p_max_length = int(q_max_length), int(p_max_length)
         self.seed, self.drop_remainder = int(seed), bool(drop_remainder)
         self.buckets, self.pad_multiple = tuple(buckets), pad_multiple
+        self.max_positives = self.data.max_positives
         self._init_hosts(process_index, process_count)
-        self._index_passages()
-        self.epoch, self.position = 0, 0
+        self._check_sizes()
+        self._local, self._lock = threading.local(), threading.Lock()
+        self._lengths, self._orders = None, {}
+        if not (self._fixed_length(self.q_max_length) and self._fixed_length(self.p_max_length)):
+            self.token_lengths()  # up front: a pass over every text, before any worker starts
+        self.read_options = grain.ReadOptions(
+            num_threads=num_threads, prefetch_buffer_size=prefetch
+        )
+        self._iter = iter(self.dataset().to_iter_dataset(self.read_options))
 
     def _init_hosts(self, process_index, process_count):
-        if process_index is None or process_count is None:
-            import jax
-
-            process_index = jax.process_index() if process_index is None else process_index
-            process_count = jax.process_count() if process_count is None else process_count
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
         if self.global_batch_size % process_count:
             raise ValueError(
                 f"global batch {self.global_batch_size} is not divisible by "
@@ -122,22 +114,8 @@ class TrainPipeline:
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.local_batch_size = self.global_batch_size // self.process_count
 
-    def _index_passages(self):
-        """Global text → id map; per-example positive ids and negatives minus own positives."""
-        if not self.examples:
-            raise InputError("no training examples")
-        self.passage_id = passage_ids(self.examples)
-        self.texts = list(self.passage_id)  # id → text
-        self._pos, self._neg = [], []
-        for ex in self.examples:
-            if not ex.positives:
-                raise InputError(f"query {ex.qid!r} has no positive passage")
-            pos = np.array(sorted({self.passage_id[t] for t in ex.positives}), np.int64)
-            neg = [self.passage_id[t] for t in ex.negatives]
-            neg = np.array(sorted(set(neg) - set(pos.tolist())), np.int64)
-            self._pos.append(pos)
-            self._neg.append(neg)
-        if self.num_negatives > 0 and len(self.texts) < 2:
+    def _check_sizes(self):
+        if self.num_negatives > 0 and self.num_passages < 2:
             raise InputError("need at least two distinct passages to sample negatives")
         if self.steps_per_epoch == 0:
             raise InputError(
@@ -149,20 +127,39 @@ class TrainPipeline:
 
     @property
     def num_examples(self) -> int:
-        return len(self.examples)
+        return len(self.data.examples)
 
     @property
     def num_passages(self) -> int:
-        return len(self.texts)
+        return len(self.data.passages)
+
+    @property
+    def texts(self) -> Sequence[str]:
+        """Passage text by id (random access; a store reads it from disk)."""
+        return self.data.passages
 
     @property
     def steps_per_epoch(self) -> int:
         n, b = self.num_examples, self.global_batch_size
         return n // b if self.drop_remainder else -(-n // b)
 
+    @property
+    def step(self) -> int:
+        """Global step index of the next batch to yield."""
+        return int(self._iter.get_state()["next_index"])
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    @property
+    def position(self) -> int:
+        return self.step % self.steps_per_epoch
+
     def get_state(self) -> dict:
-        """JSON-serialisable position of the iterator (the next batch to yield)."""
+        """JSON-serialisable position of the iterator: grain's state plus what it depends on."""
         return {
+            "grain": self._iter.get_state(),
             "epoch": self.epoch,
             "position": self.position,
             "seed": self.seed,
@@ -180,34 +177,41 @@ class TrainPipeline:
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position < self.steps_per_epoch:
             raise ValueError(f"invalid iterator state epoch={epoch} position={position}")
-        self.epoch, self.position = epoch, position
+        grain_state = state.get("grain") or {"next_index": epoch * self.steps_per_epoch + position}
+        self._iter.set_state(grain_state)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.batch_at(self.epoch, self.position)
-        self.position += 1
-        if self.position >= self.steps_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        return batch
+        return next(self._iter)
 
-    # ------------------------------------------------------------------ batch construction
+    # ------------------------------------------------------------------ the grain dataset
+
+    def dataset(self) -> grain.MapDataset:
+        """Global step → this host's batch, as a grain MapDataset (infinite, random access)."""
+        spe = self.steps_per_epoch
+        steps = grain.MapDataset.range(spe).repeat()
+        return steps.map_with_index(lambda i, _: self.batch_at(i // spe, i % spe))
 
     def epoch_order(self, epoch: int) -> grain.MapDataset:
         """The example order of one epoch (a lazy grain index shuffle seeded by seed, epoch)."""
-        ds = grain.MapDataset.range(self.num_examples)
-        return ds.shuffle(seed=_epoch_seed(self.seed, epoch))
+        order = self._orders.get(epoch)
+        if order is None:  # keep the latest epoch only (worker threads may race: both correct)
+            ds = grain.MapDataset.range(self.num_examples)
+            order = ds.shuffle(seed=_epoch_seed(self.seed, epoch))
+            self._orders = {epoch: order}
+        return order
 
     def global_indices(self, epoch: int, position: int) -> np.ndarray:
         """Example indices of the global batch; a short last batch wraps to the epoch start."""
         order, n, b = self.epoch_order(epoch), self.num_examples, self.global_batch_size
         return np.array([order[(position * b + j) % n] for j in range(b)], np.int64)
 
-    def sample_passages(self, index: int, epoch: int) -> np.ndarray:
+    def sample_passages(self, rec: Record, index: int, epoch: int) -> np.ndarray:
         """(1+k,) passage ids for one example: a positive, then k negatives, by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch, index])
-        pos, neg, k = self._pos[index], self._neg[index], self.num_negatives
+        pos, neg, k = np.array(rec.pos, np.int64), np.array(rec.neg, np.int64), self.num_negatives
         out = np.empty(1 + k, np.int64)
         out[0] = pos[rng.integers(len(pos))]
         if k == 0:
@@ -216,6 +220,8 @@ class TrainPipeline:
             out[1:] = rng.choice(neg, size=k, replace=False)
         elif len(neg):  # all of them once, then the rest drawn with replacement
             out[1:] = np.concatenate([rng.permutation(neg), rng.choice(neg, k - len(neg))])
+        elif self.data.has_scores:
+            raise InputError(f"query {rec.qid!r} has teacher scores but no negative to score")
         else:  # no negatives of its own: random passages of the dataset, never its positives
             out[1:] = self._random_passages(rng, pos, k)
         return out
@@ -230,30 +236,77 @@ class TrainPipeline:
                 out.append(cand)
         return np.array(out, np.int64)
 
+    # ------------------------------------------------------------------ tokenisation
+
+    def _tokenizers(self):
+        """Per-thread tokenizer copies with truncation set once (worker threads share nothing)."""
+        t = self._local
+        if not hasattr(t, "q"):
+            t.q = store.truncating_copy(self.tokenizer, self.q_max_length)
+            t.p = store.truncating_copy(self.tokenizer, self.p_max_length)
+        return t
+
+    def _fixed_length(self, max_length: int) -> int | None:
+        """With pad_multiple ≥ max_length every batch pads to max_length: no lengths needed."""
+        return max_length if self.pad_multiple and self.pad_multiple >= max_length else None
+
     def _pad_len(self, longest: int, max_length: int) -> int:
         if self.pad_multiple:
             m = self.pad_multiple
             return min(-(-longest // m) * m, max_length)
         return tokenization.bucket_length(longest, self.buckets, max_length)
 
-    def _tokenize(self, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-        ids = tokenization.tokenize(self.tokenizer, texts, max_length)
-        padded = self._pad_len(max(len(s) for s in ids), max_length)
-        return tokenization.pad_batch(ids, padded, self.pad_id)
+    def token_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(query lengths by example, passage lengths by id), truncated: computed once (cached in
+        a store) so that every host derives the same padded shapes without tokenising them."""
+        with self._lock:
+            if self._lengths is None:
+                self._lengths = store.token_lengths(
+                    self.data, self.tokenizer, self.q_max_length, self.p_max_length
+                )
+        return self._lengths
+
+    def _shapes(self, idx: np.ndarray, p_ids: np.ndarray) -> tuple[int, int]:
+        lq, lp = self._fixed_length(self.q_max_length), self._fixed_length(self.p_max_length)
+        if lq is None or lp is None:
+            q_len, p_len = self.token_lengths()
+            lq = lq or self._pad_len(int(q_len[idx].max()), self.q_max_length)
+            lp = lp or self._pad_len(int(p_len[p_ids].max()), self.p_max_length)
+        return lq, lp
+
+    def _encode(self, texts: list[str], which: str, length: int) -> tuple[np.ndarray, np.ndarray]:
+        tok = getattr(self._tokenizers(), which)
+        ids = [e.ids for e in tok.encode_batch(texts)]
+        return tokenization.pad_batch(ids, length, self.pad_id)
+
+    # ------------------------------------------------------------------ batch construction
 
     def batch_at(self, epoch: int, position: int) -> dict[str, np.ndarray]:
         """This host's slice of global batch `position` of `epoch` (pure: no state change)."""
         idx = self.global_indices(epoch, position)  # (B,)
-        p_ids = np.stack([self.sample_passages(int(i), epoch) for i in idx])  # (B, 1+k)
+        recs = [self.data.examples[int(i)] for i in idx]
+        p_ids = np.stack(
+            [self.sample_passages(r, int(i), epoch) for r, i in zip(recs, idx, strict=True)]
+        )
+        lq, lp = self._shapes(idx, p_ids)  # from the GLOBAL batch: equal on every host
         b, lo = self.local_batch_size, self.process_index * self.local_batch_size
-        q_ids, q_mask = self._tokenize([self.examples[i].query for i in idx], self.q_max_length)
-        p_ids_flat = p_ids.reshape(-1)
-        p_in, p_mask = self._tokenize([self.texts[i] for i in p_ids_flat], self.p_max_length)
-        k1 = p_ids.shape[1]
-        return {
-            "q_input_ids": q_ids[lo : lo + b],  # (b, Lq)
-            "q_attention_mask": q_mask[lo : lo + b],
-            "p_input_ids": p_in.reshape(-1, k1, p_in.shape[-1])[lo : lo + b],  # (b, 1+k, Lp)
-            "p_attention_mask": p_mask.reshape(-1, k1, p_mask.shape[-1])[lo : lo + b],
-            "p_ids": p_ids[lo : lo + b].astype(np.int32),  # (b, 1+k)
+        recs, p_ids = recs[lo : lo + b], p_ids[lo : lo + b]  # (b, 1+k): only these are tokenised
+        q_in, q_mask = self._encode([r.query for r in recs], "q", lq)
+        p_in, p_mask = self._encode([self.data.passages[int(i)] for i in p_ids.flat], "p", lp)
+        q_pos = np.full((b, self.max_positives), -1, np.int32)
+        for row, r in enumerate(recs):
+            q_pos[row, : len(r.pos)] = r.pos
+        out = {
+            "q_input_ids": q_in,  # (b, Lq)
+            "q_attention_mask": q_mask,
+            "p_input_ids": p_in.reshape(b, -1, lp),  # (b, 1+k, Lp)
+            "p_attention_mask": p_mask.reshape(b, -1, lp),
+            "p_ids": p_ids.astype(np.int32),  # (b, 1+k)
+            "q_pos_ids": q_pos,  # (b, P)
         }
+        if self.data.has_scores:
+            out["teacher_scores"] = np.array(
+                [[r.scores[int(i)] for i in row] for r, row in zip(recs, p_ids, strict=True)],
+                np.float32,
+            )  # (b, 1+k)
+        return out

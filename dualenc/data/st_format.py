@@ -3,16 +3,22 @@
 Accepted JSONL lines: {"query"|"anchor", "positive", "negative"?, "negative_1"...} (a value may be
 a string or a list of strings), or a JSON list [query, positive, negative...]. TSV lines:
 query \t positive [\t negative ...]. Errors name file:line:field.
+
+Teacher scores (for distillation losses): a dict line may carry "scores" (or "label" as a list),
+one number per candidate in order: its positives, then its negatives (as a miner writes them);
+either every line has them or none. Lines repeating a query text (anchor/positive pair files) are
+grouped into one example holding all their positives (`examples.group_by_query`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 from dualenc.data.beir import BeirDataset
-from dualenc.data.examples import TrainExample, passage_text, validate_example
+from dualenc.data.examples import TrainExample, group_by_query, passage_text, validate_example
 from dualenc.io import InputError, open_text
 
 
@@ -40,7 +46,34 @@ def _from_dict(obj: dict, *, qid: str, path, line: int) -> TrainExample:
     for key in sorted(k for k in obj if k.startswith("negative")):
         negatives += _texts(obj[key], path=path, line=line, field=key)
     qid = str(obj.get("qid", obj.get("id", qid)))
-    return TrainExample(qid=qid, query=query[0], positives=positives, negatives=negatives)
+    ex = TrainExample(qid=qid, query=query[0], positives=positives, negatives=negatives)
+    ex.scores = _scores(obj, ex, path=path, line=line)
+    return ex
+
+
+def _scores(obj: dict, ex: TrainExample, *, path, line: int) -> dict[str, float] | None:
+    """{candidate text: teacher score} from a "scores" (or list "label") field, else None."""
+    key = "scores" if "scores" in obj else "label"
+    val = obj.get(key)
+    if key == "label" and not isinstance(val, list):
+        return None  # a scalar label (pair classification / a margin) is not per candidate
+    if val is None:
+        return None
+    cands = [*ex.positives, *ex.negatives]
+    ok = isinstance(val, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in val
+    )
+    if not ok or len(val) != len(cands):
+        raise InputError(
+            f"expected {len(cands)} finite numbers (positives, then negatives)",
+            path=path,
+            line=line,
+            field=key,
+        )
+    out: dict[str, float] = {}
+    for t, v in zip(cands, val, strict=True):
+        out.setdefault(t, float(v))
+    return out
 
 
 def _from_list(obj: list, *, qid: str, path, line: int) -> TrainExample:
@@ -56,8 +89,8 @@ def _from_list(obj: list, *, qid: str, path, line: int) -> TrainExample:
 
 
 def load_st_jsonl(path: str | os.PathLike) -> list[TrainExample]:
-    """Reads sentence-transformers style JSONL (dict or list per line)."""
-    out = []
+    """Reads sentence-transformers style JSONL (dict or list per line); groups repeated queries."""
+    out, scored = [], None
     with open_text(path) as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -75,14 +108,19 @@ def load_st_jsonl(path: str | os.PathLike) -> list[TrainExample]:
                 ex = _from_list(obj, qid=qid, path=path, line=lineno)
             else:
                 raise InputError("expected a JSON object or list", path=path, line=lineno)
+            if scored is not None and scored != (ex.scores is not None):
+                raise InputError(
+                    "teacher scores on some lines only", path=path, line=lineno, field="scores"
+                )
+            scored = ex.scores is not None
             out.append(validate_example(ex, path=path, line=lineno))
     if not out:
         raise InputError("no training examples", path=path)
-    return out
+    return group_by_query(out)
 
 
 def load_st_tsv(path: str | os.PathLike) -> list[TrainExample]:
-    """Reads query \\t positive [\\t negative ...] lines (no header)."""
+    """Reads query \\t positive [\\t negative ...] lines (no header); groups repeated queries."""
     out = []
     with open_text(path) as f:
         for lineno, raw in enumerate(f, start=1):
@@ -102,7 +140,7 @@ def load_st_tsv(path: str | os.PathLike) -> list[TrainExample]:
             out.append(validate_example(ex, path=path, line=lineno))
     if not out:
         raise InputError("no training examples", path=path)
-    return out
+    return group_by_query(out)
 
 
 def load_st(path: str | os.PathLike) -> list[TrainExample]:

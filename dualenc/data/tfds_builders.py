@@ -1,7 +1,8 @@
 """TFDS array_record storage of TrainExamples, written and read without TensorFlow.
 
-Large training sets (millions of queries with mined negatives) do not fit comfortably in one JSON
-file; array_record gives random access, which the grain pipeline needs for its index shuffle.
+Legacy layout (texts repeated in every example): training reads `dualenc.data.store` instead,
+which keeps each passage once and examples as passage ids. Kept to read datasets written before:
+`load_source_examples` → `store.build_store` converts one.
 `build_from_examples` writes `<data_dir>/dualenc_examples/1.0.0/`; `as_source` reads a split.
 """
 

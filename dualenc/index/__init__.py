@@ -10,13 +10,16 @@ from dualenc.index.base import (
 )
 
 
-def load_index(directory, *, weights_hash: str | None = None):
-    """Opens a saved index of any kind, checking the model hash where one is given."""
+def load_index(directory, *, weights_hash: str | None = None, devices=None):
+    """Opens a saved index of any kind, checking the model hash where one is given.
+
+    `devices`: where an exact index searches (default: all devices of all processes).
+    """
     kind = read_manifest(directory).kind
     if kind == "exact":
         from dualenc.index.exact import ExactIndex
 
-        return ExactIndex.load(directory, weights_hash=weights_hash)
+        return ExactIndex.load(directory, weights_hash=weights_hash, devices=devices)
     if kind == "scann":
         from dualenc.index.scann_index import ScannIndex
 

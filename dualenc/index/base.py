@@ -97,12 +97,17 @@ def read_manifest(directory: str | os.PathLike, kind: str | None = None) -> Inde
 
 @runtime_checkable
 class Index(Protocol):
-    """A dense index: top-k corpus rows for each query vector."""
+    """An index: top-k corpus rows for each query, dense (exact, ScaNN) or lexical (BM25).
+
+    `inputs` says what `search` takes: "vector" (a (Q, D) array) or "text" (Q strings).
+    """
 
     manifest: IndexManifest
+    inputs: str
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """q (Q, D) -> (scores (Q, k) float32, rows (Q, k) int64), best first."""
+    def search(self, q, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """q (Q, D) vectors or Q texts -> (scores (Q, k) float32, rows (Q, k) int64), best first;
+        rows < 0 are padding (nothing retrieved)."""
         ...
 
     def save(self, directory: str | os.PathLike) -> None: ...

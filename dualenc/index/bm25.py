@@ -6,6 +6,7 @@ This configuration reproduces the reference SciFact test nDCG@10 of 0.6617 (see 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ def _tokenize(texts: list[str], stopwords: str):
 
 
 class BM25Index:
-    """Sparse lexical index; `search_texts` maps query strings to top-k corpus rows."""
+    """Sparse lexical index: `search` (the `Index` interface, `inputs == "text"`) maps query
+    strings to top-k corpus rows. Empty documents are indexed but never retrieved."""
 
     kind = "bm25"
+    inputs = "text"
 
     def __init__(self, retriever, manifest: IndexManifest):
         self.retriever, self.manifest = retriever, manifest
@@ -77,6 +80,12 @@ class BM25Index:
             rows[live], scores[live] = r, s
         rows[scores <= 0] = -1  # a zero BM25 score shares no term with the query
         return scores, rows
+
+    def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `Index` interface: query texts (not vectors) -> (scores, rows), rows -1 = no hit."""
+        if isinstance(queries, str) or (isinstance(queries, np.ndarray) and queries.ndim > 1):
+            raise TypeError("BM25Index.search takes a list of query strings")
+        return self.search_texts(list(queries), k)
 
     def save(self, directory: str | os.PathLike) -> None:
         d = Path(directory)

@@ -4,6 +4,10 @@ The corpus is padded and split into one contiguous block of rows per device; eac
 its block chunk by chunk, keeping a running top-k, and the per-device results are merged with
 one more top-k. Because blocks are contiguous and `lax.top_k` keeps the lower position first on
 ties, equal scores always resolve to the lower corpus row, on any number of devices.
+
+By default the mesh holds every device of every process: each host holds the whole corpus matrix
+and contributes its devices' blocks; every process must call `search` with the same queries, and
+all get the full result.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dualenc import multihost
 from dualenc.index.base import (
     IndexManifest,
     check_corpus,
@@ -70,7 +75,7 @@ def _search_fn(mesh: Mesh, k: int, chunk: int, block: int, count: int):
         local, mesh=mesh, in_specs=(P(), P("x")), out_specs=(P("x"), P("x")), check_vma=False
     )
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
     def search(q, p):
         s, i = sharded(q, p)  # (ndev, Q, k), devices in row order
         s = jnp.transpose(s, (1, 0, 2)).reshape(q.shape[0], -1)
@@ -81,10 +86,18 @@ def _search_fn(mesh: Mesh, k: int, chunk: int, block: int, count: int):
     return search
 
 
+def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Places a host array that every process holds whole (works across hosts too)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x, x.shape)
+
+
 class ExactIndex:
-    """Brute-force inner-product (or cosine) index sharded over all local devices."""
+    """Brute-force inner-product (or cosine) index sharded over all devices (of all hosts)."""
 
     kind = "exact"
+    inputs = "vector"
 
     def __init__(
         self,
@@ -122,7 +135,7 @@ class ExactIndex:
             block = -(-per_dev // chunk) * chunk
             padded = np.zeros((block * ndev, self.embeddings.shape[1]), np.float32)
             padded[:n] = self.embeddings
-            self._layouts[chunk] = (block, jax.device_put(padded, NamedSharding(self.mesh, P("x"))))
+            self._layouts[chunk] = (block, _put(padded, NamedSharding(self.mesh, P("x"))))
         block, arr = self._layouts[chunk]
         return chunk, block, arr
 
@@ -143,9 +156,9 @@ class ExactIndex:
             batch = q[start : start + qb]
             pad = np.zeros((qb, q.shape[1]), np.float32)
             pad[: len(batch)] = batch  # fixed shape: one compile per (qb, k)
-            s, i = fn(jax.device_put(pad, rep), p)
-            out_s.append(np.asarray(s)[: len(batch)])
-            out_i.append(np.asarray(i)[: len(batch)])
+            s, i = multihost.to_host(fn(_put(pad, rep), p))  # replicated: no transfer between hosts
+            out_s.append(s[: len(batch)])
+            out_i.append(i[: len(batch)])
         s, i = np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
         return s[:, :k].astype(np.float32), i[:, :k]
 

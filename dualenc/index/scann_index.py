@@ -68,6 +68,7 @@ class ScannIndex:
     """ScaNN searcher plus manifest. Cosine similarity = dot product on normalised vectors."""
 
     kind = "scann"
+    inputs = "vector"
 
     def __init__(self, searcher, manifest: IndexManifest):
         self.searcher, self.manifest = searcher, manifest

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 import tokenizers
 
+from dualenc import multihost
 from dualenc.io import InputError, atomic_dir
 from dualenc.models.convert import WeightsError, params_from_state_dict, state_dict_from_params
 from dualenc.models.dual_encoder import EncoderSpec
@@ -103,13 +105,18 @@ def load_encoder(
     pooling: str | None = None,
     normalize: bool | None = None,
     max_length: int | None = None,
+    weights: bool = True,
 ) -> Encoder:
     """Loads an HF model dir, a sentence-transformers dir or a hub id as an `Encoder`.
 
     Plain HF dirs default to CLS pooling without normalisation; sentence-transformers dirs follow
     their modules.json. `pooling` / `normalize` / `max_length` override what the dir says.
+    `weights=False`: params are ShapeDtypeStructs (a resume restores the real ones).
     """
     root = _resolve(name_or_path)
+    if is_two_tower_dir(root):
+        msg = "a separate-tower export (query/ + passage/): use load_towers or name one tower"
+        raise InputError(msg, path=root)
     model_dir, meta = root, _hf_meta(root)
     if (root / "modules.json").exists():
         model_dir, meta = _read_st_layout(root)
@@ -125,7 +132,7 @@ def load_encoder(
         config = dataclasses.replace(arch.config_cls.from_hf(hf_cfg), dtype=dtype)
     except (ValueError, TypeError) as e:
         raise InputError(f"unsupported model config: {e}", path=model_dir / "config.json") from None
-    params, config = _load_params(model_dir, arch, config)
+    params, config = _load_params(model_dir, arch, config, weights)
     tok = _load_tokenizer(model_dir)
     pooling = pooling or meta.get("pooling") or "cls"
     if pooling not in POOLINGS:
@@ -147,6 +154,32 @@ def load_encoder(
         spec=spec,
         model_dir=model_dir,
     )
+
+
+TOWERS = ("query", "passage")
+
+
+def is_two_tower_dir(path: str | Path) -> bool:
+    """True for a separate-tower export: `query/` and `passage/` model dirs, nothing at the top."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or (p / "config.json").exists() or (p / "modules.json").exists():
+        return False
+    return all((p / t).is_dir() for t in TOWERS)
+
+
+def load_towers(name_or_path: str | Path, **kwargs) -> tuple[Encoder, Encoder]:
+    """(query, passage) encoders of a separate-tower export, else one encoder twice."""
+    if is_two_tower_dir(name_or_path):
+        root = Path(name_or_path).expanduser()
+        q_enc, p_enc = (load_encoder(root / t, **kwargs) for t in TOWERS)
+        if q_enc.dim != p_enc.dim:
+            raise InputError(
+                f"query tower is {q_enc.dim}-dim but passage tower is {p_enc.dim}-dim",
+                path=root,
+            )
+        return q_enc, p_enc
+    enc = load_encoder(name_or_path, **kwargs)
+    return enc, enc
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -263,16 +296,25 @@ def _default_max_length(model_dir: Path, config) -> int:
     return limit
 
 
-def _load_params(model_dir: Path, arch, config):
+def _load_params(model_dir: Path, arch, config, weights: bool = True):
     """(params, config) from safetensors (or pytorch_model.bin), checked against model shapes.
 
     A checkpoint without pooler tensors (saved with add_pooling_layer=False) gets a config
     without the pooler rather than a missing-tensor error.
     """
-    sd = _read_state_dict(model_dir)
+    single = model_dir / "model.safetensors"
+    if not weights and single.exists():  # tensor names from the header; no tensor is read
+        from safetensors import safe_open
+
+        with safe_open(str(single), "np") as f:
+            sd = dict.fromkeys(f.keys())
+    else:
+        sd = _read_state_dict(model_dir)
     if getattr(config, "add_pooling_layer", False) and not any("pooler." in k for k in sd):
         config = dataclasses.replace(config, add_pooling_layer=False)
     abstract = init_abstract(arch, config)
+    if not weights:
+        return abstract, config
     try:
         params = params_from_state_dict(sd, abstract, prefix=None)
     except WeightsError as e:
@@ -319,12 +361,12 @@ def _load_tokenizer(model_dir: Path) -> tokenizers.Tokenizer:
 # ----------------------------------------------------------------------------- saving
 
 
-def save_hf(encoder: Encoder, out_dir: str | Path) -> Path:
+def save_hf(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
     """Writes a Hugging Face model dir (config, safetensors, tokenizer) for AutoModel.
 
     dualenc.json records pooling / normalize / max_length so `load_encoder` round-trips it.
     """
-    out_dir = Path(out_dir)
+    out_dir = multihost.epath(out_dir)  # local or gs://; built locally, then moved in
     with atomic_dir(out_dir) as tmp:
         _write_model_files(encoder, tmp)
         meta = {
@@ -337,14 +379,14 @@ def save_hf(encoder: Encoder, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def save_sentence_transformers(encoder: Encoder, out_dir: str | Path) -> Path:
+def save_sentence_transformers(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
     """Writes a sentence-transformers dir (Transformer + Pooling [+ Normalize]) for PyTorch."""
     if encoder.pooling not in _ST_POOLING:
         raise ValueError(
             f"pooling {encoder.pooling!r} has no sentence-transformers equivalent; "
             f"use one of {sorted(_ST_POOLING)} (or save_hf)"
         )
-    out_dir = Path(out_dir)
+    out_dir = multihost.epath(out_dir)  # local or gs://; built locally, then moved in
     with atomic_dir(out_dir) as tmp:
         _write_model_files(encoder, tmp)
         modules = [
@@ -411,7 +453,8 @@ def _write_model_files(encoder: Encoder, out: Path) -> None:
     hf_cfg.pop("dtype", None)
     hf_cfg.pop("torch_dtype", None)
     _dump(out / "config.json", hf_cfg)
-    host = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(encoder.params))
+    # Params must be host values or addressable here (the trainer gathers sharded ones first).
+    host = jax.tree.map(lambda x: np.asarray(x, np.float32), multihost.to_host(encoder.params))
     sd = state_dict_from_params(host, prefix="")
     sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})

