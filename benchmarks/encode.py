@@ -1,14 +1,18 @@
-"""Encoding throughput: dualenc (JAX) vs sentence-transformers (PyTorch) on the SciFact corpus.
+"""Encoding throughput: dualenc (JAX) vs sentence-transformers (PyTorch), same run.
 
 Usage: python benchmarks/encode.py [--limit 500] [--batch_size 64]
+       python benchmarks/encode.py --workload mixed --packing [--limit 2000]
 
-Both encode the 5,183 SciFact docs (title + ' ' + text, max_length 256) with all-MiniLM-L6-v2
-in the same run; dualenc is timed on a second pass (compilation excluded, reported separately),
-sentence-transformers after a warm-up batch. Prints one JSON object.
+Workloads: 'scifact', the 5,183 SciFact docs (title + ' ' + text, max_length 256); 'mixed',
+short texts of very different lengths: the 5,000 MS MARCO subset passages and the 2,655 NQ
+questions, shuffled together (seed 0). Both encode with all-MiniLM-L6-v2; dualenc is timed on
+a second pass (compilation excluded, reported separately), sentence-transformers after a
+warm-up batch. `--packing` packs several texts per row (`dualenc.packing`). Prints one JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -29,6 +33,10 @@ flags.DEFINE_list(
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for sentence-transformers.")
 flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for dualenc (set before JAX starts).")
 flags.DEFINE_bool("skip_st", False, "Skip the sentence-transformers baseline.")
+flags.DEFINE_enum("workload", "scifact", ["scifact", "mixed"], "Texts to encode (see above).")
+flags.DEFINE_bool("packing", False, "dualenc packs texts into rows (batch_size counts rows).")
+flags.DEFINE_integer("max_segments", 32, "With --packing: most texts per row.")
+flags.DEFINE_integer("row_length", 128, "With --packing: row length for texts that fit it.")
 FLAGS = flags.FLAGS
 
 PEAK_GFLOPS = 150.0  # this 2-core CPU's nominal f32 peak, as the project assumes
@@ -50,6 +58,24 @@ def scifact_texts(limit: int) -> list[str]:
 
     corpus = load_corpus(data_dir() / "scifact" / "corpus.jsonl.gz")
     texts = [beir_doc_text(d) for d in corpus.values()]
+    return texts[:limit] if limit else texts
+
+
+def mixed_texts(limit: int) -> list[str]:
+    """MS MARCO subset passages + NQ-Open questions, shuffled together with seed 0."""
+    import json as json_lib
+    import random
+
+    from dualenc.data.beir import load_corpus
+    from dualenc.encode import beir_doc_text
+    from dualenc.io import data_dir
+
+    root = data_dir()
+    corpus = load_corpus(root / "agentset-msmarco-subset" / "corpus.jsonl.gz")
+    texts = [beir_doc_text(d) for d in corpus.values()]
+    with open(root / "nq-open-oracle" / "beir" / "queries.jsonl", encoding="utf-8") as f:
+        texts += [json_lib.loads(line)["text"] for line in f if line.strip()]
+    random.Random(0).shuffle(texts)
     return texts[:limit] if limit else texts
 
 
@@ -76,21 +102,36 @@ def bench_dualenc(model: str, texts: list[str]) -> tuple[dict, object, object]:
 
     from dualenc.encode import _Placer, encode_texts
     from dualenc.models.loading import load_encoder
-    from dualenc.tokenization import bucket_batches, tokenize
+    from dualenc.packing import encode_packed, pack_tiers
+    from dualenc.tokenization import bucket_batches, bucket_length, tokenize
 
     enc = load_encoder(model)
     buckets = tuple(int(b) for b in FLAGS.buckets)
     bs = FLAGS.batch_size
     kw = dict(batch_size=bs, max_length=FLAGS.max_length, progress=False, buckets=buckets)
-    lengths = [len(s) for s in tokenize(enc.tokenizer, texts, FLAGS.max_length)]
-    batches = bucket_batches(lengths, bs, buckets, max_length=FLAGS.max_length)
-    rows = _Placer(None, None).rows
-    padded = sum(rows(len(i), bs) * pl for i, pl in batches)
+    seqs = tokenize(enc.tokenizer, texts, FLAGS.max_length)
+    lengths = [len(s) for s in seqs]
     t = time.perf_counter()
-    encode_texts(enc, warmup_texts(texts, lengths, batches), **kw)
+    if FLAGS.packing:
+        top = bucket_length(max(lengths), buckets, FLAGS.max_length)
+        tiers = pack_tiers(seqs, FLAGS.row_length, top, FLAGS.max_segments)
+        rows, padded = _Placer(None, None).rows, 0
+        for _, p in tiers:  # as encode_packed batches them, filler rows included
+            (n, length), short = p.input_ids.shape, min(FLAGS.row_length, top)
+            step = max(1, bs * short // length)
+            padded += sum(rows(min(step, n - r), step) * length for r in range(0, n, step))
+        kw = dict(kw, row_length=FLAGS.row_length, max_segments=FLAGS.max_segments)
+        encode_packed(enc, texts, **kw)  # compiles every shape the timed pass uses
+        encode = functools.partial(encode_packed, enc, texts, **kw)
+    else:
+        batches = bucket_batches(lengths, bs, buckets, max_length=FLAGS.max_length)
+        rows = _Placer(None, None).rows
+        padded = sum(rows(len(i), bs) * pl for i, pl in batches)
+        encode_texts(enc, warmup_texts(texts, lengths, batches), **kw)
+        encode = functools.partial(encode_texts, enc, texts, **kw)
     warm = time.perf_counter() - t
     t = time.perf_counter()
-    emb = encode_texts(enc, texts, **kw)
+    emb = encode()
     secs = time.perf_counter() - t
     info = {
         "seconds": round(secs, 2),
@@ -100,6 +141,9 @@ def bench_dualenc(model: str, texts: list[str]) -> tuple[dict, object, object]:
         "padded_token_fraction": round(1 - sum(lengths) / padded, 4),
         "batch_size": bs,
         "buckets": list(buckets),
+        "packing": FLAGS.packing,
+        "row_length": kw.get("row_length"),
+        "max_segments": kw.get("max_segments"),
         "devices": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
@@ -146,7 +190,7 @@ def main(argv) -> None:
     import numpy as np
 
     model = FLAGS.model or default_model()
-    texts = scifact_texts(FLAGS.limit)
+    texts = (scifact_texts if FLAGS.workload == "scifact" else mixed_texts)(FLAGS.limit)
     load_before = os.getloadavg()
     jx, jx_emb, (enc, lengths) = bench_dualenc(model, texts)
     mean_len = float(np.mean(lengths))
@@ -159,7 +203,7 @@ def main(argv) -> None:
     jx["fraction_of_peak"] = round(jx["gflops_nominal_22mflop"] / PEAK_GFLOPS, 3)
     out = {
         "benchmark": "encode",
-        "corpus": "scifact",
+        "corpus": FLAGS.workload,
         "docs": len(texts),
         "real_tokens": int(sum(lengths)),
         "mean_tokens_per_doc": round(mean_len, 1),

@@ -85,14 +85,25 @@ def _batches(tok, pairs, batch: int, max_length: int):
     return out
 
 
-def bench_dualenc(model_dir, pairs, batch, max_length, steps, warmup, **train) -> dict:
+def bench_dualenc(
+    model_dir, pairs, batch, max_length, steps, warmup, packing=False, **train
+) -> dict:
     import jax
 
+    num_steps = steps  # the import below shadows the argument
     from dualenc import optim, sharding, steps
+    from dualenc.packing import pack_batch
 
     c = dualenc_config(model_dir, batch, max_length, **train)
+    c.data.packing = packing
     base = steps.load_base_encoder(c.model)
     batches = _batches(base.tokenizer, pairs, batch, max_length)
+    real = sum(int(b["q_attention_mask"].sum() + b["p_attention_mask"].sum()) for b in batches)
+    padded = sum(b["q_input_ids"].size + b["p_input_ids"].size for b in batches)
+    if packing:  # rows rounded up to a multiple of 4: few shapes to compile
+        segs = int(c.data.pack_max_segments)
+        batches = [pack_batch(b, max_segments=segs, rows_multiple=4) for b in batches]
+        padded = sum(b["q_input_ids"].size + b["p_input_ids"].size for b in batches)
     tx, schedule = optim.make_optimizer(c.train, 1000)
     mesh = steps.build_mesh(c)
     state, sh = steps.create_state(
@@ -101,13 +112,13 @@ def bench_dualenc(model_dir, pairs, batch, max_length, steps, warmup, **train) -
     step = steps.jit_train_step(steps.make_train_step(c, base.spec, tx, schedule), sh, mesh)
     rng = jax.random.key(0, impl=c.train.rng_impl)
     shapes = set()
-    for b in batches[: warmup + steps]:  # compile every shape the timed steps use
+    for b in batches[: warmup + num_steps]:  # compile every shape the timed steps use
         key = (b["q_input_ids"].shape, b["p_input_ids"].shape)
         if key not in shapes:
             shapes.add(key)
             state, m = step(state, sharding.shard_batch(b, mesh), rng)
             jax.block_until_ready(m)
-    timed = batches[warmup : warmup + steps]
+    timed = batches[warmup : warmup + num_steps]
     t0 = time.perf_counter()
     for b in timed:
         state, m = step(state, sharding.shard_batch(b, mesh), rng)
@@ -118,6 +129,8 @@ def bench_dualenc(model_dir, pairs, batch, max_length, steps, warmup, **train) -
         "seconds": dt,
         "steps": len(timed),
         "compiled_shapes": sorted(str(s) for s in shapes),
+        "packing": packing,
+        "padded_token_fraction": round(1 - real / padded, 4),
         "loss": float(m["loss"]),
     }
 
@@ -164,6 +177,7 @@ def main():
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--out", default="")
     ap.add_argument("--no-dropout", action="store_true", help="both sides without dropout")
+    ap.add_argument("--packing", action="store_true", help="dualenc packs q/p rows (data.packing)")
     args = ap.parse_args()
     import configs
 
@@ -172,7 +186,7 @@ def main():
     load = os.getloadavg()
     common = (model_dir, pairs, args.batch, args.max_length, args.steps, args.warmup)
     drop = not args.no_dropout
-    ours = bench_dualenc(*common, dropout=drop)
+    ours = bench_dualenc(*common, packing=args.packing, dropout=drop)
     st = bench_st(*common, dropout=drop)
     res = {
         "model": model_dir,

@@ -155,14 +155,30 @@ def encode_texts(
     mesh: Mesh | None = None,
     progress: bool = True,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
+    packing: bool = False,
 ) -> np.ndarray:
     """(N, D) float32 embeddings of `texts`, in input order.
+
+    `packing`: several texts per row (`dualenc.packing`; `batch_size` then counts rows), the
+    same embeddings with far less padding on mixed-length texts (BERT / DistilBERT towers).
 
     Texts are tokenised, sorted by length and padded to a few bucket lengths so that jit compiles
     a bounded number of shapes; batches are sharded over the devices when there are several
     (all devices of all hosts by default). Every process must call it with the same texts; all
     get the full result.
     """
+    if packing:
+        from dualenc import packing as packing_lib  # imported here: it imports this module
+
+        return packing_lib.encode_packed(
+            encoder,
+            texts,
+            batch_size=batch_size,
+            max_length=max_length,
+            mesh=mesh,
+            progress=progress,
+            buckets=buckets,
+        )
     texts = list(texts)
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")

@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.fusion_depth = 1000  # candidates per system for hybrid fusion
     c.batch_size = 64
     c.max_length = 0  # 0: the encoder's own max_length
-    c.cache_dir = ""  # corpus-embedding cache; "" disables
+    c.cache = True  # reuse corpus embeddings and BM25 indexes across runs (--nocache: off)
+    c.cache_dir = ""  # "": $DUALENC_CACHE_DIR, else $XDG_CACHE_HOME/dualenc, else ~/.cache/dualenc
     c.similarity = "dot"  # dot | cos
     c.fusion = "minmax"  # minmax | zscore | rrf
     c.hybrid_weight = 1.0  # weight of the dense run: bm25 + w * dense

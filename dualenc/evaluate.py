@@ -12,6 +12,10 @@ Dense retrieval goes through `train_eval`, the engine train-time eval also uses;
 separate-tower export (MODEL/query + MODEL/passage). Run with several processes
 (DUALENC_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID, or a TPU pod), encoding and exact
 search shard over all devices of all hosts. Empty documents are evaluated (one warning).
+
+Corpus embeddings and BM25 indexes are cached by default (see `dualenc.corpus_cache`: in
+$XDG_CACHE_HOME/dualenc or --cache_dir), so `--index exact` then `--index scann` encodes the corpus
+once; `--nocache` neither reads nor writes the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 import ml_collections
 
-from dualenc import multihost, report, train_eval
+from dualenc import corpus_cache, multihost, report, train_eval
 from dualenc.index import save_index_dir
 from dualenc.index.base import IndexManifest, Run, top_k_run
 from dualenc.index.bm25 import BM25Index, bm25_run
@@ -97,7 +101,7 @@ class Dense:
             batch_size=cfg.batch_size,
             max_length=self.max_length,
             progress=cfg.progress,
-            cache_dir=cfg.cache_dir or None,
+            cache_dir=corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir),
         )
         self.encode_s = time.time() - t
         m = IndexManifest(
@@ -137,11 +141,14 @@ def build_dense_index(p_emb, manifest, kind: str, cfg):
     return ExactIndex(p_emb, manifest, similarity=cfg.similarity)
 
 
-def _bm25(cfg, doc_ids, texts):
+def _bm25(cfg, doc_ids, texts) -> tuple[BM25Index, bool]:
     m = IndexManifest(
         kind="bm25", count=len(doc_ids), corpus_path=str(_corpus_file(Path(cfg.data)).resolve())
     )
-    return BM25Index.build(texts, m)
+    cache_dir = corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir)
+    return corpus_cache.cached_bm25(
+        texts, doc_ids, m, cache_dir=cache_dir, write=multihost.is_main()
+    )
 
 
 def _rerank(cfg, run: Run, queries: dict[str, str], docs: dict[str, str]) -> Run:
@@ -194,7 +201,9 @@ def retrieve(cfg, doc_ids, texts, qids, queries, info: dict[str, Any]) -> tuple[
             model=str(dense.encoder.source),
         )
     if kind in ("bm25", "hybrid"):
-        bm25 = _bm25(cfg, doc_ids, texts)
+        t = time.time()
+        bm25, info["bm25_cache_reused"] = _bm25(cfg, doc_ids, texts)
+        info["bm25_build_s"] = round(time.time() - t, 2)
     t = time.time()
     if kind == "bm25":
         run = bm25_run(bm25, qids, queries, doc_ids, depth)
@@ -281,6 +290,7 @@ _FLAG_KEYS = (
     "fusion_depth",
     "batch_size",
     "max_length",
+    "cache",
     "cache_dir",
     "similarity",
     "fusion",
@@ -312,7 +322,8 @@ def _define_flags():
         "index": f"one of {KINDS}",
         "data": "BEIR dir (corpus, queries, qrels/<split>.tsv)",
         "tune_split": "split whose queries tune the hybrid weight (never the test split)",
-        "cache_dir": "corpus embedding cache dir ('' = none)",
+        "cache": "reuse cached corpus embeddings / BM25 indexes (--nocache: never read or write)",
+        "cache_dir": "cache dir ('': $DUALENC_CACHE_DIR or $XDG_CACHE_HOME/dualenc)",
         "save_index": "also write the searched index here (for dualenc.search)",
     }
     for key in _FLAG_KEYS:

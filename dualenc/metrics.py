@@ -139,3 +139,49 @@ def classification_metrics(
         "confusion": cm.tolist(),
         "labels": [str(lab) for lab in labels],
     }
+
+
+def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
+    """Precision, recall and F1 of the positive class (label 1), scikit-learn's zero_division=0.
+
+    Paraphrase and duplicate detection report these (GLUE MRPC/QQP F1), not the macro average.
+    """
+    t, p = np.asarray(y_true) == 1, np.asarray(y_pred) == 1
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} items but y_pred {p.size}")
+    tp = float(np.sum(t & p))
+    prec = tp / p.sum() if p.sum() else 0.0
+    rec = tp / t.sum() if t.sum() else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return {"precision": float(prec), "recall": float(rec), "f1": float(f1)}
+
+
+def best_f1_threshold(scores: Sequence[float], y_true: Sequence[int]) -> tuple[float, float]:
+    """(threshold, F1): predicting 1 iff score >= threshold maximises the positive-class F1.
+
+    Thresholds sit midway between consecutive distinct scores (so a test score equal to a dev
+    score is not on the edge); ties in F1 go to the highest threshold. O(n log n).
+    """
+    s, t = np.asarray(scores, np.float64), np.asarray(y_true) == 1
+    if s.shape != t.shape or not s.size:
+        raise ValueError(f"need as many labels as scores (> 0), got {t.size} and {s.size}")
+    order = np.argsort(-s, kind="stable")
+    s, t = s[order], t[order]
+    last = np.r_[s[1:] != s[:-1], True]  # end of each group of equal scores
+    tp = np.cumsum(t)[last].astype(np.float64)  # positives predicted when cutting after a group
+    n_pred = np.flatnonzero(last) + 1.0
+    f1 = 2 * tp / (n_pred + t.sum())  # = 2PR/(P+R), and 0 when tp == 0
+    best = int(np.argmax(f1))  # first max = highest threshold
+    distinct = s[last]
+    lower = distinct[best + 1] if best + 1 < len(distinct) else distinct[best] - 1.0
+    return float((distinct[best] + lower) / 2), float(f1[best])
+
+
+def confusion_text(confusion: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
+    """The confusion matrix as an aligned plain-text table (rows: true, columns: predicted)."""
+    names = [str(lab) for lab in labels]
+    head = ["true \\ pred", *names]
+    rows = [[names[i], *(str(int(v)) for v in row)] for i, row in enumerate(confusion)]
+    widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [head, *rows])

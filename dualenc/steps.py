@@ -25,7 +25,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dualenc import losses, sharding
+from dualenc import losses, packing, sharding
 from dualenc.models import dual_encoder, loading
 from dualenc.models.registry import get_arch
 from dualenc.tokenization import load_tokenizer
@@ -143,12 +143,20 @@ def _plain_grads(embed_q, embed_p, loss_fn, params, batch, rng):
     rq, rp = jax.random.split(rng)
 
     def f(prm):
-        q = embed_q(prm, batch["q_input_ids"], batch["q_attention_mask"], rq)  # (B, D)
-        p = embed_p(prm, batch["p_input_ids"], batch["p_attention_mask"], rp)  # (B, 1+k, D)
+        q = _embed_side(embed_q, prm, batch, "q", rq)  # (B, D)
+        p = _embed_side(embed_p, prm, batch, "p", rp)  # (B, 1+k, D)
         return loss_fn(q, p, batch)
 
     (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
     return loss, metrics, grads
+
+
+def _embed_side(embed, prm, batch, side: str, rng):
+    """One side's embeddings; packed rows (`packing.pack_batch`) are gathered back per text."""
+    if f"{side}_segment_ids" not in batch:
+        return embed(prm, batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], rng)
+    emb = embed(prm, batch[f"{side}_input_ids"], batch[f"{side}_segment_ids"], rng)  # (R, S, D)
+    return emb[batch[f"{side}_text_row"], batch[f"{side}_text_seg"]]
 
 
 def _chunked(x, chunk: int):
@@ -215,6 +223,11 @@ def make_train_step(config, spec, tx: optax.GradientTransformation, schedule):
     embed_q, embed_p = _embed_fns(spec, bool(tcfg.dropout))
     loss_fn = make_loss_fn(config.loss)
     accum, chunk = int(tcfg.grad_accum_steps), int(tcfg.cache_chunk_size)
+    if config.data.get("packing", False):  # packed q/p rows (data.packing), plain grads only
+        if chunk > 0 or accum > 1:
+            raise ValueError("data.packing needs train.cache_chunk_size=0, grad_accum_steps=1")
+        segs = int(config.data.get("pack_max_segments", packing.DEFAULT_MAX_SEGMENTS))
+        embed_q, embed_p = packing.packed_embed_fns(spec, bool(tcfg.dropout), segs)
 
     def grads_fn(params, batch, rng):
         if chunk > 0:
@@ -245,7 +258,8 @@ def make_train_step(config, spec, tx: optax.GradientTransformation, schedule):
             "params": optax.apply_updates(params, updates),
             "opt_state": opt_state,
         }
-        tokens = batch["q_attention_mask"].sum() + batch["p_attention_mask"].sum()
+        masks = ("q_attention_mask", "p_attention_mask", "q_segment_ids", "p_segment_ids")
+        tokens = sum(jnp.sum(batch[k] > 0) for k in masks if k in batch)
         metrics = {
             **metrics,
             "loss": loss,

@@ -76,12 +76,13 @@ def encode_corpus(
     batch_size: int = 64,
     max_length: int | None = None,
     progress: bool = False,
-    cache_dir: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, bool]:
     """((N, D) float32 passage embeddings, reused from the cache?).
 
-    With several processes the cache is used only when every host hits it (encoding is a
-    collective, so all hosts must take the same branch); each host writes its own miss.
+    `cache_dir=None` neither reads nor writes the cache. With several processes the entry is
+    used only when every host hits it (encoding is a collective, so all hosts must take the same
+    branch); on a miss only process 0 writes the entry.
     """
     max_length = int(max_length or p_encoder.max_length)
 
@@ -94,9 +95,14 @@ def encode_corpus(
         key = corpus_cache.cache_manifest(p_encoder, doc_ids, texts, max_length)
         hit = corpus_cache.load_cached(cache_dir, key)
         if multihost.any_host(hit is None):
-            hit = None  # someone misses: everyone encodes (and re-writes the entry)
+            hit = None  # someone misses: everyone encodes
         if hit is not None:
+            corpus_cache.log_reuse(cache_dir, key, hit)
             return hit, True
+        emb = np.asarray(encode(list(texts)), np.float32)
+        if multihost.is_main():
+            corpus_cache.save_cached(cache_dir, key, emb)
+        return emb, False
     return corpus_cache.cached_embeddings(
         p_encoder, doc_ids, texts, cache_dir=cache_dir, max_length=max_length, encode_fn=encode
     )

@@ -77,6 +77,8 @@ def make_pipeline(config, tokenizer) -> TrainPipeline:
         p_max_length=int(d.p_max_length),
         seed=int(config.seed),
         pad_multiple=max(int(d.q_max_length), int(d.p_max_length)) if d.pad_to_max_length else None,
+        packing=bool(d.get("packing", False)),
+        pack_max_segments=int(d.get("pack_max_segments", 16)),
     )
 
 

@@ -1,11 +1,20 @@
 """Test setup: 8 simulated CPU devices, markers, and the shared-data location."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The dualenc cache (on by default) goes to a throwaway dir, never to ~/.cache: XDG_CACHE_HOME
+# too, for subprocesses that drop DUALENC_* variables.
+_CACHE_ROOT = tempfile.mkdtemp(prefix="dualenc_test_cache_")
+atexit.register(shutil.rmtree, _CACHE_ROOT, True)
+os.environ["DUALENC_CACHE_DIR"] = os.path.join(_CACHE_ROOT, "dualenc")
+os.environ["XDG_CACHE_HOME"] = _CACHE_ROOT
 
 import pytest  # noqa: E402
 

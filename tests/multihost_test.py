@@ -234,7 +234,7 @@ def test_evaluate_two_processes_equal_one(tiny_model, tiny_beir, tmp_path):
     run; only process 0 writes (process 1 is given another --output, which must stay absent)."""
     common = ["--model", str(tiny_model), "--data", str(tiny_beir), "--split", "dev"]
     common += ["--index", "exact", "--k", "20", "--batch_size", "8", "--max_length", "32"]
-    common += ["--progress=false"]
+    common += ["--progress=false", "--nocache"]  # encode (sharded) in both runs
     one, two, stray = tmp_path / "one", tmp_path / "two", tmp_path / "stray"
     r1 = run_single("dualenc.evaluate", [*common, "--output", str(one)])
     t = time.time()

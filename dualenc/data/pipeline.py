@@ -18,7 +18,7 @@ import grain
 import jax
 import numpy as np
 
-from dualenc import tokenization
+from dualenc import packing, tokenization
 from dualenc.data import store
 from dualenc.data.store import TEXT_FORMATS, Record, Split, load_examples
 from dualenc.io import InputError
@@ -77,6 +77,8 @@ class TrainPipeline:
         pad_multiple: int | None = None,
         num_threads: int = 2,
         prefetch: int = 4,
+        packing: bool = False,
+        pack_max_segments: int = 16,
     ):
         self.data = open_data(examples, path, format, split)
         if tokenizer is None:
@@ -92,6 +94,9 @@ class TrainPipeline:
         self.max_positives = self.data.max_positives
         self._init_hosts(process_index, process_count)
         self._check_sizes()
+        self.packing, self.pack_max_segments = bool(packing), int(pack_max_segments)
+        if self.packing and self.process_count > 1:  # rows per host would have to agree
+            raise ValueError("data.packing supports one process only for now")
         self._local, self._lock = threading.local(), threading.Lock()
         self._lengths, self._orders = None, {}
         if not (self._fixed_length(self.q_max_length) and self._fixed_length(self.p_max_length)):
@@ -309,4 +314,10 @@ class TrainPipeline:
                 [[r.scores[int(i)] for i in row] for r, row in zip(recs, p_ids, strict=True)],
                 np.float32,
             )  # (b, 1+k)
+        if self.packing:  # rows: a multiple of the devices ≥ b/8 (few jit shapes)
+            m = jax.device_count()
+            m *= max(1, -(-(b // 8) // m))
+            out = packing.pack_batch(
+                out, max_segments=self.pack_max_segments, rows_multiple=m, pad=self.pad_id
+            )
         return out

@@ -15,6 +15,12 @@ import numpy as np
 from dualenc.index.base import IndexManifest, check_doc_ids, read_manifest, write_manifest
 
 BM25_DIR = "bm25"
+_DEFAULTS = {"k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"}
+
+
+def bm25_defaults() -> dict[str, Any]:
+    """`BM25Index.build`'s default parameters (part of the BM25 cache key)."""
+    return dict(_DEFAULTS)
 
 
 def _tokenize(texts: list[str], stopwords: str):

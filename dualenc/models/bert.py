@@ -132,14 +132,38 @@ def layer_norm(cfg: Any, name: str = "LayerNorm", eps: float | None = None) -> n
 def attention_probs(q, k, mask, dropout: nn.Dropout, deterministic: bool):
     """softmax(q·k/√d) over unmasked keys, in float32.
 
-    q, k (B, L, N, D); mask (B, L) → probs (B, N, L, L).
+    q, k (B, L, N, D); mask (B, L) over keys, or (B, L, L) query × key for packed rows
+    (block-diagonal, see `segment_mask`) → probs (B, N, L, L).
     """
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("bind,bjnd->bnij", q, k).astype(jnp.float32) * scale  # (B, N, L, L)
-    keep = (mask != 0)[:, None, None, :]  # (B, 1, 1, L)
+    keep = mask != 0
+    keep = keep[:, None, None, :] if keep.ndim == 2 else keep[:, None]  # (B, 1, 1|L, L)
     scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)  # HF: + finfo.min on pads
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return dropout(probs, deterministic=deterministic)
+
+
+def segment_mask(segment_ids):
+    """(B, L) segment ids (0 = padding) → (B, L, L) bool: a token sees only its own text."""
+    seg = segment_ids
+    return (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+
+
+def segment_positions(segment_ids):
+    """(B, L) contiguous segment ids → (B, L) positions restarting at 0 in each segment."""
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, L, L)
+    before = jnp.tril(same, k=-1)  # earlier tokens of the same segment
+    return jnp.sum(before, axis=-1).astype(jnp.int32)
+
+
+def packed_inputs(attention_mask, segment_ids, position_ids):
+    """The (mask, position_ids) a tower uses: padded rows as given, packed rows block-diagonal."""
+    if segment_ids is None:
+        return attention_mask, position_ids
+    if position_ids is None:
+        position_ids = segment_positions(segment_ids)
+    return segment_mask(segment_ids), position_ids
 
 
 def split_heads(x, num_heads: int):
@@ -156,7 +180,7 @@ class BertEmbeddings(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, position_ids=None):
         cfg = self.config
         seq_len = input_ids.shape[-1]
         if seq_len > cfg.max_position_embeddings:
@@ -172,7 +196,9 @@ class BertEmbeddings(nn.Module):
             token_type_ids
         )
         pos = embed(cfg, cfg.max_position_embeddings, cfg.hidden_size, "position_embeddings")
-        x = x + pos(jnp.arange(seq_len)[None, :])  # (B, L, H)
+        if position_ids is None:
+            position_ids = jnp.arange(seq_len)[None, :]
+        x = x + pos(position_ids)  # (B, L, H)
         x = layer_norm(cfg)(x)
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
@@ -264,28 +290,47 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
-    """tanh(dense(hidden[:, 0])) (HF `BertPooler`)."""
+    """tanh(dense(hidden[:, 0])) (HF `BertPooler`); every token's for packed rows."""
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, hidden):
-        return jnp.tanh(dense(self.config, self.config.hidden_size, "dense")(hidden[:, 0]))
+    def __call__(self, hidden, per_token: bool = False):
+        x = hidden if per_token else hidden[:, 0]  # packed: pooling picks each text's first
+        return jnp.tanh(dense(self.config, self.config.hidden_size, "dense")(x))
 
 
 class BertModel(nn.Module):
-    """BERT encoder → (hidden (B, L, H), pooled (B, H) or None without a pooling layer)."""
+    """BERT encoder → (hidden (B, L, H), pooled (B, H) or None without a pooling layer).
+
+    Packed rows: `segment_ids` (B, L) (0 = padding, 1..S = text in the row) make attention
+    block-diagonal and positions restart per text (or follow `position_ids`); pooled is then
+    per token (B, L, H), and `pooling.pool_segments` picks each text's first.
+    """
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        deterministic=True,
+        segment_ids=None,
+        position_ids=None,
+    ):
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
-        x = BertEncoder(cfg, name="encoder")(x, attention_mask, deterministic)  # (B, L, H)
-        pooled = BertPooler(cfg, name="pooler")(x) if cfg.add_pooling_layer else None
+        mask, position_ids = packed_inputs(attention_mask, segment_ids, position_ids)
+        x = BertEmbeddings(cfg, name="embeddings")(
+            input_ids, token_type_ids, deterministic, position_ids
+        )
+        x = BertEncoder(cfg, name="encoder")(x, mask, deterministic)  # (B, L, H)
+        pooled = None
+        if cfg.add_pooling_layer:
+            pooled = BertPooler(cfg, name="pooler")(x, per_token=segment_ids is not None)
         return x, pooled
 
 

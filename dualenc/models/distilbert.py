@@ -24,6 +24,7 @@ from dualenc.models.bert import (
     dense,
     embed,
     layer_norm,
+    packed_inputs,
     split_heads,
 )
 
@@ -112,7 +113,7 @@ class DistilBertEmbeddings(nn.Module):
     config: DistilBertConfig
 
     @nn.compact
-    def __call__(self, input_ids, deterministic: bool):
+    def __call__(self, input_ids, deterministic: bool, position_ids=None):
         cfg = self.config
         seq_len = input_ids.shape[-1]
         if seq_len > cfg.max_position_embeddings:
@@ -120,11 +121,13 @@ class DistilBertEmbeddings(nn.Module):
                 f"sequence length {seq_len} > max_position_embeddings {cfg.max_position_embeddings}"
             )
         x = embed(cfg, cfg.vocab_size, cfg.dim, "word_embeddings", cfg.pad_token_id)(input_ids)
+        if position_ids is None:
+            position_ids = jnp.arange(seq_len)[None, :]
         if cfg.sinusoidal_pos_embds:
-            x = x + FixedPositions(cfg, name="position_embeddings")(seq_len)[None]
+            x = x + FixedPositions(cfg, name="position_embeddings")(position_ids)
         else:
             pos = embed(cfg, cfg.max_position_embeddings, cfg.dim, "position_embeddings")
-            x = x + pos(jnp.arange(seq_len)[None, :])  # (B, L, H)
+            x = x + pos(position_ids)  # (B, L, H)
         x = layer_norm(cfg)(x)
         return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
@@ -135,7 +138,7 @@ class FixedPositions(nn.Module):
     config: DistilBertConfig
 
     @nn.compact
-    def __call__(self, seq_len: int):
+    def __call__(self, position_ids):
         cfg = self.config
         n, dim = cfg.max_position_embeddings, cfg.dim
         table = self.param(
@@ -144,7 +147,8 @@ class FixedPositions(nn.Module):
             (n, dim),
             jnp.dtype(cfg.param_dtype),
         )
-        return jax.lax.stop_gradient(table[:seq_len]).astype(jnp.dtype(cfg.dtype))  # (L, H)
+        rows = jnp.take(jax.lax.stop_gradient(table), position_ids, axis=0)  # (B|1, L, H)
+        return rows.astype(jnp.dtype(cfg.dtype))
 
 
 class DistilBertSelfAttention(nn.Module):
@@ -197,17 +201,31 @@ class DistilBertTransformer(nn.Module):
 
 
 class DistilBertModel(nn.Module):
-    """DistilBERT encoder → (hidden (B, L, H), None): no pooler, token types are ignored."""
+    """DistilBERT encoder → (hidden (B, L, H), None): no pooler, token types are ignored.
+
+    Packed rows (`segment_ids`, `position_ids`) as `bert.BertModel`.
+    """
 
     config: DistilBertConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic=True):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        deterministic=True,
+        segment_ids=None,
+        position_ids=None,
+    ):
         del token_type_ids  # DistilBERT has no segment embeddings
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        x = DistilBertEmbeddings(self.config, name="embeddings")(input_ids, deterministic)
-        x = DistilBertTransformer(self.config, name="transformer")(x, attention_mask, deterministic)
+        mask, position_ids = packed_inputs(attention_mask, segment_ids, position_ids)
+        x = DistilBertEmbeddings(self.config, name="embeddings")(
+            input_ids, deterministic, position_ids
+        )
+        x = DistilBertTransformer(self.config, name="transformer")(x, mask, deterministic)
         return x, None
 
 

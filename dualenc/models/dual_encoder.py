@@ -74,6 +74,44 @@ def embed(
     return x.reshape(*lead, x.shape[-1])
 
 
+PACKABLE_ARCHS = ("bert", "distilbert")  # DeBERTa's relative positions are not per segment
+
+
+def embed_packed(
+    spec: EncoderSpec,
+    tower_params,
+    input_ids,
+    segment_ids,
+    position_ids=None,
+    *,
+    num_segments: int,
+    deterministic: bool = True,
+    rngs=None,
+):
+    """Packed rows → (B, S, D) float32 embeddings, one per text of each row.
+
+    input_ids, segment_ids, position_ids (B, L): several texts per row (see `dualenc.packing`);
+    segment s of row b is embedded as the same text alone would be. Empty segments are zeros.
+    """
+    if spec.arch not in PACKABLE_ARCHS:
+        raise ValueError(
+            f"sequence packing supports {list(PACKABLE_ARCHS)}, not {spec.arch!r} "
+            "(its relative position buckets would cross segments); turn packing off"
+        )
+    hidden, pooled = spec.model().apply(
+        {"params": tower_params},
+        input_ids,
+        (segment_ids > 0).astype(jnp.int32),
+        None,
+        deterministic,
+        segment_ids=segment_ids,
+        position_ids=position_ids,
+        rngs=_rngs(rngs),
+    )
+    x = pooling.pool_segments(hidden, segment_ids, num_segments, spec.pooling, pooled)
+    return pooling.l2_normalize(x) if spec.normalize else x
+
+
 def tower(params: Mapping[str, Any], side: str):
     """The tower params for side 'q' or 'p' (the shared one when towers are tied)."""
     if "encoder" in params:

@@ -1,0 +1,237 @@
+"""Sequence packing: several texts per row instead of one text padded to its bucket.
+
+Padding a batch to its longest member wastes most of the compute on mixed-length text (short
+queries beside long passages). A packed row holds up to S texts back to back, with segment ids
+(0 = padding, 1..S = text in the row) that make attention block-diagonal, positions that
+restart per text, and pooling per segment (`dual_encoder.embed_packed`), so each text embeds
+exactly as it does alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from dualenc import multihost
+from dualenc.encode import _default_mesh, _Placer, _progress
+from dualenc.models.dual_encoder import embed_packed, tower
+from dualenc.tokenization import DEFAULT_BUCKETS, bucket_length, pad_id, tokenize
+
+DEFAULT_MAX_SEGMENTS = 32
+DEFAULT_ROW_LENGTH = 128  # holds most short texts; attention's cost grows with the row
+_STEPS: dict = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """Packed rows (R, L) and where each input text went: text i is row[i], segment[i]."""
+
+    input_ids: np.ndarray  # (R, L) int32, pad_id after the last text of a row
+    segment_ids: np.ndarray  # (R, L) int32, 0 = padding, s + 1 for the row's s-th text
+    position_ids: np.ndarray  # (R, L) int32, 0 at each text's first token
+    row: np.ndarray  # (N,) int32
+    segment: np.ndarray  # (N,) int32, 0-based (segment id - 1)
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the row tokens that are padding (the compute packing still wastes)."""
+        return float(np.mean(self.segment_ids == 0)) if self.segment_ids.size else 0.0
+
+
+def pack(
+    seqs: Sequence[Sequence[int]],
+    row_length: int,
+    max_segments: int = DEFAULT_MAX_SEGMENTS,
+    pad: int = 0,
+) -> Packed:
+    """First-fit decreasing: longest text first, each into the first row with room for it.
+
+    A row holds at most `row_length` tokens and `max_segments` texts. Texts are never split;
+    one longer than `row_length` is a ValueError (truncate when tokenising).
+    """
+    if row_length < 1 or max_segments < 1:
+        raise ValueError(
+            f"row_length and max_segments must be ≥ 1, got {row_length}, {max_segments}"
+        )
+    lengths = np.array([len(s) for s in seqs], np.int64)
+    if lengths.size and lengths.max() > row_length:
+        i = int(lengths.argmax())
+        raise ValueError(f"text {i} has {lengths[i]} tokens > row_length {row_length}")
+    n = len(seqs)
+    row, segment, start = (np.zeros(n, np.int64) for _ in range(3))
+    # One slot per possible row; room = -1 once a row holds max_segments texts.
+    room = np.full(max(n, 1), row_length, np.int64)
+    count = np.zeros(max(n, 1), np.int64)
+    used = 0
+    for i in np.argsort(-lengths, kind="stable"):
+        r = int(np.argmax(room[: used + 1] >= lengths[i]))  # `used` is always an empty row
+        used = max(used, r + 1)
+        row[i], segment[i], start[i] = r, count[r], row_length - room[r]
+        room[r] -= lengths[i]
+        count[r] += 1
+        if count[r] == max_segments:
+            room[r] = -1
+    ids = np.full((used, row_length), pad, np.int32)
+    seg = np.zeros((used, row_length), np.int32)
+    pos = np.zeros((used, row_length), np.int32)
+    for i, s in enumerate(seqs):
+        r, a, k = row[i], start[i], lengths[i]
+        ids[r, a : a + k] = s
+        seg[r, a : a + k] = segment[i] + 1
+        pos[r, a : a + k] = np.arange(k)
+    return Packed(ids, seg, pos, row.astype(np.int32), segment.astype(np.int32))
+
+
+def packed_step(spec, num_segments: int):
+    """The jitted (params, input_ids, segment_ids) → (R, S, D) float32 step (cached per spec).
+
+    Positions are derived on device from the segment ids (`bert.segment_positions`).
+    """
+    key = (spec, num_segments)
+    if key not in _STEPS:
+
+        def step(params, input_ids, segment_ids):
+            return embed_packed(spec, params, input_ids, segment_ids, num_segments=num_segments)
+
+        _STEPS[key] = jax.jit(step)
+    return _STEPS[key]
+
+
+def pack_tiers(
+    seqs: Sequence[Sequence[int]],
+    row_length: int,
+    top_length: int,
+    max_segments: int = DEFAULT_MAX_SEGMENTS,
+    pad: int = 0,
+) -> list[tuple[np.ndarray, Packed]]:
+    """[(text indices, their Packed)]: texts ≤ row_length in rows of row_length, longer ones
+    (≤ top_length) in rows of top_length. Short rows keep attention's L² cost low."""
+    lengths = np.array([len(s) for s in seqs], np.int64)
+    out, lo = [], 0
+    for tier in sorted({min(row_length, top_length), top_length}):
+        sel = np.flatnonzero((lengths > lo) & (lengths <= tier))
+        lo = tier
+        if sel.size:
+            out.append((sel, pack([seqs[i] for i in sel], tier, max_segments, pad)))
+    return out
+
+
+def encode_packed(
+    encoder,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    row_length: int = DEFAULT_ROW_LENGTH,
+    max_segments: int = DEFAULT_MAX_SEGMENTS,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+) -> np.ndarray:
+    """(N, D) float32 embeddings of `texts` in input order, computed on packed rows.
+
+    Texts up to `row_length` tokens share rows of that length, longer ones rows of the bucket
+    of the longest (`pack_tiers`); `batch_size` counts rows of `row_length` per step (fewer
+    longer rows: the same tokens). Equal to `encode.encode_texts` up to rounding (≤ 1e-5).
+    """
+    texts = list(texts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    limit = int(getattr(encoder.config, "max_position_embeddings", 0) or 1 << 30)
+    max_length = min(int(max_length or encoder.max_length), limit)
+    if not texts:
+        return np.zeros((0, encoder.config.hidden_size), np.float32)
+    seqs = tokenize(encoder.tokenizer, texts, max_length)
+    top = bucket_length(max(len(s) for s in seqs), buckets, max_length)
+    tiers = pack_tiers(seqs, row_length, top, max_segments, pad_id(encoder.tokenizer))
+    step = packed_step(encoder.spec, max_segments)
+    placer = _Placer(encoder.params, mesh if mesh is not None else _default_mesh())
+    out, pending = None, []
+    bar = _progress(len(texts), progress)
+    for sel, packed in tiers:
+        n_rows, length = packed.input_ids.shape
+        per_step = max(1, batch_size * min(row_length, top) // length)
+        order = np.argsort(packed.row, kind="stable")  # texts grouped by row
+        first = np.searchsorted(packed.row[order], np.arange(n_rows + 1))
+        for r0 in range(0, n_rows, per_step):
+            r1 = min(r0 + per_step, n_rows)
+            ids, seg = packed.input_ids[r0:r1], packed.segment_ids[r0:r1]
+            filler = placer.rows(r1 - r0, per_step) - (r1 - r0)
+            if filler:  # all-padding rows: their (zero) embeddings are dropped
+                ids = np.concatenate([ids, np.zeros((filler, length), np.int32)])
+                seg = np.concatenate([seg, np.zeros((filler, length), np.int32)])
+            local = order[first[r0] : first[r1]]
+            where = (sel[local], packed.row[local] - r0, packed.segment[local])
+            pending.append((where, step(*placer.put(ids, seg))))
+            while len(pending) > 2:
+                out = _fetch(pending.pop(0), out, len(texts), bar)
+    while pending:
+        out = _fetch(pending.pop(0), out, len(texts), bar)
+    bar.close()
+    return out
+
+
+def _fetch(item, out, n: int, bar) -> np.ndarray:
+    (idx, rows, segs), emb = item
+    emb = multihost.to_host(emb)  # (rows, S, D)
+    if out is None:
+        out = np.empty((n, emb.shape[-1]), np.float32)
+    out[idx] = emb[rows, segs]
+    bar.update(len(idx))
+    return out
+
+
+def pack_batch(
+    batch: dict[str, np.ndarray], *, max_segments: int, rows_multiple: int = 1, pad: int = 0
+) -> dict[str, np.ndarray]:
+    """A padded training batch → the same batch with packed queries and passages.
+
+    Replaces '{q,p}_input_ids' / '{q,p}_attention_mask' ((b, Lq), (b, 1+k, Lp)) by packed rows
+    '{q,p}_input_ids' and '{q,p}_segment_ids' (R, L), and each text's place '{q,p}_text_row' /
+    '{q,p}_text_seg' ((b,), (b, 1+k)). Rows keep the batch's padded length L; their count R is
+    rounded up to `rows_multiple` (devices × a step), so jit sees few shapes. Other keys pass.
+    """
+    out = {k: v for k, v in batch.items() if not k.endswith(("_input_ids", "_attention_mask"))}
+    for side in ("q", "p"):
+        ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
+        lead, length = ids.shape[:-1], ids.shape[-1]
+        ids, mask = ids.reshape(-1, length), mask.reshape(-1, length)
+        seqs = [row[m > 0] for row, m in zip(ids, mask, strict=True)]
+        p = pack(seqs, length, max_segments, pad)
+        rows = -(-len(p.input_ids) // rows_multiple) * rows_multiple
+        extra = rows - len(p.input_ids)
+        out[f"{side}_input_ids"] = np.pad(p.input_ids, ((0, extra), (0, 0)), constant_values=pad)
+        out[f"{side}_segment_ids"] = np.pad(p.segment_ids, ((0, extra), (0, 0)))
+        out[f"{side}_text_row"] = p.row.reshape(lead)
+        out[f"{side}_text_seg"] = p.segment.reshape(lead)
+    return out
+
+
+def packed_embed_fns(spec, dropout: bool, num_segments: int):
+    """(embed_q, embed_p) for packed rows, each (params, ids, segment_ids, rng) → (R, S, D)."""
+
+    def mk(side):
+        def embed(params, ids, segment_ids, rng):
+            return embed_packed(
+                spec,
+                tower(params, side),
+                ids,
+                segment_ids,
+                num_segments=num_segments,
+                deterministic=not dropout,
+                rngs={"dropout": rng} if dropout else None,
+            )
+
+        return embed
+
+    return mk("q"), mk("p")
+
+
+def gather_segments(emb, row, segment):
+    """(R, S, D) per-segment embeddings → (N, D) in text order, differentiably (for losses)."""
+    return jnp.asarray(emb)[jnp.asarray(row), jnp.asarray(segment)]
