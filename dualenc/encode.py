@@ -179,21 +179,16 @@ def encode_texts(
             progress=progress,
             buckets=buckets,
         )
-    texts = list(texts)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    limit = int(getattr(encoder.config, "max_position_embeddings", 0) or 1 << 30)
-    max_length = min(int(max_length or encoder.max_length), limit)
-    if not texts:
+    seqs, max_length = tokenize_for_encoding(encoder, texts, batch_size, max_length)
+    if not seqs:
         return np.zeros((0, encoder.config.hidden_size), np.float32)
-    seqs = tokenize(encoder.tokenizer, texts, max_length)
     batches = bucket_batches([len(s) for s in seqs], batch_size, buckets, max_length=max_length)
     step = encode_step(encoder.spec)
     placer = _Placer(encoder.params, mesh if mesh is not None else _default_mesh())
     pad = pad_id(encoder.tokenizer)
     out: np.ndarray | None = None
     pending = []  # dispatched but not yet fetched: overlaps host work with device compute
-    bar = _progress(len(texts), progress)
+    bar = _progress(len(seqs), progress)
     for idx, padded_len in batches:
         rows = placer.rows(len(idx), batch_size)
         ids, mask = pad_batch([seqs[i] for i in idx], padded_len, pad)
@@ -203,11 +198,25 @@ def encode_texts(
             mask[len(idx) :, 0] = 1
         pending.append((idx, step(*placer.put(ids, mask))))
         while len(pending) > 2:
-            out = _fetch(pending.pop(0), out, len(texts), bar)
+            out = _fetch(pending.pop(0), out, len(seqs), bar)
     while pending:
-        out = _fetch(pending.pop(0), out, len(texts), bar)
+        out = _fetch(pending.pop(0), out, len(seqs), bar)
     bar.close()
     return out
+
+
+def tokenize_for_encoding(
+    encoder, texts: Sequence[str], batch_size: int, max_length: int | None
+) -> tuple[list, int]:
+    """(token ids per text, the length limit used): the checks and truncation shared by the
+    padded and the packed encoding paths. The limit is the encoder's unless `max_length` is
+    given, never past its position table."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    limit = int(getattr(encoder.config, "max_position_embeddings", 0) or 1 << 30)
+    max_length = min(int(max_length or encoder.max_length), limit)
+    texts = list(texts)
+    return (tokenize(encoder.tokenizer, texts, max_length) if texts else []), max_length
 
 
 def _fetch(item, out: np.ndarray | None, n: int, bar) -> np.ndarray:

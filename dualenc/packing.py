@@ -18,9 +18,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dualenc import multihost
-from dualenc.encode import _default_mesh, _Placer, _progress
+from dualenc.encode import _default_mesh, _Placer, _progress, tokenize_for_encoding
 from dualenc.models.dual_encoder import embed_packed, tower
-from dualenc.tokenization import DEFAULT_BUCKETS, bucket_length, pad_id, tokenize
+from dualenc.tokenization import DEFAULT_BUCKETS, bucket_length, pad_id
 
 DEFAULT_MAX_SEGMENTS = 32
 DEFAULT_ROW_LENGTH = 128  # holds most short texts; attention's cost grows with the row
@@ -139,20 +139,15 @@ def encode_packed(
     of the longest (`pack_tiers`); `batch_size` counts rows of `row_length` per step (fewer
     longer rows: the same tokens). Equal to `encode.encode_texts` up to rounding (≤ 1e-5).
     """
-    texts = list(texts)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    limit = int(getattr(encoder.config, "max_position_embeddings", 0) or 1 << 30)
-    max_length = min(int(max_length or encoder.max_length), limit)
-    if not texts:
+    seqs, max_length = tokenize_for_encoding(encoder, texts, batch_size, max_length)
+    if not seqs:
         return np.zeros((0, encoder.config.hidden_size), np.float32)
-    seqs = tokenize(encoder.tokenizer, texts, max_length)
     top = bucket_length(max(len(s) for s in seqs), buckets, max_length)
     tiers = pack_tiers(seqs, row_length, top, max_segments, pad_id(encoder.tokenizer))
     step = packed_step(encoder.spec, max_segments)
     placer = _Placer(encoder.params, mesh if mesh is not None else _default_mesh())
     out, pending = None, []
-    bar = _progress(len(texts), progress)
+    bar = _progress(len(seqs), progress)
     for sel, packed in tiers:
         n_rows, length = packed.input_ids.shape
         per_step = max(1, batch_size * min(row_length, top) // length)
@@ -169,9 +164,9 @@ def encode_packed(
             where = (sel[local], packed.row[local] - r0, packed.segment[local])
             pending.append((where, step(*placer.put(ids, seg))))
             while len(pending) > 2:
-                out = _fetch(pending.pop(0), out, len(texts), bar)
+                out = _fetch(pending.pop(0), out, len(seqs), bar)
     while pending:
-        out = _fetch(pending.pop(0), out, len(texts), bar)
+        out = _fetch(pending.pop(0), out, len(seqs), bar)
     bar.close()
     return out
 
