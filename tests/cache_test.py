@@ -2,14 +2,14 @@
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import tokenizers
-from multihost_test import TINY, run_pair, run_single, write_beir
+from multihost_test import run_pair, run_single
+from tiny_data import save_tiny_bert, write_beir
 
 from dualenc import corpus_cache, train_eval
 from dualenc.evaluate import default_config, run_evaluation
@@ -19,16 +19,7 @@ from dualenc.models.loading import encoder_from_params, load_encoder, load_tower
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, minilm_path):
-    """A random 1-layer BERT saved by transformers, with the MiniLM tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(3)
-    BertModel(BertConfig(vocab_size=30522, **TINY)).save_pretrained(str(path))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(minilm_path / name, path / name)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_path, seed=3)
 
 
 @pytest.fixture(scope="module")

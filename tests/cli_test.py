@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from multihost_test import TINY, write_beir
+from tiny_data import save_tiny_bert, write_beir
 
 from dualenc import train_eval
 from dualenc.evaluate import default_config, run_evaluation
@@ -29,15 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, minilm_path):
-    import torch
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(5)
-    BertModel(BertConfig(vocab_size=30522, **TINY)).save_pretrained(str(path))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(minilm_path / name, path / name)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_path, seed=5)
 
 
 @pytest.fixture(scope="module")
