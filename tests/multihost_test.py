@@ -96,11 +96,16 @@ def wait_pair(procs, timeout: int = 300) -> list[tuple[int, str, str]]:
             o, e = p.communicate(timeout=max(1, deadline - time.time()))
             out.append((p.returncode, o, e))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+        kill_all(procs)
     return out
+
+
+def kill_all(procs) -> None:
+    """Kills whichever of `procs` still runs (a failed test leaves nothing behind)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
 
 
 def run_pair(module: str, args_per_process: list[list[str]], timeout: int = 300):
@@ -424,9 +429,13 @@ def test_sigterm_one_process_then_resume(tmp_path_factory, train_data, tmp_path)
     logs = [tmp_path / "log0", tmp_path / "log1"]
     procs = start_pair("dualenc.train", [args, args], logs)
     deadline = time.time() + 240
-    while "step 1:" not in logs[0].read_text() and time.time() < deadline:
-        assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-        time.sleep(0.05)
+    try:
+        while "step 1:" not in logs[0].read_text() and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+            time.sleep(0.05)
+    except BaseException:
+        kill_all(procs)
+        raise
     procs[1].send_signal(signal.SIGTERM)
     wait_pair(procs, timeout=240)
     texts = [f.read_text() for f in logs]
