@@ -37,6 +37,8 @@ setup(
         # setuptools >= 70.1 builds wheels by itself: tests/package_test.py builds one offline.
         "test": ["pytest>=8", "ruff>=0.6", "setuptools>=70.1"],
         "bench": ["psutil>=5.9"],
+        # `dualenc.export --format onnx` writes the graph with onnx; onnxruntime runs it.
+        "export": ["onnx>=1.17", "onnxruntime>=1.20"],
         # Accelerator runtimes, used by launch/tpu_pod.sh and launch/gpu_cluster.sh. gs:// workdirs
         # go through etils.epath (gcsfs) for metrics/exports and tensorstore for checkpoints.
         "tpu": ["jax[tpu]>=0.10", "etils[epath-gcs]>=1.7"],
