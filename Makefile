@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export DUALENC_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast lint bench bench-scifact nq-toy clean
+.PHONY: setup demo test test-fast lint bench bench-scifact nq-toy study study-nq-toy clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,13 @@ bench: setup
 # the cheaper subset check in tests/evaluate_test.py instead.
 bench-scifact: setup
 	$(PY) benchmarks/scifact_reference.py
+
+# The strategy study (issue 8): dev carved from SciFact train, 7 strategies x 3 seeds; resumable.
+study: setup
+	$(PY) -m dualenc.study --config configs/study/scifact.py --workdir workdirs/study_scifact
+
+study-nq-toy: setup
+	$(PY) -m dualenc.study --config configs/study/nq_toy.py --workdir workdirs/study_nq_toy
 
 nq-toy: setup
 	$(PY) -m dualenc.data.build_nq_toy --out data/nq-toy

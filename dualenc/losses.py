@@ -313,6 +313,15 @@ def adaptive_margin_loss(
     p_neg (B,D) or (B,k,D)), or (q, p (B,1+k,D)) with the pipeline's layout (p[:,0] positive).
     Pairs: each (query, own hard negative) once; `in_batch`: every other passage of the global
     batch. With ids, pairs whose negative is a positive of the query are left out.
+
+    In-batch form vs the authors' code (webis-de/adaptive-relevance-margin-loss, src/loss.py):
+    there `margin = pos.diag() - neg` broadcasts the (B,) positive scores along the LAST axis of
+    the (B, B) negative scores, so entry (i, j) is s(q_j, d+_j) - s(q_i, d-_j): the positive
+    term belongs to query j, the negative to query i, while its target s(d+_i, d-_j)/2 + 1/2
+    belongs to row i. We implement the intended per-query form, m_ij = s(q_i, d+_i) -
+    s(q_i, c_j), t_ij = s(d+_i, c_j)/2 + 1/2, over every candidate c_j of the global batch
+    (other rows' positives and all hard negatives, across devices; theirs: the B hard negatives
+    only), minus the row's own positive and, with ids, any positive of its query.
     """
     err = _check_err(err)
     if target not in MARGIN_TARGETS:

@@ -473,3 +473,62 @@ def test_registry_losses_sharded_equal_single_device(kw, shape, shard_data):
     np.testing.assert_allclose(np.asarray(gq), np.asarray(wq), atol=1e-5)
     np.testing.assert_allclose(np.asarray(gp), np.asarray(wp), atol=1e-5)
     assert float(jnp.abs(wp).max()) > 1e-4
+
+
+# ----------------------------------------------------------------------------- finite differences
+
+
+@pytest.fixture(scope="module")
+def fd_data():
+    """B=4, k=2, D=3 with a shared positive (rows 1, 3) and a query with two positives, so the
+    masks take part; well away from l1's kink (|m - t| > eps for every pair)."""
+    r = np.random.default_rng(11)
+    p = r.normal(size=(4, 3, 3)).astype(np.float32)
+    ids = np.arange(12, dtype=np.int32).reshape(4, 3)
+    p[3, 0], ids[3, 0] = p[1, 0], ids[1, 0]
+    qpos = np.full((4, 2), -1, np.int32)
+    qpos[:, 0] = ids[:, 0]
+    qpos[0, 1] = ids[2, 0]
+    q = (p[:, 0] + 0.7 * r.normal(size=(4, 3))).astype(np.float32)
+    teacher = r.normal(size=(4, 3)).astype(np.float32)
+    return {"q": q, "p": p, "p_ids": ids, "q_pos_ids": qpos, "teacher_scores": teacher}
+
+
+FD_CONFIGS = [
+    {"name": "adaptive_margin", "margin_err": e, "margin_target": t, "margin_in_batch": ib}
+    for e in ("squared", "l1", "softplus")
+    for t in ("adaptive", "static")
+    for ib in (False, True)
+] + [
+    {"name": "adaptive_margin", "margin_in_batch": True, "margin_stop_gradient": True},
+    {"name": "margin_mse"},
+    {"name": "kl", "scale": 5.0, "temperature": 2.0},
+    {"name": "contrastive"},
+]
+
+
+@pytest.mark.parametrize("kw", FD_CONFIGS, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_gradients_match_central_differences(kw, fd_data):
+    """jax.grad w.r.t. q and p against float32 central differences (eps 1e-2: truncation error
+    O(eps^2) ~ 1e-4, rounding ~ 1e-7 / eps ~ 1e-5). With a stop-gradient target (a function of
+    the passages only) the q part must still match; the p part must differ from the live one."""
+    data = dict(fd_data)
+    q, p = data.pop("q"), data.pop("p")
+    x0 = np.concatenate([q.ravel(), p.ravel()])
+
+    def loss_of(cfg_kw):
+        fn = losses.make_loss(_cfg(**cfg_kw))
+        return lambda x: fn(x[: q.size].reshape(q.shape), x[q.size :].reshape(p.shape), data)[0]
+
+    f = loss_of(kw)
+    grad = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(x0)))
+    eps = 1e-2
+    steps = eps * np.eye(x0.size, dtype=np.float32)
+    fv = jax.jit(jax.vmap(f))
+    fd = (np.asarray(fv(x0 + steps), np.float64) - np.asarray(fv(x0 - steps))) / (2 * eps)
+    assert np.abs(grad).max() > 1e-2  # a zero gradient would pass trivially
+    if not kw.get("margin_stop_gradient"):
+        np.testing.assert_allclose(grad, fd, rtol=2e-2, atol=2e-3)
+        return
+    np.testing.assert_allclose(grad[: q.size], fd[: q.size], rtol=2e-2, atol=2e-3)
+    assert np.abs(grad[q.size :] - fd[q.size :]).max() > 1e-2
