@@ -8,6 +8,11 @@ answer accuracy when queries carry metadata.answers), DIR/run.trec, DIR/curve.js
 Acc@k for plots) and DIR/report.md, all atomically and from process 0 only. Hybrid = BM25 + w *
 dense; w is tuned on --tune_split (never the evaluated split) when given.
 
+Reranking: `--rerank_model CE --rerank_top 500 --final_top 5` retrieves max(k, 500) docs per
+query, rescores the top 500 with the cross-encoder (sharded, bucketed, `dualenc.rerank`), keeps
+the top k and then the top 5: metrics and run.trec describe that final cut. Cross-encoder scores
+are cached with the corpus cache (by model hash, query and doc), so a rerun rescores nothing.
+
 Dense retrieval goes through `train_eval`, the engine train-time eval also uses; --model may be a
 separate-tower export (MODEL/query + MODEL/passage). Run with several processes
 (DUALENC_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID, or a TPU pod), encoding and exact
@@ -20,7 +25,6 @@ once; `--nocache` neither reads nor writes the cache.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import sys
@@ -30,7 +34,7 @@ from typing import Any
 
 import ml_collections
 
-from dualenc import corpus_cache, multihost, report, train_eval
+from dualenc import corpus_cache, multihost, report, rerank, train_eval
 from dualenc.index import save_index_dir
 from dualenc.index.base import IndexManifest, Run, top_k_run
 from dualenc.index.bm25 import BM25Index, bm25_run
@@ -152,13 +156,6 @@ def _bm25(cfg, doc_ids, texts) -> tuple[BM25Index, bool]:
 
 
 def _rerank(cfg, run: Run, queries: dict[str, str], docs: dict[str, str]) -> Run:
-    if importlib.util.find_spec("dualenc.rerank") is None:
-        raise NotImplementedError(
-            "reranking not available: dualenc.rerank is not installed "
-            "in this checkout (--rerank_model needs it)"
-        )
-    from dualenc import rerank
-
     reranker = rerank.load_reranker(cfg.rerank_model)
     return rerank.rerank_run(
         reranker,
@@ -167,8 +164,14 @@ def _rerank(cfg, run: Run, queries: dict[str, str], docs: dict[str, str]) -> Run
         docs,
         top_k=cfg.rerank_top,
         batch_size=cfg.batch_size,
-        progress=cfg.progress,
+        progress=cfg.progress and multihost.is_main(),
+        cache_dir=corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir),
     )
+
+
+def first_stage_depth(cfg) -> int:
+    """Docs per query the first stage returns: k, or rerank_top when reranking needs more."""
+    return max(cfg.k, cfg.rerank_top) if cfg.rerank_model else cfg.k
 
 
 def _check(cfg) -> None:
@@ -185,12 +188,17 @@ def _check(cfg) -> None:
         )
     if cfg.tune_split and cfg.index != "hybrid":
         raise InputError("--tune_split only applies to --index hybrid", field="tune_split")
+    for key, low in (("k", 1), ("rerank_top", 1), ("final_top", 0)):
+        if int(cfg[key]) < low:
+            raise InputError(f"must be ≥ {low}, got {cfg[key]}", field=key)
 
 
 def retrieve(cfg, doc_ids, texts, qids, queries, info: dict[str, Any]) -> tuple[Run, Any]:
     """The run for `queries` with the configured system; also returns the searched index."""
     kind = cfg.index
-    depth = cfg.fusion_depth if kind == "hybrid" else cfg.k
+    depth = first_stage_depth(cfg)
+    if kind == "hybrid":
+        depth = max(cfg.fusion_depth, depth)
     dense = bm25 = None
     if kind in ("exact", "scann", "hybrid"):
         dense = Dense(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind)
@@ -253,8 +261,11 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     if cfg.rerank_model:
         docs = dict(zip(doc_ids, texts, strict=True))
         run = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
-        info["rerank_model"] = cfg.rerank_model
+        info.update(rerank_model=cfg.rerank_model, rerank_top=cfg.rerank_top)
     run = top_k_run(run, cfg.k)
+    if cfg.final_top:
+        run = top_k_run(run, cfg.final_top)
+        info["final_top"] = cfg.final_top
     metrics, _ = evaluate_run(run, qrels, tuple(cfg.measures))
     curve = {f"R@{k}": v for k, v in recall_curve(run, qrels, CURVE_KS).items()}
     answers = load_answers(Path(cfg.data), qids)
@@ -299,6 +310,7 @@ _FLAG_KEYS = (
     "tune_metric",
     "rerank_model",
     "rerank_top",
+    "final_top",
     "save_index",
     "tag",
     "progress",
@@ -325,6 +337,9 @@ def _define_flags():
         "cache": "reuse cached corpus embeddings / BM25 indexes (--nocache: never read or write)",
         "cache_dir": "cache dir ('': $DUALENC_CACHE_DIR or $XDG_CACHE_HOME/dualenc)",
         "save_index": "also write the searched index here (for dualenc.search)",
+        "rerank_model": "cross-encoder dir (*ForSequenceClassification) that reranks the run",
+        "rerank_top": "first-stage docs per query rescored by --rerank_model (e.g. 100 or 500)",
+        "final_top": "cut the final run and its metrics to the top N (0: keep --k docs)",
     }
     for key in _FLAG_KEYS:
         v, h = d[key], helps.get(key, f"config.{key}")
