@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export DUALENC_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast lint bench bench-scifact nq-toy study study-nq-toy clean
+.PHONY: setup demo test test-fast lint bench bench-full profile bench-quality bench-scifact nq-toy study study-nq-toy clean
 
 setup: $(STAMP)
 
@@ -34,10 +34,18 @@ lint: setup
 	$(VENV)/bin/ruff check dualenc tests benchmarks configs
 	$(VENV)/bin/ruff format --check dualenc tests benchmarks configs
 
+# Encode (SciFact + mixed-length, padded and packed), train step, search and rerank against the
+# PyTorch stack in one run: benchmarks/results/<host>.json + .md (see benchmarks/README.md).
 bench: setup
-	$(PY) benchmarks/encode.py
-	$(PY) benchmarks/train_step.py
-	$(PY) benchmarks/search.py
+	$(PY) benchmarks/run_all.py
+
+bench-full: setup
+	$(PY) benchmarks/run_all.py --full --mixed_limit=0
+
+profile: setup
+	$(PY) benchmarks/op_profile.py
+
+bench-quality: setup
 	$(PY) benchmarks/retrieval.py
 
 # The full-SciFact reference figures (real MiniLM over all 5,183 docs, ~7 min on 2 cores); CI runs

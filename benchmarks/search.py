@@ -34,6 +34,8 @@ flags.DEFINE_list("leaves_to_search", ["", "40", "60"], "ScaNN settings to sweep
 flags.DEFINE_integer("seed", 0, "RNG seed.")
 flags.DEFINE_integer("num_leaves", None, "ScaNN num_leaves (default: from the corpus size).")
 flags.DEFINE_integer("reorder", None, "ScaNN reorder depth (default: 100).")
+flags.DEFINE_bool("torch_baseline", True, "Also time sentence-transformers' exact semantic_search.")
+flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the baseline.")
 
 
 def _norm(x):
@@ -77,6 +79,27 @@ def timed(fn, repeats):
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def torch_exact(p, q, k, ex_t, ex_rows) -> dict:
+    """sentence-transformers' exact search (torch matmul + topk) on the same vectors."""
+    import torch
+    from sentence_transformers import util
+
+    torch.set_num_threads(FLAGS.torch_threads)
+    pt, qt = torch.from_numpy(p), torch.from_numpy(q)
+    t, hits = timed(lambda: util.semantic_search(qt, pt, top_k=k), FLAGS.repeats)
+    agree = np.mean(
+        [
+            len({h["corpus_id"] for h in hs} & set(r)) / k
+            for hs, r in zip(hits, ex_rows, strict=True)
+        ]
+    )
+    return {
+        "qps": round(len(q) / t, 1),
+        f"recall@{k}_vs_dualenc_exact": round(float(agree), 4),
+        "dualenc_exact_speedup": round(t / ex_t, 2),
+    }
 
 
 def main(argv):
@@ -133,6 +156,8 @@ def main(argv):
             r["speedup_vs_exact"] >= 10 and r[f"recall@{k}_vs_exact"] >= 0.95 for r in results
         ),
     }
+    if FLAGS.torch_baseline:
+        out["pytorch_exact"] = torch_exact(p, q, k, ex_t, ex_rows)
     print(json.dumps(out, indent=2))
 
 

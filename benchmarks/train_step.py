@@ -100,6 +100,11 @@ def bench_dualenc(
     batches = _batches(base.tokenizer, pairs, batch, max_length)
     real = sum(int(b["q_attention_mask"].sum() + b["p_attention_mask"].sum()) for b in batches)
     padded = sum(b["q_input_ids"].size + b["p_input_ids"].size for b in batches)
+    st_padded = sum(  # sentence-transformers pads each side to its longest text in the batch
+        int(m.sum(-1).max()) * len(m)
+        for b in batches
+        for m in (b["q_attention_mask"], b["p_attention_mask"])
+    )
     if packing:  # rows rounded up to a multiple of 4: few shapes to compile
         segs = int(c.data.pack_max_segments)
         batches = [pack_batch(b, max_segments=segs, rows_multiple=4) for b in batches]
@@ -131,6 +136,8 @@ def bench_dualenc(
         "compiled_shapes": sorted(str(s) for s in shapes),
         "packing": packing,
         "padded_token_fraction": round(1 - real / padded, 4),
+        "st_padded_token_fraction": round(1 - real / st_padded, 4),
+        "real_tokens_per_pair": round(real / (len(batches) * batch), 1),
         "loss": float(m["loss"]),
     }
 

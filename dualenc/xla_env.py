@@ -4,6 +4,8 @@ Measured on jaxlib 0.10.2 (benchmarks/README.md): XLA's default YNNPACK fusions 
 elementwise ops make the MiniLM forward ~1.5x slower than with them off (3.8k -> 5.7k tok/s at
 32 x 256 on a 2-core CPU), with parity unchanged. Flags only fill in what the user's XLA_FLAGS
 does not already name; DUALENC_XLA_DEFAULTS=0 turns the defaults off. GPU/TPU ignore xla_cpu_*.
+Also tried on top of it, none adopted (benchmarks/README.md, "Flag sweep"): oneDNN, XNN graph
+fusion GREEDY, XNNPACK off, the tree-reduction rewriter off; no win beyond the noise.
 """
 
 from __future__ import annotations
