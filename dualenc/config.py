@@ -22,6 +22,10 @@ MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # no-op when it has size 1; everything else replicated). A config replaces `mesh.rules`.
 FSDP_RULES = tuple(DEFAULT_RULES)
 DATA_FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir", "tfds")
+TASKS = ("biencoder", "cross")
+CROSS_FORMATS = ("pairs", "dpr", "st_jsonl", "st_tsv", "st", "beir")  # pairs: classification
+CROSS_LOSSES = ("bce", "listwise", "pair_ce")  # see dualenc.cross_losses
+FIRST_STAGES = ("bm25", "dense", "hybrid")
 MINERS = ("", "bm25")
 
 RNG_IMPLS = ("unsafe_rbg", "rbg", "threefry2x32")
@@ -69,7 +73,31 @@ def _data() -> ml_collections.ConfigDict:
     d.pad_to_max_length = False  # True: one batch shape (one compile) instead of buckets
     d.packing = False  # several texts per row (dualenc.packing): less padding, same loss
     d.pack_max_segments = 16  # most texts in one packed row
+    d.test = ml_collections.ConfigDict({"path": "", "split": "test"})  # cross: final eval
     return d
+
+
+def _cross() -> ml_collections.ConfigDict:
+    """Cross-encoder training (task='cross'); data.train/dev/test name the pair files or BEIR."""
+    x = ml_collections.ConfigDict()
+    x.num_labels = 1  # 1 = a relevance logit; k = classes
+    x.loss = "bce"  # bce (pointwise relevance) | listwise (1 positive + k) | pair_ce (classes)
+    x.class_weights = ()  # pair_ce: one weight per class; () = all 1
+    x.max_length = 128  # pair tokens (truncated longest-first)
+    x.pad_to_max_length = False  # True: one batch shape; else a few length buckets
+    x.label_names = ()  # class names by id (pairs); () = '0', '1', ...
+    x.text_a = ""  # pair-file columns; "" = a known layout (dualenc.data.pairs)
+    x.text_b = ""
+    x.label = ""
+    x.eval_metric = "nDCG@10"  # F1 | macro_F1 | accuracy | nDCG@10 | RR@10 | R@k
+    x.patience = 0  # evals without improvement before stopping; 0 = off
+    x.dev_queries = 0  # > 0: hold out this many train queries (seeded) as the dev set
+    x.first_stage = "bm25"  # reranking eval: bm25 | dense | hybrid (normalised 1:1 sum)
+    x.first_stage_model = ""  # dense / hybrid query+passage encoder; "" = model.name_or_path
+    x.rerank_top = 100  # first-stage docs reranked per test query
+    x.dev_rerank_top = 0  # per dev query during training (cheaper evals); 0 = rerank_top
+    x.eval_batch_size = 64
+    return x
 
 
 def _train() -> ml_collections.ConfigDict:
@@ -96,10 +124,12 @@ def base_config() -> ml_collections.ConfigDict:
     """Every trainer key with a conservative default (unlocked; get_config() locks)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "biencoder"  # one of TASKS; 'cross' trains a cross-encoder (dualenc.cross_trainer)
     c.init_from = ""  # a previous workdir (its checkpoints) or a model dir; "" = pretrained
     c.model = _model()
     c.data = _data()
     c.train = _train()
+    c.cross = _cross()
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "contrastive"  # a key of dualenc.losses.LOSSES
@@ -182,8 +212,68 @@ def validate_batch(
         )
 
 
+def validate_cross(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """The checks of a cross-encoder config (task='cross'); messages name the keys."""
+    x = c.cross
+    _one_of("data.train.format", c.data.train.format, CROSS_FORMATS)
+    _one_of("cross.loss", x.loss, CROSS_LOSSES)
+    _one_of("cross.first_stage", x.first_stage, FIRST_STAGES)
+    _one_of("train.schedule", c.train.schedule, SCHEDULES)
+    _one_of("train.rng_impl", c.train.rng_impl, RNG_IMPLS)
+    _positive(c, "train.batch_size", "cross.num_labels", "cross.max_length", "log.every_steps")
+    _positive(c, "cross.rerank_top", "cross.eval_batch_size")
+    _positive(c, "cross.patience", "cross.dev_queries", "data.num_negatives", allow_zero=True)
+    _positive(c, "cross.dev_rerank_top", allow_zero=True)
+    _positive(c, "train.warmup_steps", "checkpoint.every_steps", allow_zero=True)
+    if int(c.train.num_steps) <= 0 and float(c.train.num_epochs) <= 0:
+        raise ConfigError("set train.num_steps or train.num_epochs to a positive value")
+    pairs, k = c.data.train.format == "pairs", int(x.num_labels)
+    if x.loss == "pair_ce" and (k < 2 or not pairs):
+        raise ConfigError(
+            f"cross.loss='pair_ce' needs cross.num_labels >= 2 (got {k}) and "
+            f"data.train.format='pairs' (got {c.data.train.format!r})"
+        )
+    if x.loss in ("bce", "listwise") and k != 1:
+        raise ConfigError(f"cross.loss={x.loss!r} needs cross.num_labels=1 (got {k})")
+    if x.loss == "listwise" and (pairs or int(c.data.num_negatives) < 1):
+        raise ConfigError(
+            "cross.loss='listwise' needs retrieval data (data.train.format not 'pairs') and "
+            "data.num_negatives >= 1"
+        )
+    if x.class_weights and (x.loss != "pair_ce" or len(x.class_weights) != k):
+        raise ConfigError(
+            f"cross.class_weights needs cross.loss='pair_ce' and {k} weights (cross.num_labels)"
+        )
+    if x.class_weights and min(float(w) for w in x.class_weights) < 0:
+        raise ConfigError("cross.class_weights must be >= 0")
+    if x.label_names and len(x.label_names) != max(k, 2):
+        raise ConfigError(
+            f"cross.label_names has {len(x.label_names)} names for cross.num_labels={k}"
+        )
+    if not c.data.train.path:
+        raise ConfigError("data.train.path is empty")
+    if int(c.eval.every_steps) >= 0 and not (c.data.dev.path or int(x.dev_queries)):
+        raise ConfigError(
+            "no dev set: set data.dev.path or cross.dev_queries (or eval.every_steps=-1)"
+        )
+    if int(x.dev_queries) and pairs:
+        raise ConfigError("cross.dev_queries holds out retrieval queries: not for format 'pairs'")
+    metric = str(x.eval_metric)
+    cls_metrics, ret = ("F1", "macro_F1", "accuracy"), metric.split("@")[0] in ("nDCG", "RR", "R")
+    if (pairs and metric not in cls_metrics) or (not pairs and not ret):
+        raise ConfigError(
+            f"cross.eval_metric={metric!r} does not fit the data: pairs take {cls_metrics}, "
+            "retrieval takes nDCG@k / RR@k / R@k"
+        )
+    validate_batch(int(c.train.batch_size), num_devices, process_count, 1, 0)
+
+
 def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError naming the key(s) of the first value that cannot work."""
+    _one_of("task", c.get("task", "biencoder"), TASKS)
+    if c.get("task", "biencoder") == "cross":
+        validate_cross(c, num_devices, process_count)
+        return
     _one_of("data.train.format", c.data.train.format, DATA_FORMATS)
     _one_of("data.mine_negatives", c.data.mine_negatives, MINERS)
     if c.data.mine_negatives and c.data.train.format != "beir":

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from dualenc import config as config_lib
-from dualenc import io, multihost, optim, sharding, steps, train_eval
+from dualenc import io, losses, multihost, optim, sharding, steps, train_eval
 from dualenc.checkpoint import Checkpointer, PreemptionGuard
 from dualenc.data import mining
 from dualenc.data.pipeline import TrainPipeline
@@ -124,6 +124,12 @@ def setup(config, workdir) -> tuple[Run, dict]:
     resumed = ckpt.latest_step() is not None
     base = steps.load_base_encoder(config.model, weights=not resumed)
     pipeline = make_pipeline(config, base.tokenizer)
+    if config.loss.name in losses.DISTILLATION and not pipeline.data.has_scores:
+        raise config_lib.ConfigError(
+            f"loss.name={config.loss.name!r} distils teacher scores, but data.train.path="
+            f"{config.data.train.path!r} carries none (write them with dualenc.mine, or choose "
+            "loss.name='contrastive')"
+        )
     num_steps = resolve_num_steps(config, pipeline)
     tx, schedule = optim.make_optimizer(config.train, num_steps)
     rules, shared = steps.mesh_rules(config), bool(config.model.shared_towers)
@@ -172,6 +178,10 @@ def _writer(workdir: epath.Path):
 def train_and_evaluate(config, workdir) -> dict:
     """Trains per `config`, checkpointing into `workdir` (resuming from it), evaluates and
     exports; returns the final metrics (also written to workdir/metrics.json by process 0)."""
+    if config.get("task", "biencoder") == "cross":  # cross-encoders: their own loop
+        from dualenc import cross_trainer  # noqa: PLC0415 - cross_trainer imports this module
+
+        return cross_trainer.train_and_evaluate(config, workdir)
     run, state = setup(config, workdir)
     results: dict[str, Any] = {}
     split = config.eval.before_after_split

@@ -321,6 +321,19 @@ def test_cli_bad_config_or_data_is_one_line_exit_2(tmp_path, flag, message):
         assert not workdir.exists()
 
 
+def test_cli_distillation_without_teacher_scores_is_one_line_exit_2(tmp_path):
+    data, _ = write_tiny_data(tmp_path / "data", n=16)  # DPR: no teacher scores
+    cmd = [sys.executable, "-m", "dualenc.train", "--config", str(REPO / "configs/tiny.py")]
+    cmd += ["--workdir", str(tmp_path / "w"), f"--config.data.train.path={data}"]
+    cmd += ["--config.loss.name=margin_mse"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "distils teacher scores, but data.train.path=" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
 # ----------------------------------------------------------------------------- resume + progress
 
 

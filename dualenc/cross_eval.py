@@ -1,0 +1,147 @@
+"""Dev / test evaluation of a cross-encoder during training.
+
+Pair classification: accuracy, binary and macro P/R/F1 and the confusion matrix (`classify`
+helpers); for two classes the decision threshold maximising F1 on dev is applied to test.
+Reranking: a first-stage run (BM25, dense or hybrid via `dualenc.evaluate.retrieve`) is computed
+once per split, then its top `cross.rerank_top` docs are rescored with the current params;
+nDCG@10 etc. before (first stage) and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from dualenc import classify, eval_config, evaluate, metrics, rerank, train_eval
+from dualenc.data.beir import BeirDataset
+from dualenc.data.cross_data import PairData, label_names
+from dualenc.io import InputError
+
+
+def metric_value(m: dict, name: str) -> float:
+    """The named selection metric out of a split's metrics (F1 = binary F1 for 2 classes)."""
+    if name == "F1":
+        return float((m.get("binary") or m["macro"])["f1"])
+    if name == "macro_F1":
+        return float(m["macro"]["f1"])
+    if name == "accuracy":
+        return float(m["accuracy"])
+    return float(m["after"][name])
+
+
+class PairEval:
+    """Classification of dev (and, at the end, test) pair files with the current params."""
+
+    def __init__(self, rr: rerank.Reranker, xcfg, dev: PairData, test: PairData | None):
+        if not len(dev.labels):
+            raise InputError("empty dev set", path=dev.source)
+        self.rr, self.x, self.dev, self.test = rr, xcfg, dev, test
+        self.names = label_names(xcfg)
+        self.binary = len(self.names) == 2 and rr.ce.num_labels <= 2
+
+    def _logits(self, params, data: PairData) -> np.ndarray:
+        rr = dataclasses.replace(self.rr, params=params)  # fresh: no stale placed params
+        return classify.predict_logits(
+            rr, data.text_a, data.text_b, batch_size=int(self.x.eval_batch_size)
+        )
+
+    def dev_metrics(self, params) -> dict:
+        z = self._logits(params, self.dev)
+        threshold = None
+        if self.binary:
+            threshold, _ = metrics.best_f1_threshold(classify.scores_of(z), self.dev.labels)
+        m = classify.split_metrics(self.dev.labels, classify.predict(z, threshold), self.names)
+        m["threshold"] = threshold
+        m["argmax"] = classify.split_metrics(
+            self.dev.labels, classify.predict(z, 0.0 if self.binary else None), self.names
+        )
+        return m
+
+    def test_metrics(self, params, dev_m: dict) -> dict:
+        """Test figures at the dev threshold (and at the argmax, for reference)."""
+        if self.test is None:
+            return {}
+        z = self._logits(params, self.test)
+        out = classify.split_metrics(
+            self.test.labels, classify.predict(z, dev_m.get("threshold")), self.names
+        )
+        out["threshold"] = dev_m.get("threshold")
+        out["threshold_source"] = "dev (max F1)" if self.binary else "argmax"
+        argmax = classify.predict(z, 0.0 if self.binary else None)
+        out["argmax"] = classify.split_metrics(self.test.labels, argmax, self.names)
+        return out
+
+
+def _eval_cfg(config, root: str):
+    c = eval_config.get_config()
+    x = config.cross
+    c.unlock()
+    c.data = str(root)
+    c.index = "exact" if x.first_stage == "dense" else x.first_stage
+    c.model = str(x.first_stage_model or config.model.name_or_path)
+    c.k = max(int(x.rerank_top), int(x.dev_rerank_top))
+    c.progress = False
+    return c
+
+
+class RerankEval:
+    """Reranking of a fixed first-stage run of dev / test queries with the current params."""
+
+    def __init__(self, rr: rerank.Reranker, config, dev: BeirDataset, dev_root: str, test=None):
+        self.rr, self.config, self.x = rr, config, config.cross
+        self.k_values = tuple(int(k) for k in config.eval.k_values)
+        self.measures = train_eval.measures_for(self.k_values)
+        dev_top = int(self.x.dev_rerank_top) or int(self.x.rerank_top)
+        self.dev = self._prepare(dev, dev_root, dev_top)
+        self.test = self._prepare(*test, int(self.x.rerank_top)) if test else None
+
+    def _prepare(self, ds: BeirDataset, root: str, top: int) -> dict:
+        if not ds.qrels:
+            raise InputError("empty dev set: no judged queries", path=root)
+        doc_ids, texts = train_eval.corpus_texts(ds)
+        qids, queries = train_eval.judged_queries(ds)
+        info: dict = {}
+        run, _ = evaluate.retrieve(
+            _eval_cfg(self.config, root), doc_ids, texts, qids, queries, info
+        )
+        run = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:top]) for q, d in run.items()}
+        before, _ = metrics.evaluate_run(run, ds.qrels, self.measures)
+        return {
+            "ds": ds,
+            "run": run,
+            "queries": dict(zip(qids, queries, strict=True)),
+            "docs": dict(zip(doc_ids, texts, strict=True)),
+            "before": before,
+            "top": top,
+        }
+
+    def _evaluate(self, params, split: dict) -> dict:
+        run = rerank.rerank_run(
+            dataclasses.replace(self.rr, params=params),
+            split["run"],
+            split["queries"],
+            split["docs"],
+            top_k=split["top"],
+            batch_size=int(self.x.eval_batch_size),
+            progress=False,
+        )
+        after, _ = metrics.evaluate_run(run, split["ds"].qrels, self.measures)
+        return {
+            "before": split["before"],
+            "after": after,
+            "first_stage": self.x.first_stage,
+            "rerank_top": split["top"],
+            "num_queries": len(split["ds"].qrels),
+        }
+
+    def dev_metrics(self, params) -> dict:
+        return self._evaluate(params, self.dev)
+
+    def test_metrics(self, params, _dev_m: dict) -> dict:
+        return self._evaluate(params, self.test) if self.test is not None else {}
+
+
+def as_host(params):
+    return jax.tree.map(np.asarray, params)
