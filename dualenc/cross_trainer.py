@@ -166,6 +166,7 @@ class _Run:
     num_steps: int
     writer: Any = None
     saved: int = -1  # the last step checkpointed
+    best_params: Any = None  # host copy of the best params seen by this process (this run)
 
 
 def _names(run: _Run) -> list[str]:
@@ -195,6 +196,7 @@ def _evaluate(run: _Run, state, step: int, early: Early) -> None:
     improved = early.update(step, value, int(run.config.cross.patience))
     early.history[-1]["dev"] = dev
     if improved:
+        run.best_params = host  # every process decides alike: no shared filesystem needed
         _save_best(run, host, step, dev)
     trainer._write_scalars(run.writer, "dev", {run.config.cross.eval_metric: value}, step)
     tag = " (best)" if improved else f" (best {early.best:.4f} at step {early.best_step})"
@@ -261,14 +263,19 @@ def _log_window(run: _Run, window: list, step: int, t0: float) -> dict:
 
 
 def _finish(run: _Run, final_params, early: Early) -> dict:
-    """Best params (WORKDIR/best, else the final ones) → test metrics and export/."""
+    """Best params (kept in memory, or WORKDIR/best after a resume; else the final ones) →
+    test metrics and export/."""
     c, out = run.config, {}
     best_dir = Path(run.workdir) / "best"
     params, best_step = final_params, int(run.num_steps)
     if run.evaluator is not None and early.best is not None:
-        if multihost.process_count() > 1:
-            multihost.barrier("cross:best")
-        params, best_step = cross_model.load_params(run.model, best_dir), early.best_step
+        if run.best_params is not None:  # found in this run
+            params = run.best_params
+        else:  # found before a resume: WORKDIR/best (shared with process 0 on several hosts)
+            if multihost.process_count() > 1:
+                multihost.barrier("cross:best")
+            params = cross_model.load_params(run.model, best_dir)
+        best_step = early.best_step
         dev = next(h["dev"] for h in early.history if h["step"] == early.best_step)
         out["dev"] = dev
         out["test"] = run.evaluator.test_metrics(params, dev)
