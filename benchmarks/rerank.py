@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -41,9 +40,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
-# Scripts here named like stdlib modules (benchmarks/profile.py) would shadow them for torch.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def default_model(work_dir: str) -> str:
