@@ -1,12 +1,12 @@
 """Pair classification: metrics vs scikit-learn, dev threshold, pair readers, CLI parity."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tiny_data
 import torch
 import transformers
 from sklearn import metrics as skm
@@ -14,13 +14,6 @@ from sklearn import metrics as skm
 from dualenc import classify, metrics
 from dualenc.data import pairs
 from dualenc.io import InputError
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
 
 Y_TRUE = [0, 1, 2, 2, 1, 0, 1, 2, 2, 0, 1, 1]
 Y_PRED = [0, 2, 2, 1, 1, 0, 0, 2, 2, 1, 1, 2]
@@ -148,9 +141,7 @@ def _save_tiny(out, minilm_path, id2label):
     with torch.no_grad():  # spread the scores (a random head gives logits ~1e-4 apart)
         model.classifier.weight.mul_(300.0)
     model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (minilm_path / name).exists():
-            shutil.copy(minilm_path / name, out / name)
+    tiny_data.copy_minilm_tokenizer(minilm_path, out)
     return out, model
 
 

@@ -1,12 +1,12 @@
 """The seed pipeline report: table values by hand, and an end-to-end run with tiny models."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tiny_data
 import torch
 import transformers
 from tiny_data import save_tiny_bert, write_beir
@@ -55,8 +55,7 @@ def _save_ce(path, minilm_path):
     )
     model = transformers.BertForSequenceClassification(cfg).eval()
     model.save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(minilm_path / name, path / name)
+    tiny_data.copy_minilm_tokenizer(minilm_path, path)
     return model
 
 

@@ -1,7 +1,6 @@
 """Cross-encoder reranking: parity with transformers on a saved dir, and run re-ordering."""
 
 import dataclasses
-import shutil
 
 import jax
 import numpy as np
@@ -18,13 +17,6 @@ from dualenc.io import InputError
 from dualenc.metrics import evaluate_run
 from dualenc.models.convert import WeightsError
 from dualenc.runs import read_trec
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +35,7 @@ def ce_dir(tmp_path_factory, minilm_path):
     model = transformers.BertForSequenceClassification(cfg).eval()
     out = tmp_path_factory.mktemp("ce")
     model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (minilm_path / name).exists():
-            shutil.copy(minilm_path / name, out / name)
+    tiny_data.copy_minilm_tokenizer(minilm_path, out)
     return out, model
 
 
@@ -118,9 +108,7 @@ def _save_ce(path, minilm_path, seed: int, max_pos: int = 512):
         initializer_range=0.5,  # the default 0.02 gives near-equal logits for every pair
     )
     transformers.BertForSequenceClassification(cfg).eval().save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        if (minilm_path / name).exists():
-            shutil.copy(minilm_path / name, path / name)
+    tiny_data.copy_minilm_tokenizer(minilm_path, path)
     return path
 
 
@@ -293,9 +281,7 @@ def test_default_two_label_model_loads_from_its_head(tmp_path, minilm_path):
     )
     model = transformers.BertForSequenceClassification(cfg).eval()
     model.save_pretrained(tmp_path)
-    for name in TOKENIZER_FILES:
-        if (minilm_path / name).exists():
-            shutil.copy(minilm_path / name, tmp_path / name)
+    tiny_data.copy_minilm_tokenizer(minilm_path, tmp_path)
     rr = rerank.load_reranker(tmp_path)
     assert rr.ce.num_labels == 2
     got = rerank.score_pairs(rr, QUERIES, PASSAGES, batch_size=4)

@@ -22,6 +22,21 @@ TINY = dict(
 )
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+def copy_minilm_tokenizer(minilm_path: Path, dst: Path) -> Path:
+    """The MiniLM tokenizer files into `dst` (tiny random models borrow its 30,522-word vocab)."""
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(minilm_path / name, dst / name)
+    return dst
+
+
 def save_tiny_bert(path: Path, minilm_path: Path, seed: int) -> Path:
     """A random BERT of shape TINY saved by transformers into `path`, with the MiniLM tokenizer."""
     import torch
@@ -29,9 +44,7 @@ def save_tiny_bert(path: Path, minilm_path: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     BertModel(BertConfig(vocab_size=30522, **TINY)).save_pretrained(str(path))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(minilm_path / name, path / name)
-    return path
+    return copy_minilm_tokenizer(minilm_path, path)
 
 
 def write_beir(root: Path) -> Path:
