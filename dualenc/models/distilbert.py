@@ -19,7 +19,7 @@ import numpy as np
 from dualenc.models.bert import (
     ACTIVATIONS,
     LayerStack,
-    attention_probs,
+    attention,
     check_common,
     dense,
     embed,
@@ -162,8 +162,8 @@ class DistilBertSelfAttention(nn.Module):
         q = split_heads(dense(cfg, cfg.dim, "q_lin")(x), cfg.n_heads)  # (B, L, N, D)
         k = split_heads(dense(cfg, cfg.dim, "k_lin")(x), cfg.n_heads)
         v = split_heads(dense(cfg, cfg.dim, "v_lin")(x), cfg.n_heads)
-        probs = attention_probs(q, k, mask, nn.Dropout(cfg.attention_dropout), deterministic)
-        ctx = jnp.einsum("bnij,bjnd->bind", probs, v).reshape(x.shape)  # (B, L, H)
+        drop = nn.Dropout(cfg.attention_dropout)
+        ctx = attention(q, k, v, mask, drop, deterministic).reshape(x.shape)  # (B, L, H)
         return dense(cfg, cfg.dim, "out_lin")(ctx)
 
 
