@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dualenc.models.dropout import Dropout
+
 ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),  # HF 'gelu' is the exact erf form
     "gelu_new": functools.partial(nn.gelu, approximate=True),
@@ -129,7 +131,7 @@ def layer_norm(cfg: Any, name: str = "LayerNorm", eps: float | None = None) -> n
     return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name, **dtypes(cfg))
 
 
-def attention(q, k, v, mask, dropout: nn.Dropout, deterministic: bool):
+def attention(q, k, v, mask, dropout: Dropout, deterministic: bool):
     """softmax(q·k/√d) over unmasked keys (float32) mixing v: q, k, v (B, L, N, D) → (B, L, N, D).
 
     mask (B, L) over keys, or (B, L, L) query × key for packed rows (block-diagonal, see
@@ -204,7 +206,7 @@ class BertEmbeddings(nn.Module):
             position_ids = jnp.arange(seq_len)[None, :]
         x = x + pos(position_ids)  # (B, L, H)
         x = layer_norm(cfg)(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -219,7 +221,7 @@ class BertSelfAttention(nn.Module):
         q = split_heads(dense(cfg, cfg.hidden_size, "query")(x), heads)  # (B, L, N, D)
         k = split_heads(dense(cfg, cfg.hidden_size, "key")(x), heads)
         v = split_heads(dense(cfg, cfg.hidden_size, "value")(x), heads)
-        drop = nn.Dropout(cfg.attention_probs_dropout_prob)
+        drop = Dropout(cfg.attention_probs_dropout_prob)
         ctx = attention(q, k, v, mask, drop, deterministic)  # (B, L, N, D)
         return ctx.reshape(x.shape)
 
@@ -233,7 +235,7 @@ class BertResidualOutput(nn.Module):
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.config
         x = dense(cfg, cfg.hidden_size, "dense")(x)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
         return layer_norm(cfg)(x + residual)
 
 
@@ -349,5 +351,5 @@ class BertForSequenceClassification(nn.Module):
             input_ids, attention_mask, token_type_ids, deterministic
         )
         rate = cfg.hidden_dropout_prob if cfg.classifier_dropout is None else cfg.classifier_dropout
-        x = nn.Dropout(rate)(pooled, deterministic=deterministic)
+        x = Dropout(rate)(pooled, deterministic=deterministic)
         return dense(cfg, self.num_labels, "classifier")(x)

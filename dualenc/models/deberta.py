@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dualenc.models.dropout import Dropout
+
 _ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
@@ -225,7 +227,7 @@ class DebertaV2Embeddings(nn.Module):
             x = _dense(cfg, cfg.hidden_size, "embed_proj", use_bias=False)(x)
         x = _layer_norm(cfg)(x)
         x = x * attention_mask[:, :, None].astype(x.dtype)  # (B, L, H)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class DisentangledSelfAttention(nn.Module):
@@ -243,8 +245,8 @@ class DisentangledSelfAttention(nn.Module):
                 self.pos_key_proj = _dense(cfg, cfg.hidden_size, "pos_key_proj")
             if "p2c" in cfg.pos_att_type:
                 self.pos_query_proj = _dense(cfg, cfg.hidden_size, "pos_query_proj")
-        self.pos_dropout = nn.Dropout(cfg.hidden_dropout_prob)
-        self.dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
+        self.pos_dropout = Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.attention_probs_dropout_prob)
 
     def _heads(self, x):
         """(..., T, H) → (..., N, T, D)."""
@@ -311,7 +313,7 @@ class _ResidualOutput(nn.Module):
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         x = _dense(self.config, self.config.hidden_size, "dense")(x)
-        x = nn.Dropout(self.config.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(self.config.hidden_dropout_prob)(x, deterministic=deterministic)
         return _layer_norm(self.config)(x + residual)
 
 
@@ -405,7 +407,7 @@ class ContextPooler(nn.Module):
     @nn.compact
     def __call__(self, hidden, deterministic: bool):
         cfg = self.config
-        x = nn.Dropout(cfg.pooler_dropout)(hidden[:, 0], deterministic=deterministic)
+        x = Dropout(cfg.pooler_dropout)(hidden[:, 0], deterministic=deterministic)
         x = _dense(cfg, cfg.pooler_hidden_size, "dense")(x)
         return _ACTIVATIONS[cfg.pooler_hidden_act](x)
 
@@ -424,5 +426,5 @@ class DebertaV2ForSequenceClassification(nn.Module):
         )
         x = ContextPooler(cfg, name="pooler")(hidden, deterministic)
         rate = cfg.hidden_dropout_prob if cfg.cls_dropout is None else cfg.cls_dropout
-        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        x = Dropout(rate)(x, deterministic=deterministic)
         return _dense(cfg, self.num_labels, "classifier")(x)

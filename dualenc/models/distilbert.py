@@ -27,6 +27,7 @@ from dualenc.models.bert import (
     packed_inputs,
     split_heads,
 )
+from dualenc.models.dropout import Dropout
 
 _LOCAL_FIELDS = ("dtype", "param_dtype", "remat")
 _EPS = 1e-12  # hard-coded in transformers' DistilBERT
@@ -129,7 +130,7 @@ class DistilBertEmbeddings(nn.Module):
             pos = embed(cfg, cfg.max_position_embeddings, cfg.dim, "position_embeddings")
             x = x + pos(position_ids)  # (B, L, H)
         x = layer_norm(cfg)(x)
-        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 class FixedPositions(nn.Module):
@@ -162,7 +163,7 @@ class DistilBertSelfAttention(nn.Module):
         q = split_heads(dense(cfg, cfg.dim, "q_lin")(x), cfg.n_heads)  # (B, L, N, D)
         k = split_heads(dense(cfg, cfg.dim, "k_lin")(x), cfg.n_heads)
         v = split_heads(dense(cfg, cfg.dim, "v_lin")(x), cfg.n_heads)
-        drop = nn.Dropout(cfg.attention_dropout)
+        drop = Dropout(cfg.attention_dropout)
         ctx = attention(q, k, v, mask, drop, deterministic).reshape(x.shape)  # (B, L, H)
         return dense(cfg, cfg.dim, "out_lin")(ctx)
 
@@ -175,7 +176,7 @@ class DistilBertFFN(nn.Module):
         cfg = self.config
         x = ACTIVATIONS[cfg.activation](dense(cfg, cfg.hidden_dim, "lin1")(x))
         x = dense(cfg, cfg.dim, "lin2")(x)
-        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 class DistilBertBlock(nn.Module):
@@ -242,5 +243,5 @@ class DistilBertForSequenceClassification(nn.Module):
             input_ids, attention_mask, token_type_ids, deterministic
         )
         x = nn.relu(dense(cfg, cfg.dim, "pre_classifier")(hidden[:, 0]))  # (B, H)
-        x = nn.Dropout(cfg.seq_classif_dropout)(x, deterministic=deterministic)
+        x = Dropout(cfg.seq_classif_dropout)(x, deterministic=deterministic)
         return dense(cfg, self.num_labels, "classifier")(x)

@@ -1,0 +1,66 @@
+"""The hashed dropout mask: exact rate, 1/(1-p) scaling, determinism per key, independence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dualenc.models import dropout
+
+N = 1 << 20
+
+
+def _sigma(p: float, n: int = N) -> float:
+    return (p * (1 - p) / n) ** 0.5
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.02])
+def test_drop_rate_matches(rate):
+    keep = np.asarray(dropout.keep_mask(jax.random.key(3), rate, (N,)))
+    assert abs((1 - keep.mean()) - rate) < 5 * _sigma(rate)
+
+
+def test_bits_uniform_in_every_nibble():
+    bits = np.asarray(dropout.hash_bits(jax.random.key(0), (64, 128, 128)), dtype=np.uint64)
+    for shift in (0, 12, 28):  # low, middle and top nibble: each of 16 values 1/16 of the time
+        counts = np.bincount(((bits >> shift) & 15).astype(np.int64).ravel(), minlength=16)
+        assert np.abs(counts / bits.size - 1 / 16).max() < 6 * _sigma(1 / 16, bits.size)
+
+
+def test_same_key_same_mask_other_key_independent():
+    a = np.asarray(dropout.keep_mask(jax.random.key(1), 0.5, (N,)))
+    assert np.array_equal(a, np.asarray(dropout.keep_mask(jax.random.key(1), 0.5, (N,))))
+    for other in (jax.random.key(2), jax.random.fold_in(jax.random.key(1), 1)):
+        b = np.asarray(dropout.keep_mask(other, 0.5, (N,)))
+        assert abs((a == b).mean() - 0.5) < 5 * _sigma(0.5)  # agreement of independent masks
+
+
+def test_neighbouring_positions_uncorrelated():
+    keep = np.asarray(dropout.keep_mask(jax.random.key(4), 0.5, (N,)))
+    for lag in (1, 2, 128, 4096):
+        assert abs((keep[:-lag] == keep[lag:]).mean() - 0.5) < 5 * _sigma(0.5)
+
+
+def test_module_scales_kept_values_and_is_identity_when_deterministic():
+    x = jnp.full((256, 512), 3.0)
+    mod = dropout.Dropout(0.25)
+    y = np.asarray(mod.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], 3.0 / 0.75, rtol=1e-6)
+    assert abs((1 - kept.mean()) - 0.25) < 5 * _sigma(0.25, y.size)
+    assert abs(y.mean() - 3.0) < 0.05  # unbiased in expectation
+    assert np.array_equal(np.asarray(mod.apply({}, x, deterministic=True)), np.asarray(x))
+    assert not np.asarray(dropout.Dropout(1.0).apply({}, x, deterministic=False)).any()
+
+
+def test_layers_draw_different_masks():
+    """Two Dropout modules in one model fold different paths into the key (like nn.Dropout)."""
+    import flax.linen as nn
+
+    class Two(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return dropout.Dropout(0.5)(x, False), dropout.Dropout(0.5)(x, False)
+
+    a, b = Two().apply({}, jnp.ones((N,)), rngs={"dropout": jax.random.key(0)})
+    assert abs((np.asarray(a) == np.asarray(b)).mean() - 0.5) < 5 * _sigma(0.5)
