@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from dualenc.models.dropout import Dropout
+from dualenc.models.layers import Dense, LayerNorm
 
 ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),  # HF 'gelu' is the exact erf form
@@ -110,9 +111,9 @@ def dtypes(cfg: Any) -> dict[str, Any]:
     return {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
 
 
-def dense(cfg: Any, features: int, name: str) -> nn.Dense:
+def dense(cfg: Any, features: int, name: str) -> Dense:
     init = nn.initializers.normal(cfg.initializer_range)
-    return nn.Dense(features, kernel_init=init, name=name, **dtypes(cfg))
+    return Dense(features, kernel_init=init, name=name, **dtypes(cfg))
 
 
 def embed(cfg: Any, num: int, features: int, name: str, pad: int | None = None) -> nn.Embed:
@@ -125,10 +126,10 @@ def embed(cfg: Any, num: int, features: int, name: str, pad: int | None = None) 
     return nn.Embed(num, features, embedding_init=init, name=name, **dtypes(cfg))
 
 
-def layer_norm(cfg: Any, name: str = "LayerNorm", eps: float | None = None) -> nn.LayerNorm:
+def layer_norm(cfg: Any, name: str = "LayerNorm", eps: float | None = None) -> LayerNorm:
     # Two-pass variance: the fast E[x²]-E[x]² form loses ~1e-6 against PyTorch.
     eps = cfg.layer_norm_eps if eps is None else eps
-    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name, **dtypes(cfg))
+    return LayerNorm(epsilon=eps, name=name, **dtypes(cfg))
 
 
 def attention(q, k, v, mask, dropout: Dropout, deterministic: bool):

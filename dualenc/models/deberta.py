@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dualenc.models.dropout import Dropout
+from dualenc.models.layers import Dense, LayerNorm
 
 _ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
@@ -176,9 +177,9 @@ def _dtypes(cfg: DebertaV2Config) -> dict[str, Any]:
     return {"dtype": jnp.dtype(cfg.dtype), "param_dtype": jnp.dtype(cfg.param_dtype)}
 
 
-def _dense(cfg: DebertaV2Config, features: int, name: str, use_bias: bool = True) -> nn.Dense:
+def _dense(cfg: DebertaV2Config, features: int, name: str, use_bias: bool = True) -> Dense:
     init = nn.initializers.normal(cfg.initializer_range)
-    return nn.Dense(features, use_bias=use_bias, kernel_init=init, name=name, **_dtypes(cfg))
+    return Dense(features, use_bias=use_bias, kernel_init=init, name=name, **_dtypes(cfg))
 
 
 def _embed(cfg: DebertaV2Config, num: int, features: int, name: str, pad: int | None = None):
@@ -191,11 +192,8 @@ def _embed(cfg: DebertaV2Config, num: int, features: int, name: str, pad: int | 
     return nn.Embed(num, features, embedding_init=init, name=name, **_dtypes(cfg))
 
 
-def _layer_norm(cfg: DebertaV2Config, name: str = "LayerNorm") -> nn.LayerNorm:
-    # Exact two-pass variance: the fast E[x²]-E[x]² form loses ~1e-6 against PyTorch.
-    return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps, use_fast_variance=False, name=name, **_dtypes(cfg)
-    )
+def _layer_norm(cfg: DebertaV2Config, name: str = "LayerNorm") -> LayerNorm:
+    return LayerNorm(epsilon=cfg.layer_norm_eps, name=name, **_dtypes(cfg))  # two-pass variance
 
 
 class DebertaV2Embeddings(nn.Module):
