@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from dualenc.models.attention import attention
 from dualenc.models.dropout import Dropout
 from dualenc.models.layers import Dense, LayerNorm
 
@@ -130,25 +130,6 @@ def layer_norm(cfg: Any, name: str = "LayerNorm", eps: float | None = None) -> L
     # Two-pass variance: the fast E[x²]-E[x]² form loses ~1e-6 against PyTorch.
     eps = cfg.layer_norm_eps if eps is None else eps
     return LayerNorm(epsilon=eps, name=name, **dtypes(cfg))
-
-
-def attention(q, k, v, mask, dropout: Dropout, deterministic: bool):
-    """softmax(q·k/√d) over unmasked keys (float32) mixing v: q, k, v (B, L, N, D) → (B, L, N, D).
-
-    mask (B, L) over keys, or (B, L, L) query × key for packed rows (block-diagonal, see
-    `segment_mask`). The scores are laid out keys-major, (B, N, key, query), so the softmax
-    reduces over a non-minor axis: XLA:CPU vectorises that reduction across queries, while a
-    minor-axis max/sum runs ~7x slower there; the forward is ~20 % faster at 32 x 256 with
-    identical values (benchmarks/README.md). The dot products take either layout for free.
-    """
-    scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("bjnd,bind->bnji", k, q).astype(jnp.float32) * scale  # (B, N, Lk, Lq)
-    keep = mask != 0
-    keep = keep[:, None, :, None] if keep.ndim == 2 else jnp.swapaxes(keep, -1, -2)[:, None]
-    scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)  # HF: + finfo.min on pads
-    probs = jax.nn.softmax(scores, axis=-2).astype(q.dtype)
-    probs = dropout(probs, deterministic=deterministic)
-    return jnp.einsum("bnji,bjnd->bind", probs, v)
 
 
 def segment_mask(segment_ids):

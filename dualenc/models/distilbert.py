@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dualenc.models.attention import attention
 from dualenc.models.bert import (
     ACTIVATIONS,
     LayerStack,
-    attention,
     check_common,
     dense,
     embed,

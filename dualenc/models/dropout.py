@@ -27,20 +27,32 @@ def _mix(x):
     return x ^ (x >> 16)
 
 
+def key_words(key) -> jax.Array:
+    """The two uint32 words (k0, k1) that key the hash."""
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def hash_index(words, index) -> jax.Array:
+    """hash(hash(index ^ k0) + k1): uint32 bits for uint32 element indices."""
+    return _mix(_mix(index ^ words[0]) + words[1])
+
+
 def hash_bits(key, shape) -> jax.Array:
-    """uint32 bits of `shape` from `key`: hash(hash(index ^ k0) + k1) with (k0, k1) from the key."""
-    k = jax.random.bits(key, (2,), jnp.uint32)
+    """uint32 bits of `shape` from `key`, one per element of the flat index."""
     size = int(np.prod(shape, dtype=np.int64))
     if size >= 2**32:
         raise ValueError(f"dropout over {size} elements: the uint32 index would wrap")
-    index = jax.lax.iota(jnp.uint32, size).reshape(shape)
-    return _mix(_mix(index ^ k[0]) + k[1])
+    return hash_index(key_words(key), jax.lax.iota(jnp.uint32, size).reshape(shape))
+
+
+def threshold(rate: float) -> jax.Array:
+    """Bits ≥ this are kept: probability 1 - rate (to 2⁻³²)."""
+    return jnp.uint32(min(int(round(float(rate) * 2.0**32)), 2**32 - 1))
 
 
 def keep_mask(key, rate: float, shape) -> jax.Array:
     """bool mask, True with probability 1 - rate (to 2⁻³²)."""
-    threshold = min(int(round(float(rate) * 2.0**32)), 2**32 - 1)
-    return hash_bits(key, shape) >= jnp.uint32(threshold)
+    return hash_bits(key, shape) >= threshold(rate)
 
 
 class Dropout(nn.Module):
@@ -56,3 +68,8 @@ class Dropout(nn.Module):
             return jnp.zeros_like(x)
         keep = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)).astype(x.dtype)
+
+    def words(self) -> jax.Array:
+        """The hash key words this module's __call__ would use, for kernels that index the mask
+        themselves (`attention.py`): same rng stream, so the same mask."""
+        return key_words(self.make_rng("dropout"))
