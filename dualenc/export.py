@@ -33,7 +33,7 @@ from dualenc.export_runtime import (  # noqa: F401 - re-exported: dualenc.export
     load_onnx,
 )
 from dualenc.io import InputError, atomic_dir
-from dualenc.models import loading
+from dualenc.models import kernels, loading
 from dualenc.models.convert import WeightsError
 from dualenc.models.dual_encoder import embed
 from dualenc.tokenization import pad_id
@@ -171,7 +171,8 @@ def export_jax(m: Exportable, out_dir, platforms: Sequence[str] = DEFAULT_PLATFO
         (b,), length = jax.export.symbolic_shape("b"), int(m.max_length)
     args = [jax.ShapeDtypeStruct((b, length), jnp.int32) for _ in m.input_names]
     try:
-        exported = jax.export.export(jax.jit(m.forward), platforms=tuple(platforms))(*args)
+        with kernels.disabled():  # the artifact must not call dualenc's native kernels
+            exported = jax.export.export(jax.jit(m.forward), platforms=tuple(platforms))(*args)
     except Exception as e:  # noqa: BLE001 - a model jax.export cannot trace symbolically
         raise InputError(f"jax.export failed for {m.arch!r}: {e}", path=m.source) from None
     blob = exported.serialize()

@@ -63,6 +63,7 @@ def test_wheel_holds_the_package_and_its_defaults_only(installed):
     names = zipfile.ZipFile(installed[2]).namelist()
     assert "dualenc/eval_config.py" in names and "dualenc/train.py" in names
     assert "dualenc/index/scann_index.py" in names and "dualenc/models/bert.py" in names
+    assert "dualenc/kernels/attention.cc" in names  # the CPU attention kernel's source
     assert not [n for n in names if n.startswith(("configs/", "tests/", "benchmarks/"))]
 
 

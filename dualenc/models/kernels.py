@@ -1,0 +1,124 @@
+"""Native XLA:CPU kernels, compiled from `dualenc/kernels/*.cc` on first use and cached.
+
+Why: on CPU, XLA runs attention as separate passes over B x N x L x L scores, ~40 % of the
+MiniLM forward at 32 x 256 where the matmuls are 90 % of the FLOPs; PyTorch's fused CPU kernel
+spends a quarter of that (benchmarks/README.md). `attention.cc` keeps each head's scores in
+cache (inference only: no dropout, no VJP). It is built with the system C++ compiler ($CXX or
+g++) against jaxlib's FFI headers into the dualenc cache dir, keyed by source, flags and jaxlib
+version, and registered as an XLA FFI target. Anything missing (not Linux x86-64 with AVX-512, no
+compiler, a failed build) or DUALENC_KERNELS=0 means the XLA path runs instead, with one log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "attention.cc"
+FLAGS = ("-O3", "-march=x86-64-v4", "-std=c++17", "-shared", "-fPIC", "-w", "-pthread")
+TARGET = "dualenc_attention"
+_disabled = 0  # > 0 inside `disabled()`
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return all(f in flags.split() for f in ("avx512f", "avx512bw", "avx512dq", "avx512vl"))
+
+
+def _library_path() -> Path:
+    from dualenc.corpus_cache import default_cache_dir
+
+    key = hashlib.sha256(SOURCE.read_bytes())
+    key.update(" ".join(FLAGS).encode() + jaxlib.__version__.encode())
+    return default_cache_dir() / "kernels" / f"attention-{key.hexdigest()[:16]}.so"
+
+
+def _build(out: Path) -> None:
+    """Compiles to a temp file in out's directory, then renames (concurrent builds are safe)."""
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        raise RuntimeError("no C++ compiler ($CXX or g++) on PATH")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", tmp, str(SOURCE)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _load() -> str | None:
+    """The registered FFI target name, or None (reason logged once) when the kernel is unusable."""
+    why = None
+    if os.environ.get("DUALENC_KERNELS", "1") == "0":
+        why = "DUALENC_KERNELS=0"
+    elif platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        why = f"{platform.system()} {platform.machine()} (the kernel targets Linux x86-64)"
+    elif not _cpu_has_avx512():
+        why = "this CPU lacks AVX-512"
+    if why is None:
+        try:
+            path = _library_path()
+            if not path.exists():
+                _build(path)
+            lib = ctypes.CDLL(str(path))
+            jax.ffi.register_ffi_target(
+                TARGET, jax.ffi.pycapsule(lib.DualencAttention), platform="cpu"
+            )
+            return TARGET
+        except Exception as e:  # noqa: BLE001 - any failure means: use the XLA path
+            why = f"build/load failed: {e}"
+    log.info("dualenc CPU attention kernel off (%s): XLA's attention runs instead", why)
+    return None
+
+
+def attention_target() -> str | None:
+    """The FFI target for `fused_attention`, or None (outside `disabled()` only)."""
+    return None if _disabled else _load()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Trace without native kernels (e.g. for `jax.export`, whose artifacts must be portable)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def fused_attention(q, k, v, mask, threads: int | None = None):
+    """Inference attention by the native kernel: q, k, v (B, L, N, D) float32; mask (B, L) over
+    keys or (B, L, L) query × key → (B, L, N, D). Call only when `attention_target()` is set."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    mask = (mask != 0).astype(jnp.int32)
+    mask = mask[:, None, :] if mask.ndim == 2 else mask
+    threads = threads or len(os.sched_getaffinity(0))
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, q.dtype))
+    return call(q, k, v, mask, threads=np.int32(threads))

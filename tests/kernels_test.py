@@ -1,0 +1,127 @@
+"""The native CPU attention kernel: builds here, equals XLA's attention, and the model uses it."""
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny_data import save_tiny_bert
+
+from dualenc.models import attention, kernels
+
+# CI forbids skips: where the kernel cannot exist (no AVX-512 CPU or no compiler) these tests
+# check instead that dualenc says so and falls back to XLA's attention.
+BUILDABLE = kernels._cpu_has_avx512() and shutil.which(os.environ.get("CXX", "g++")) is not None
+
+
+def needs_kernel(test):
+    def run(*args, **kwargs):
+        if not BUILDABLE:
+            assert kernels.attention_target() is None
+            return None
+        return test(*args, **kwargs)
+
+    return functools.wraps(test)(run)
+
+
+def _reference(q, k, v, mask):
+    keep = attention._keep(mask)
+    return attention._attend(q, k, v, keep, None, 0.0, jnp.arange(q.shape[0], dtype=jnp.uint32))
+
+
+def _inputs(b, length, heads, d, seed=0):
+    r = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(r.standard_normal((b, length, heads, d)), jnp.float32) for _ in range(3))
+    return q, k, v, r
+
+
+@needs_kernel
+def test_kernel_builds_and_registers():
+    assert kernels.attention_target() == kernels.TARGET
+    with kernels.disabled():
+        assert kernels.attention_target() is None
+    assert kernels.attention_target() == kernels.TARGET
+
+
+@needs_kernel
+@pytest.mark.parametrize("b,length,heads,d", [(3, 37, 2, 32), (2, 16, 3, 16), (1, 70, 1, 64)])
+def test_kernel_equals_xla_with_key_mask(b, length, heads, d):
+    q, k, v, r = _inputs(b, length, heads, d)
+    mask = np.arange(length)[None, :] < r.integers(1, length + 1, (b, 1))
+    mask[0] = 0  # a row with no key at all: uniform weights, as XLA's softmax of equal scores
+    mask = jnp.asarray(mask, jnp.int32)
+    got = jax.jit(kernels.fused_attention)(q, k, v, mask)
+    np.testing.assert_allclose(got, _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_kernel_equals_xla_with_packed_segments():
+    q, k, v, r = _inputs(4, 33, 3, 32, seed=1)
+    seg = r.integers(0, 4, (4, 33))
+    mask = jnp.asarray((seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0))
+    got = jax.jit(kernels.fused_attention)(q, k, v, mask)
+    np.testing.assert_allclose(got, _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_attention_takes_the_kernel_only_for_single_device_f32_inference(monkeypatch):
+    calls = []
+    real = kernels.fused_attention
+    monkeypatch.setattr(kernels, "fused_attention", lambda *a: calls.append(1) or real(*a))
+    q, k, v, _ = _inputs(2, 8, 2, 16)
+    mask = jnp.ones((2, 8), jnp.int32)
+
+    class Drop:
+        rate = 0.1
+
+        def words(self):
+            return jnp.zeros((2,), jnp.uint32)
+
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    attention.attention(q, k, v, mask, Drop(), deterministic=True)
+    assert len(calls) == 1
+    attention.attention(q, k, v, mask, Drop(), deterministic=False)  # dropout: XLA path
+    attention.attention(q.astype(jnp.bfloat16), k, v, mask, Drop(), deterministic=True)
+    assert len(calls) == 1
+    monkeypatch.setattr(jax, "device_count", lambda: 8)  # a mesh: XLA path
+    attention.attention(q, k, v, mask, Drop(), deterministic=True)
+    assert len(calls) == 1
+
+
+_ENCODE = """
+import json, sys
+import numpy as np
+from dualenc.encode import encode_texts
+from dualenc.models import kernels
+from dualenc.models.loading import load_encoder
+calls = []
+real = kernels.fused_attention
+kernels.fused_attention = lambda *a: calls.append(1) or real(*a)  # counts traced layers
+enc = load_encoder(sys.argv[1])
+texts = ["a short one", "", "a much longer text about retrieval " * 12, "mid length text here"]
+emb = encode_texts(enc, texts, batch_size=4, progress=False)
+print(json.dumps({"target": kernels.attention_target(), "calls": len(calls), "emb": emb.tolist()}))
+"""
+
+
+@needs_kernel
+def test_encode_on_one_device_uses_the_kernel_and_matches_xla(tmp_path, minilm_path):
+    """The real path, in fresh processes with one CPU device: kernel on vs DUALENC_KERNELS=0."""
+    tiny_model_dir = save_tiny_bert(tmp_path / "tiny", minilm_path, seed=2)
+    out = {}
+    for flag in ("1", "0"):
+        env = dict(os.environ, DUALENC_KERNELS=flag, XLA_FLAGS="")
+        done = subprocess.run(
+            [sys.executable, "-c", _ENCODE, str(tiny_model_dir)],
+            capture_output=True, text=True, env=env, timeout=300, check=True,
+        )  # fmt: skip
+        out[flag] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["1"]["target"] == kernels.TARGET and out["0"]["target"] is None
+    assert out["1"]["calls"] > 0 and out["0"]["calls"] == 0
+    np.testing.assert_allclose(out["1"]["emb"], out["0"]["emb"], atol=1e-5)
