@@ -30,6 +30,10 @@ def needs_kernel(test):
     return functools.wraps(test)(run)
 
 
+def _loss(f):
+    return lambda *args: jnp.sum(jnp.sin(f(*args)))
+
+
 def _reference(q, k, v, mask):
     keep = attention._keep(mask)
     return attention._attend(q, k, v, keep, None, 0.0, jnp.arange(q.shape[0], dtype=jnp.uint32))
@@ -70,10 +74,42 @@ def test_kernel_equals_xla_with_packed_segments():
 
 
 @needs_kernel
-def test_attention_takes_the_kernel_only_for_single_device_f32_inference(monkeypatch):
+@pytest.mark.parametrize("mask_kind", ["keys", "segments"])
+def test_kernel_dropout_and_gradients_equal_xla(mask_kind):
+    """Dropout in the kernel draws dropout.py's mask; the VJP (XLA's chunked backward) matches
+    autodiff of the plain form, in train and eval mode."""
+    from dualenc.models import dropout
+
+    q, k, v, r = _inputs(3, 40, 2, 32, seed=3)
+    if mask_kind == "keys":
+        mask = np.arange(40)[None, :] < r.integers(1, 41, (3, 1))
+        mask[1] = 0
+        mask = jnp.asarray(mask, jnp.int32)
+    else:
+        seg = r.integers(0, 4, (3, 40))
+        mask = jnp.asarray((seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0))
+    rows = jnp.arange(3, dtype=jnp.uint32)
+    for words, rate in ((None, 0.0), (dropout.key_words(jax.random.key(9)), 0.25)):
+
+        def ref(q, k, v, words=words, rate=rate):
+            return attention._attend(q, k, v, attention._keep(mask), words, rate, rows)
+
+        def native(q, k, v, words=words, rate=rate):
+            return attention._kernel(q, k, v, mask, words, rate)
+
+        np.testing.assert_allclose(jax.jit(native)(q, k, v), ref(q, k, v), atol=1e-5, rtol=1e-5)
+
+        got = jax.grad(_loss(native), argnums=(0, 1, 2))(q, k, v)
+        want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_attention_takes_the_kernel_on_one_f32_device(monkeypatch):
     calls = []
     real = kernels.fused_attention
-    monkeypatch.setattr(kernels, "fused_attention", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernels, "fused_attention", lambda *a: calls.append(a[4]) or real(*a))
     q, k, v, _ = _inputs(2, 8, 2, 16)
     mask = jnp.ones((2, 8), jnp.int32)
 
@@ -85,13 +121,13 @@ def test_attention_takes_the_kernel_only_for_single_device_f32_inference(monkeyp
 
     monkeypatch.setattr(jax, "device_count", lambda: 1)
     attention.attention(q, k, v, mask, Drop(), deterministic=True)
-    assert len(calls) == 1
-    attention.attention(q, k, v, mask, Drop(), deterministic=False)  # dropout: XLA path
+    attention.attention(q, k, v, mask, Drop(), deterministic=False)  # with the dropout words
+    assert len(calls) == 2 and calls[0] is None and calls[1] is not None
     attention.attention(q.astype(jnp.bfloat16), k, v, mask, Drop(), deterministic=True)
-    assert len(calls) == 1
+    assert len(calls) == 2
     monkeypatch.setattr(jax, "device_count", lambda: 8)  # a mesh: XLA path
     attention.attention(q, k, v, mask, Drop(), deterministic=True)
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 _ENCODE = """
@@ -106,7 +142,17 @@ kernels.fused_attention = lambda *a: calls.append(1) or real(*a)  # counts trace
 enc = load_encoder(sys.argv[1])
 texts = ["a short one", "", "a much longer text about retrieval " * 12, "mid length text here"]
 emb = encode_texts(enc, texts, batch_size=4, progress=False)
-print(json.dumps({"target": kernels.attention_target(), "calls": len(calls), "emb": emb.tolist()}))
+import jax, jax.numpy as jnp
+from dualenc.models.dual_encoder import embed
+ids = jnp.asarray(np.random.default_rng(0).integers(1000, 2000, (4, 24)), jnp.int32)
+mask = jnp.asarray(np.arange(24)[None, :] < np.array([[24], [10], [3], [17]]), jnp.int32)
+def loss(params):  # train mode: dropout on the attention probabilities
+    e = embed(enc.spec, params, ids, mask, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    return jnp.sum(jnp.tanh(e @ e.T))
+value, grads = jax.value_and_grad(loss)(enc.params)
+flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
+print(json.dumps({"target": kernels.attention_target(), "calls": len(calls), "emb": emb.tolist(),
+                  "loss": float(value), "grads": flat[::97].tolist()}))
 """
 
 
@@ -125,3 +171,5 @@ def test_encode_on_one_device_uses_the_kernel_and_matches_xla(tmp_path, minilm_p
     assert out["1"]["target"] == kernels.TARGET and out["0"]["target"] is None
     assert out["1"]["calls"] > 0 and out["0"]["calls"] == 0
     np.testing.assert_allclose(out["1"]["emb"], out["0"]["emb"], atol=1e-5)
+    np.testing.assert_allclose(out["1"]["loss"], out["0"]["loss"], rtol=1e-5)  # same dropout
+    np.testing.assert_allclose(out["1"]["grads"], out["0"]["grads"], atol=1e-5, rtol=1e-4)

@@ -41,6 +41,38 @@ static inline __mmask16 bits16(const int32_t* keep, int j0, int Lk) {
   return (__mmask16)m;
 }
 
+// Dropout on the probabilities, bit-identical to dualenc/models/dropout.py: element (i, j) of
+// head h of row b has index ((b N + h) Lk + j) Lq + i in the keys-major (B, N, Lk, Lq) tensor;
+// kept when lowbias32(lowbias32(index ^ k0) + k1) >= thresh, then divided by keep = 1 - rate.
+struct Drop {
+  bool on = false;
+  uint32_t k0 = 0, k1 = 0, thresh = 0, base = 0;
+  float keep = 1.f;
+};
+
+static inline __m512i mix512(__m512i x) {
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32((int)0x7FEB352Du));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32((int)0x846CA68Bu));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+// Row i of the probabilities (Lkp floats): dropped-out entries to 0, kept ones / keep.
+static inline void drop_row(float* s, int i, int Lq, int Lkp, const Drop& dr) {
+  const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                             12, 13, 14, 15),
+                                           _mm512_set1_epi32(Lq));
+  const __m512 keep = _mm512_set1_ps(dr.keep);
+  for (int j = 0; j < Lkp; j += 16) {
+    __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)(dr.base + (uint32_t)j * Lq + i)), lanes);
+    __m512i h = mix512(_mm512_add_epi32(mix512(_mm512_xor_si512(idx, _mm512_set1_epi32((int)dr.k0))),
+                                        _mm512_set1_epi32((int)dr.k1)));
+    __mmask16 kept = _mm512_cmpge_epu32_mask(h, _mm512_set1_epi32((int)dr.thresh));
+    _mm512_storeu_ps(s + j, _mm512_maskz_div_ps(kept, _mm512_loadu_ps(s + j), keep));
+  }
+}
+
 constexpr int RQ = 4, RK = 64, RO = 6;  // register blocks: S 4 x 64, O 6 x D
 constexpr int QPAD = 12;                 // lcm(RQ, RO): query rows are padded to this
 
@@ -52,7 +84,7 @@ static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 // kt D x Lkp (K transposed, pre-scaled), vp Lk x D, S Lqp x Lkp, km (Lqp or 1) x Lkp / 16.
 template <int D>
 static void head(const float* q, const float* k, const float* v, const int32_t* keep,
-                 bool per_query, float* out, int Lq, int Lk, int ts, float scale, float* qp,
+                 bool per_query, const Drop& dr, float* out, int Lq, int Lk, int ts, float scale, float* qp,
                  float* S, float* kt, float* vp, __mmask16* km) {
   const int Lkp = round_up(Lk, RK), Lqp = round_up(Lq, QPAD), W = Lkp / 16;
   for (int i = 0; i < Lqp; ++i)
@@ -96,6 +128,7 @@ static void head(const float* q, const float* k, const float* v, const int32_t* 
     const float top = _mm512_reduce_max_ps(mx);
     if (top == -INFINITY) {  // no key: uniform over all Lk keys, as softmax of equal scores
       for (int j = 0; j < Lkp; ++j) s[j] = j < Lk ? 1.0f / Lk : 0.f;
+      if (dr.on) drop_row(s, i, Lq, Lkp, dr);
       continue;
     }
     const __m512 mm = _mm512_set1_ps(top);
@@ -107,6 +140,7 @@ static void head(const float* q, const float* k, const float* v, const int32_t* 
     }
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
     for (int j = 0; j < Lkp; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+    if (dr.on) drop_row(s, i, Lq, Lkp, dr);
   }
   for (int i = Lq; i < Lqp; ++i) std::memset(S + (size_t)i * Lkp, 0, Lkp * sizeof(float));
   // O = P V, in RO x D blocks
@@ -128,9 +162,158 @@ static void head(const float* q, const float* k, const float* v, const int32_t* 
   }
 }
 
+// out[r] (r < n, row stride ts) = scale * sum_i G[i, r] X[i, :] for i < Lq (G: Lqp x Lkp): the
+// transposed products dV = Pd^T dO and dK = dS^T Q, in R x D register blocks over r.
+template <int D>
+static void gt_times(const float* G, const float* X, float* out, int Lq, int Lkp, int n, int ts,
+                     float scale) {
+  constexpr int C = D / 16, R = C <= 2 ? 8 : 4;
+  for (int r0 = 0; r0 < n; r0 += R) {
+    __m512 acc[R][C];
+    for (int a = 0; a < R; ++a)
+      for (int c = 0; c < C; ++c) acc[a][c] = _mm512_setzero_ps();
+    for (int i = 0; i < Lq; ++i) {
+      __m512 xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(X + i * D + 16 * c);
+      const float* g = G + (size_t)i * Lkp + r0;
+      for (int a = 0; a < R; ++a) {
+        const __m512 gb = _mm512_set1_ps(g[a]);
+        for (int c = 0; c < C; ++c) acc[a][c] = _mm512_fmadd_ps(gb, xv[c], acc[a][c]);
+      }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int a = 0; a < R && r0 + a < n; ++a)
+      for (int c = 0; c < C; ++c)
+        _mm512_storeu_ps(out + (size_t)(r0 + a) * ts + 16 * c, _mm512_mul_ps(acc[a][c], sc));
+  }
+}
+
+// G (Lqp x Lkp) = A (Lqp x D, packed) times Bt (D x Lkp), in RQ x RK blocks.
+template <int D>
+static void a_bt(const float* A, const float* Bt, float* G, int Lqp, int Lkp) {
+  for (int i0 = 0; i0 < Lqp; i0 += RQ)
+    for (int j0 = 0; j0 < Lkp; j0 += RK) {
+      __m512 acc[RQ][RK / 16];
+      for (int a = 0; a < RQ; ++a)
+        for (int c = 0; c < RK / 16; ++c) acc[a][c] = _mm512_setzero_ps();
+      for (int d = 0; d < D; ++d) {
+        __m512 bv[RK / 16];
+        for (int c = 0; c < RK / 16; ++c) bv[c] = _mm512_loadu_ps(Bt + d * Lkp + j0 + 16 * c);
+        for (int a = 0; a < RQ; ++a) {
+          const __m512 ab = _mm512_set1_ps(A[(i0 + a) * D + d]);
+          for (int c = 0; c < RK / 16; ++c) acc[a][c] = _mm512_fmadd_ps(ab, bv[c], acc[a][c]);
+        }
+      }
+      for (int a = 0; a < RQ; ++a)
+        for (int c = 0; c < RK / 16; ++c)
+          _mm512_storeu_ps(G + (size_t)(i0 + a) * Lkp + j0 + 16 * c, acc[a][c]);
+    }
+}
+
+// The backward of one (row, head), recomputing P as `head` does: dV = Pd^T dO,
+// dS = P (dP - rowsum(dO O)) on kept keys, dQ = scale dS K, dK = scale dS^T Q.
+template <int D>
+static void head_bwd(const float* q, const float* k, const float* v, const int32_t* keep,
+                     bool per_query, const Drop& dr, const float* o, const float* dout, float* dq,
+                     float* dk, float* dv, int L, int ts, float scale, std::vector<float>& buf,
+                     std::vector<__mmask16>& kmv) {
+  const int Lq = L, Lk = L, Lkp = round_up(Lk, RK), Lqp = round_up(Lq, QPAD), W = Lkp / 16;
+  float* qp = buf.data();
+  float* dop = qp + (size_t)Lqp * D;
+  float* kt = dop + (size_t)Lqp * D;
+  float* vt = kt + (size_t)D * Lkp;
+  float* kp = vt + (size_t)D * Lkp;
+  float* P = kp + (size_t)Lkp * D;
+  float* G = P + (size_t)Lqp * Lkp;
+  __mmask16* km = kmv.data();
+  for (int i = 0; i < Lqp; ++i)
+    for (int d = 0; d < D; ++d) {
+      qp[i * D + d] = i < Lq ? q[(size_t)i * ts + d] : 0.f;
+      dop[i * D + d] = i < Lq ? dout[(size_t)i * ts + d] : 0.f;
+    }
+  for (int j = 0; j < Lkp; ++j)
+    for (int d = 0; d < D; ++d) {
+      const float kv = j < Lk ? k[(size_t)j * ts + d] : 0.f;
+      kt[d * Lkp + j] = kv * scale;
+      kp[j * D + d] = kv;
+      vt[d * Lkp + j] = j < Lk ? v[(size_t)j * ts + d] : 0.f;
+    }
+  const int rows = per_query ? Lqp : 1;
+  for (int i = 0; i < rows; ++i)
+    for (int w = 0; w < W; ++w)
+      km[i * W + w] = i < Lq ? bits16(keep + (size_t)i * Lk, 16 * w, Lk) : (__mmask16)0;
+  // P: masked softmax of the scores (undropped); rows >= Lq zero
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  a_bt<D>(qp, kt, P, Lqp, Lkp);
+  for (int i = 0; i < Lqp; ++i) {
+    float* s = P + (size_t)i * Lkp;
+    if (i >= Lq) { std::memset(s, 0, Lkp * sizeof(float)); continue; }
+    const __mmask16* m = km + (per_query ? i : 0) * W;
+    __m512 mx = ninf;
+    for (int j = 0; j < Lkp; j += 16)
+      mx = _mm512_max_ps(mx, _mm512_mask_blend_ps(m[j / 16], ninf, _mm512_loadu_ps(s + j)));
+    const float top = _mm512_reduce_max_ps(mx);
+    if (top == -INFINITY) {
+      for (int j = 0; j < Lkp; ++j) s[j] = j < Lk ? 1.0f / Lk : 0.f;
+      continue;
+    }
+    const __m512 mm = _mm512_set1_ps(top);
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < Lkp; j += 16) {
+      const __m512 e = _mm512_maskz_mov_ps(m[j / 16], exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mm)));
+      sum = _mm512_add_ps(sum, e);
+      _mm512_storeu_ps(s + j, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int j = 0; j < Lkp; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+  }
+  // dV = Pd^T dO
+  std::memcpy(G, P, sizeof(float) * Lqp * Lkp);
+  if (dr.on)
+    for (int i = 0; i < Lq; ++i) drop_row(G + (size_t)i * Lkp, i, Lq, Lkp, dr);
+  gt_times<D>(G, dop, dv, Lq, Lkp, Lk, ts, 1.f);
+  // dS = P (dP - rowsum(dO O)), dP = dropout'(dO V^T); zero on masked keys
+  a_bt<D>(dop, vt, G, Lqp, Lkp);
+  for (int i = 0; i < Lqp; ++i) {
+    float* g = G + (size_t)i * Lkp;
+    if (i >= Lq) { std::memset(g, 0, Lkp * sizeof(float)); continue; }
+    float rs = 0.f;
+    for (int d = 0; d < D; ++d) rs += dout[(size_t)i * ts + d] * o[(size_t)i * ts + d];
+    if (dr.on) drop_row(g, i, Lq, Lkp, dr);  // kept: dPd / keep, dropped: 0
+    const __mmask16* m = km + (per_query ? i : 0) * W;
+    const __m512 rsv = _mm512_set1_ps(rs);
+    const float* p = P + (size_t)i * Lkp;
+    for (int j = 0; j < Lkp; j += 16) {
+      const __m512 ds = _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(g + j), rsv));
+      _mm512_storeu_ps(g + j, _mm512_maskz_mov_ps(m[j / 16], ds));
+    }
+  }
+  // dQ = scale dS K (rows i), dK = scale dS^T Q (rows j)
+  constexpr int C = D / 16;
+  for (int i0 = 0; i0 < Lqp; i0 += RO) {
+    __m512 acc[RO][C];
+    for (int a = 0; a < RO; ++a)
+      for (int c = 0; c < C; ++c) acc[a][c] = _mm512_setzero_ps();
+    for (int j = 0; j < Lk; ++j) {
+      __m512 kv[C];
+      for (int c = 0; c < C; ++c) kv[c] = _mm512_loadu_ps(kp + j * D + 16 * c);
+      for (int a = 0; a < RO; ++a) {
+        const __m512 gb = _mm512_set1_ps(G[(size_t)(i0 + a) * Lkp + j]);
+        for (int c = 0; c < C; ++c) acc[a][c] = _mm512_fmadd_ps(gb, kv[c], acc[a][c]);
+      }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int a = 0; a < RO && i0 + a < Lq; ++a)
+      for (int c = 0; c < C; ++c)
+        _mm512_storeu_ps(dq + (size_t)(i0 + a) * ts + 16 * c, _mm512_mul_ps(acc[a][c], sc));
+  }
+  gt_times<D>(G, qp, dk, Lq, Lkp, Lk, ts, scale);
+}
+
 // q, k, v, out: (B, L, N, D) row-major; mask: (B, Mq, L) int32 with Mq = 1 (keys) or L.
 static int attention_fwd(const float* q, const float* k, const float* v, const int32_t* mask,
-                         bool per_query, float* out, int B, int L, int N, int D, int threads) {
+                         bool per_query, Drop drop, float* out, int B, int L, int N, int D,
+                         int threads) {
   if (D != 16 && D != 32 && D != 64) return 1;
   const int ts = N * D;
   const float scale = 1.0f / std::sqrt((float)D);
@@ -143,8 +326,10 @@ static int attention_fwd(const float* q, const float* k, const float* v, const i
       const int b = p / N, h = p % N;
       const size_t off = (size_t)b * L * ts + (size_t)h * D;
       const int32_t* keep = mask + (size_t)b * (per_query ? L : 1) * L;
+      Drop dr = drop;
+      dr.base = (uint32_t)((uint64_t)p * L * L);  // p = b N + h
       auto run = [&](auto dd) {
-        head<decltype(dd)::value>(q + off, k + off, v + off, keep, per_query, out + off, L, L, ts,
+        head<decltype(dd)::value>(q + off, k + off, v + off, keep, per_query, dr, out + off, L, L, ts,
                                   scale, qp.data(), S.data(), kt.data(), vp.data(), km.data());
       };
       if (D == 16) run(std::integral_constant<int, 16>());
@@ -162,14 +347,21 @@ static int attention_fwd(const float* q, const float* k, const float* v, const i
 
 static ffi::Error AttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                                 ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> mask,
-                                ffi::ResultBuffer<ffi::F32> out, int32_t threads) {
+                                ffi::Buffer<ffi::U32> words, ffi::ResultBuffer<ffi::F32> out,
+                                int32_t threads, int64_t thresh, float keep) {
   auto dims = q.dimensions();
   auto md = mask.dimensions();
-  if (dims.size() != 4 || md.size() != 3)
-    return ffi::Error::InvalidArgument("dualenc_attention: q (B, L, N, D), mask (B, 1|L, L)");
+  if (dims.size() != 4 || md.size() != 3 || words.element_count() != 2)
+    return ffi::Error::InvalidArgument("dualenc_attention: q (B, L, N, D), mask (B, 1|L, L), words (2,)");
   const int B = dims[0], L = dims[1], N = dims[2], D = dims[3];
+  Drop drop;
+  drop.on = thresh > 0;
+  drop.k0 = words.typed_data()[0];
+  drop.k1 = words.typed_data()[1];
+  drop.thresh = (uint32_t)thresh;
+  drop.keep = keep;
   if (attention_fwd(q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(), md[1] != 1,
-                    out->typed_data(), B, L, N, D, threads))
+                    drop, out->typed_data(), B, L, N, D, threads))
     return ffi::Error::InvalidArgument("dualenc_attention: head size must be 16, 32 or 64");
   return ffi::Error::Success();
 }
@@ -180,11 +372,81 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DualencAttention, AttentionImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int32_t>("threads"));
+                                  .Attr<int32_t>("threads")
+                                  .Attr<int64_t>("thresh")
+                                  .Attr<float>("keep"));
 
-extern "C" int dualenc_attention_fwd(const float* q, const float* k, const float* v,
-                                     const int32_t* mask, int per_query, float* out, int B, int L,
-                                     int N, int D, int threads) {
-  return attention_fwd(q, k, v, mask, per_query != 0, out, B, L, N, D, threads);
+static int attention_bwd(const float* q, const float* k, const float* v, const int32_t* mask,
+                         bool per_query, Drop drop, const float* o, const float* dout, float* dq,
+                         float* dk, float* dv, int B, int L, int N, int D, int threads) {
+  if (D != 16 && D != 32 && D != 64) return 1;
+  const int ts = N * D;
+  const float scale = 1.0f / std::sqrt((float)D);
+  const int Lkp = round_up(L, RK), Lqp = round_up(L, QPAD);
+  auto work = [&](int t) {
+    std::vector<float> buf((size_t)2 * Lqp * D + (size_t)3 * D * Lkp + (size_t)2 * Lqp * Lkp);
+    std::vector<__mmask16> km((size_t)(per_query ? Lqp : 1) * (Lkp / 16));
+    for (int p = t; p < B * N; p += threads) {
+      const int b = p / N, h = p % N;
+      const size_t off = (size_t)b * L * ts + (size_t)h * D;
+      const int32_t* keep = mask + (size_t)b * (per_query ? L : 1) * L;
+      Drop dr = drop;
+      dr.base = (uint32_t)((uint64_t)p * L * L);
+      auto run = [&](auto dd) {
+        head_bwd<decltype(dd)::value>(q + off, k + off, v + off, keep, per_query, dr, o + off,
+                                      dout + off, dq + off, dk + off, dv + off, L, ts, scale, buf,
+                                      km);
+      };
+      if (D == 16) run(std::integral_constant<int, 16>());
+      else if (D == 32) run(std::integral_constant<int, 32>());
+      else run(std::integral_constant<int, 64>());
+    }
+  };
+  threads = std::max(1, std::min(threads, B * N));
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (auto& th : pool) th.join();
+  return 0;
 }
+
+static ffi::Error AttentionBwdImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> mask,
+                                   ffi::Buffer<ffi::U32> words, ffi::Buffer<ffi::F32> o,
+                                   ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
+                                   ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
+                                   int32_t threads, int64_t thresh, float keep) {
+  auto dims = q.dimensions();
+  auto md = mask.dimensions();
+  if (dims.size() != 4 || md.size() != 3 || words.element_count() != 2)
+    return ffi::Error::InvalidArgument("dualenc_attention_bwd: q (B, L, N, D), mask (B, 1|L, L)");
+  Drop drop;
+  drop.on = thresh > 0;
+  drop.k0 = words.typed_data()[0];
+  drop.k1 = words.typed_data()[1];
+  drop.thresh = (uint32_t)thresh;
+  drop.keep = keep;
+  if (attention_bwd(q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(), md[1] != 1,
+                    drop, o.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(),
+                    dv->typed_data(), dims[0], dims[1], dims[2], dims[3], threads))
+    return ffi::Error::InvalidArgument("dualenc_attention_bwd: head size must be 16, 32 or 64");
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DualencAttentionBwd, AttentionBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("threads")
+                                  .Attr<int64_t>("thresh")
+                                  .Attr<float>("keep"));

@@ -43,21 +43,19 @@ def attention(q, k, v, mask, dropout, deterministic: bool):
     static = all(isinstance(x, int) for x in (*q.shape, k.shape[1]))  # not under jax.export
     if words is not None and static and q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1] >= 2**32:
         raise ValueError(f"attention scores of {q.shape} x {k.shape[1]}: dropout index would wrap")
-    if _native(q, words, static):
-        return kernels.fused_attention(q, k, v, mask)
     if jax.default_backend() != "cpu" or not static:
         return _attend(q, k, v, _keep(mask), words, rate, jnp.arange(q.shape[0], dtype=jnp.uint32))
     d = jax.device_count()
     d = d if q.shape[0] % d == 0 else 1
     n_fwd, n_bwd = (num_chunks(q.shape, k.shape[1], d, b) for b in (FORWARD_BYTES, BACKWARD_BYTES))
+    if _native(q):
+        return _kernel(q, k, v, mask, words, rate)
     return _chunked(q, k, v, mask, words, rate, n_fwd, n_bwd, d)
 
 
-def _native(q, words, static: bool) -> bool:
-    """Inference on one CPU device in float32 with a head size the kernel has: `kernels.py`."""
-    if words is not None or not static or q.dtype != jnp.float32 or q.shape[-1] not in (16, 32, 64):
-        return False
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+def _native(q) -> bool:
+    """One CPU device, float32, a head size the kernel has, and the kernel built: `kernels.py`."""
+    if q.dtype != jnp.float32 or q.shape[-1] not in (16, 32, 64) or jax.device_count() != 1:
         return False  # a custom call has no sharding rule: on a mesh XLA would gather its inputs
     return kernels.attention_target() is not None
 
@@ -184,3 +182,26 @@ def _is_float(x):
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _kernel(q, k, v, mask, words, rate):
+    """The native kernels (`kernels.py`): forward, and a backward that recomputes the same
+    probabilities and dropout mask per (row, head)."""
+    return kernels.fused_attention(q, k, v, mask, words, rate)
+
+
+def _kernel_fwd(q, k, v, mask, words, rate):
+    out = kernels.fused_attention(q, k, v, mask, words, rate)
+    return out, (q, k, v, mask, words, out)
+
+
+def _kernel_bwd(rate, res, d_out):
+    q, k, v, mask, words, out = res
+    dq, dk, dv = kernels.fused_attention_bwd(q, k, v, mask, words, rate, out, d_out)
+    d_mask = jnp.zeros_like(mask) if _is_float(mask) else np.zeros(mask.shape, jax.dtypes.float0)
+    d_words = None if words is None else np.zeros(words.shape, jax.dtypes.float0)
+    return dq, dk, dv, d_mask, d_words
+
+
+_kernel.defvjp(_kernel_fwd, _kernel_bwd)

@@ -45,9 +45,13 @@ def hash_bits(key, shape) -> jax.Array:
     return hash_index(key_words(key), jax.lax.iota(jnp.uint32, size).reshape(shape))
 
 
-def threshold(rate: float) -> jax.Array:
+def threshold_int(rate: float) -> int:
     """Bits ≥ this are kept: probability 1 - rate (to 2⁻³²)."""
-    return jnp.uint32(min(int(round(float(rate) * 2.0**32)), 2**32 - 1))
+    return min(int(round(float(rate) * 2.0**32)), 2**32 - 1)
+
+
+def threshold(rate: float) -> jax.Array:
+    return jnp.uint32(threshold_int(rate))
 
 
 def keep_mask(key, rate: float, shape) -> jax.Array:

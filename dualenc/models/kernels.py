@@ -3,10 +3,11 @@
 Why: on CPU, XLA runs attention as separate passes over B x N x L x L scores, ~40 % of the
 MiniLM forward at 32 x 256 where the matmuls are 90 % of the FLOPs; PyTorch's fused CPU kernel
 spends a quarter of that (benchmarks/README.md). `attention.cc` keeps each head's scores in
-cache (inference only: no dropout, no VJP). It is built with the system C++ compiler ($CXX or
-g++) against jaxlib's FFI headers into the dualenc cache dir, keyed by source, flags and jaxlib
-version, and registered as an XLA FFI target. Anything missing (not Linux x86-64 with AVX-512, no
-compiler, a failed build) or DUALENC_KERNELS=0 means the XLA path runs instead, with one log line.
+cache, forward and backward, dropout included (the hashed mask of `dropout.py`). It is built
+with the system C++ compiler ($CXX or g++) against jaxlib's FFI headers into the dualenc cache
+dir, keyed by source, flags and jaxlib version, and registered as XLA FFI targets. Anything
+missing (not Linux x86-64 with AVX-512, no compiler, a failed build) or DUALENC_KERNELS=0 means
+the XLA path runs instead, with one log line.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "attention.cc"
 FLAGS = ("-O3", "-march=x86-64-v4", "-std=c++17", "-shared", "-fPIC", "-w", "-pthread")
 TARGET = "dualenc_attention"
+BWD_TARGET = "dualenc_attention_bwd"
 _disabled = 0  # > 0 inside `disabled()`
 
 
@@ -85,9 +87,8 @@ def _load() -> str | None:
             if not path.exists():
                 _build(path)
             lib = ctypes.CDLL(str(path))
-            jax.ffi.register_ffi_target(
-                TARGET, jax.ffi.pycapsule(lib.DualencAttention), platform="cpu"
-            )
+            for name, fn in ((TARGET, lib.DualencAttention), (BWD_TARGET, lib.DualencAttentionBwd)):
+                jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn), platform="cpu")
             return TARGET
         except Exception as e:  # noqa: BLE001 - any failure means: use the XLA path
             why = f"build/load failed: {e}"
@@ -111,14 +112,39 @@ def disabled():
         _disabled -= 1
 
 
-def fused_attention(q, k, v, mask, threads: int | None = None):
-    """Inference attention by the native kernel: q, k, v (B, L, N, D) float32; mask (B, L) over
-    keys or (B, L, L) query × key → (B, L, N, D). Call only when `attention_target()` is set."""
+def _operands(mask, words, rate, threads):
+    """The kernels' int32 (B, 1|L, L) mask, key words and attributes."""
     import jax.numpy as jnp
     import numpy as np
 
+    from dualenc.models import dropout
+
     mask = (mask != 0).astype(jnp.int32)
     mask = mask[:, None, :] if mask.ndim == 2 else mask
-    threads = threads or len(os.sched_getaffinity(0))
+    thresh = dropout.threshold_int(rate) if words is not None and rate > 0 else 0
+    words = jnp.zeros((2,), jnp.uint32) if words is None else words
+    attrs = dict(
+        threads=np.int32(threads or len(os.sched_getaffinity(0))),
+        thresh=np.int64(thresh),
+        keep=np.float32(1.0 - rate),
+    )
+    return mask, words, attrs
+
+
+def fused_attention(q, k, v, mask, words=None, rate: float = 0.0, threads: int | None = None):
+    """Attention by the native kernel: q, k, v (B, L, N, D) float32; mask (B, L) over keys or
+    (B, L, L) query × key; dropout on the probabilities when `words` (`dropout.key_words`) is
+    given, the same mask as `dropout.py` draws → (B, L, N, D). `attention.py` gives it its VJP.
+    Call only when `attention_target()` is set."""
+    mask, words, attrs = _operands(mask, words, rate, threads)
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, q.dtype))
-    return call(q, k, v, mask, threads=np.int32(threads))
+    return call(q, k, v, mask, words, **attrs)
+
+
+def fused_attention_bwd(q, k, v, mask, words, rate, out, d_out, threads: int | None = None):
+    """(dq, dk, dv) of `fused_attention` for the cotangent d_out, recomputing the probabilities
+    and the dropout mask per (row, head) in cache."""
+    mask, words, attrs = _operands(mask, words, rate, threads)
+    shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    call = jax.ffi.ffi_call(BWD_TARGET, (shape, shape, shape))
+    return call(q, k, v, mask, words, out, d_out, **attrs)
