@@ -9,8 +9,8 @@ VJP that keeps only q, k, v and the output and recomputes each chunk's probabili
 (as flash attention does): dS = P ∘ (dP − rowsum(dO ∘ O)). Dropout on the probabilities uses the
 hashed mask of `dropout.py` indexed by the element's position in the whole (B, N, Lk, Lq) tensor, so
 chunked and unchunked attention give the same values, masks and gradients. On GPU/TPU, or where the
-shapes are symbolic (`jax.export`), the plain form runs and XLA differentiates it. Inference in
-float32 on a single CPU device goes to the native kernel of `kernels.py` instead (~3x faster again).
+shapes are symbolic (`jax.export`), the plain form runs and XLA differentiates it. Float32 on a
+single CPU device goes to the native kernels of `kernels.py` instead (forward ~3x faster again).
 """
 
 from __future__ import annotations
