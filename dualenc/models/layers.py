@@ -51,6 +51,9 @@ scale_shift.defvjp(_scale_shift_fwd, _scale_shift_bwd)
 class Dense(nn.Module):
     """`nn.Dense` (params 'kernel' (in, out) and 'bias' (out,)).
 
+    The input is flattened to (rows, in) first: XLA:CPU runs the weight gradient of a dot that
+    contracts two batch-like axes, (B, L, in)ᵀ · (B, L, out), ~30 % slower than the same (B·L,
+    in)ᵀ · (B·L, out) GEMM (a Dense forward + backward at 32 × 160 × 384 → 1536: 200 → 130–148 ms).
     The bias gradient is left to XLA: a GEMV form (custom VJP) measured 15 % slower end to end in
     the MNRL train step, as the bias add then no longer fuses into the dot's output."""
 
@@ -64,11 +67,13 @@ class Dense(nn.Module):
     def __call__(self, x):
         shape = (x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-        if not self.use_bias:
-            return y
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        return y + bias.astype(self.dtype)  # XLA fuses this into the dot; its grad stays a reduce
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # 2-D: see the class docstring
+        y = jnp.dot(x2, kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)  # XLA fuses this into the dot; its grad stays a reduce
+        return y.reshape(*lead, self.features)
 
 
 class LayerNorm(nn.Module):
