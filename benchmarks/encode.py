@@ -27,8 +27,9 @@ flags.DEFINE_integer("st_batch_size", 32, "sentence-transformers batch size (its
 flags.DEFINE_integer("max_length", 256, "Tokens per doc after truncation.")
 flags.DEFINE_list(
     "buckets",
-    ["64", "128", "160", "192", "224", "256"],
-    "dualenc padded lengths (jit compiles one program per bucket used).",
+    ["16", "32", "64", "128", "160", "192", "224", "256"],
+    "dualenc padded lengths (jit compiles one program per bucket used); 16 and 32, as in the "
+    "library's defaults, keep short texts (questions) from padding to 64.",
 )
 flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for sentence-transformers.")
 flags.DEFINE_string("xla_flags", "", "Extra XLA_FLAGS for dualenc (set before JAX starts).")
