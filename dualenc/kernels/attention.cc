@@ -1,9 +1,10 @@
-// Fused attention forward (inference) for XLA:CPU: softmax(q k^T / sqrt(d)) v per (batch row,
-// head), f32, AVX-512. XLA runs attention as separate passes over B x N x L x L scores (dot,
-// max, exp, sum, divide, dot); here each head's scores stay in L2 and the two products are
-// register-blocked FMA loops. Built and loaded by dualenc/models/kernels.py; see its docstring.
+// Fused attention for XLA:CPU, forward and backward: dropout(softmax(q k^T / sqrt(d))) v per
+// (batch row, head), f32, AVX-512. XLA runs attention as separate passes over B x N x L x L
+// scores (dot, max, exp, sum, divide, dot); here each head's scores stay in L2 and the products
+// are register-blocked FMA loops. Built and loaded by dualenc/models/kernels.py; see its docstring.
 #include <immintrin.h>
 
+#include <optional>
 #include <type_traits>
 #include "xla/ffi/api/ffi.h"
 
@@ -78,87 +79,104 @@ constexpr int QPAD = 12;                 // lcm(RQ, RO): query rows are padded t
 
 static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// One (batch row, head): q, k, v point at token 0 of this head, token stride `ts` floats; out
-// likewise. keep: (Lq or 1) x Lk flags (per_query: one row per query). Scratch, padded so every
-// register block is full (compile-time sizes keep the accumulators in registers): qp Lqp x D,
-// kt D x Lkp (K transposed, pre-scaled), vp Lk x D, S Lqp x Lkp, km (Lqp or 1) x Lkp / 16.
-template <int D>
-static void head(const float* q, const float* k, const float* v, const int32_t* keep,
-                 bool per_query, const Drop& dr, float* out, int Lq, int Lk, int ts, float scale, float* qp,
-                 float* S, float* kt, float* vp, __mmask16* km) {
-  const int Lkp = round_up(Lk, RK), Lqp = round_up(Lq, QPAD), W = Lkp / 16;
-  for (int i = 0; i < Lqp; ++i)
-    for (int d = 0; d < D; ++d) qp[i * D + d] = i < Lq ? q[(size_t)i * ts + d] : 0.f;
-  for (int j = 0; j < Lkp; ++j)
-    for (int d = 0; d < D; ++d) kt[d * Lkp + j] = j < Lk ? k[(size_t)j * ts + d] * scale : 0.f;
-  for (int j = 0; j < Lk; ++j) std::memcpy(vp + j * D, v + (size_t)j * ts, D * sizeof(float));
+// Key-mask words of one head: km[i W + w] = bits16 of query row i (per_query) or of the one
+// key row; rows >= Lq (padding) mask everything.
+static void mask_words(const int32_t* keep, bool per_query, int Lq, int Lqp, int Lk, int W,
+                       __mmask16* km) {
   const int rows = per_query ? Lqp : 1;
   for (int i = 0; i < rows; ++i)
     for (int w = 0; w < W; ++w)
       km[i * W + w] = i < Lq ? bits16(keep + (size_t)i * Lk, 16 * w, Lk) : (__mmask16)0;
+}
+
+// G (Lqp x Lkp) = A (Lqp x D, packed) times Bt (D x Lkp), in RQ x RK blocks; with km, entries
+// of masked keys are -inf (the scores before the softmax).
+template <int D>
+static void a_bt(const float* A, const float* Bt, float* G, int Lqp, int Lkp,
+                 const __mmask16* km = nullptr, bool per_query = false) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
-  // S = Q K^T (masked to -inf), in RQ x RK blocks
-  for (int i0 = 0; i0 < Lqp; i0 += RQ) {
+  const int W = Lkp / 16;
+  for (int i0 = 0; i0 < Lqp; i0 += RQ)
     for (int j0 = 0; j0 < Lkp; j0 += RK) {
       __m512 acc[RQ][RK / 16];
       for (int a = 0; a < RQ; ++a)
         for (int c = 0; c < RK / 16; ++c) acc[a][c] = _mm512_setzero_ps();
       for (int d = 0; d < D; ++d) {
-        __m512 kv[RK / 16];
-        for (int c = 0; c < RK / 16; ++c) kv[c] = _mm512_loadu_ps(kt + d * Lkp + j0 + 16 * c);
+        __m512 bv[RK / 16];
+        for (int c = 0; c < RK / 16; ++c) bv[c] = _mm512_loadu_ps(Bt + d * Lkp + j0 + 16 * c);
         for (int a = 0; a < RQ; ++a) {
-          const __m512 qb = _mm512_set1_ps(qp[(i0 + a) * D + d]);
-          for (int c = 0; c < RK / 16; ++c) acc[a][c] = _mm512_fmadd_ps(qb, kv[c], acc[a][c]);
+          const __m512 ab = _mm512_set1_ps(A[(i0 + a) * D + d]);
+          for (int c = 0; c < RK / 16; ++c) acc[a][c] = _mm512_fmadd_ps(ab, bv[c], acc[a][c]);
         }
       }
       for (int a = 0; a < RQ; ++a) {
+        float* g = G + (size_t)(i0 + a) * Lkp + j0;
+        if (km == nullptr) {
+          for (int c = 0; c < RK / 16; ++c) _mm512_storeu_ps(g + 16 * c, acc[a][c]);
+          continue;
+        }
         const __mmask16* m = km + (per_query ? i0 + a : 0) * W + j0 / 16;
         for (int c = 0; c < RK / 16; ++c)
-          _mm512_storeu_ps(S + (size_t)(i0 + a) * Lkp + j0 + 16 * c,
-                           _mm512_mask_blend_ps(m[c], ninf, acc[a][c]));
+          _mm512_storeu_ps(g + 16 * c, _mm512_mask_blend_ps(m[c], ninf, acc[a][c]));
       }
     }
-  }
-  // softmax over each row's kept keys
+}
+
+// In place over masked scores S (Lqp x Lkp): the softmax of each row's kept keys (a row with no
+// key: uniform over all Lk keys, as XLA's softmax of equal scores), then dropout when dr is on;
+// rows >= Lq zero.
+static void softmax_rows(float* S, const __mmask16* km, bool per_query, int Lq, int Lqp, int Lk,
+                         int Lkp, const Drop* dr) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  const int W = Lkp / 16;
   for (int i = 0; i < Lq; ++i) {
     float* s = S + (size_t)i * Lkp;
     const __mmask16* m = km + (per_query ? i : 0) * W;
     __m512 mx = ninf;
     for (int j = 0; j < Lkp; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
     const float top = _mm512_reduce_max_ps(mx);
-    if (top == -INFINITY) {  // no key: uniform over all Lk keys, as softmax of equal scores
+    if (top == -INFINITY) {
       for (int j = 0; j < Lkp; ++j) s[j] = j < Lk ? 1.0f / Lk : 0.f;
-      if (dr.on) drop_row(s, i, Lq, Lkp, dr);
-      continue;
+    } else {
+      const __m512 mm = _mm512_set1_ps(top);
+      __m512 sum = _mm512_setzero_ps();
+      for (int j = 0; j < Lkp; j += 16) {
+        const __m512 e =
+            _mm512_maskz_mov_ps(m[j / 16], exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mm)));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_storeu_ps(s + j, e);
+      }
+      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+      for (int j = 0; j < Lkp; j += 16)
+        _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
     }
-    const __m512 mm = _mm512_set1_ps(top);
-    __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < Lkp; j += 16) {
-      const __m512 e = _mm512_maskz_mov_ps(m[j / 16], exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mm)));
-      sum = _mm512_add_ps(sum, e);
-      _mm512_storeu_ps(s + j, e);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int j = 0; j < Lkp; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
-    if (dr.on) drop_row(s, i, Lq, Lkp, dr);
+    if (dr && dr->on) drop_row(s, i, Lq, Lkp, *dr);
   }
   for (int i = Lq; i < Lqp; ++i) std::memset(S + (size_t)i * Lkp, 0, Lkp * sizeof(float));
-  // O = P V, in RO x D blocks
+}
+
+// out[i] (i < Lq, row stride ts) = scale * sum_{j < Lk} G[i, j] X[j, :] (X: Lk x D packed): the
+// products O = Pd V and dQ = dS K, in RO x D register blocks over i.
+template <int D>
+static void g_times(const float* G, const float* X, float* out, int Lq, int Lqp, int Lkp, int Lk,
+                    int ts, float scale) {
   constexpr int C = D / 16;
   for (int i0 = 0; i0 < Lqp; i0 += RO) {
     __m512 acc[RO][C];
     for (int a = 0; a < RO; ++a)
       for (int c = 0; c < C; ++c) acc[a][c] = _mm512_setzero_ps();
     for (int j = 0; j < Lk; ++j) {
-      __m512 vv[C];
-      for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_ps(vp + j * D + 16 * c);
+      __m512 xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(X + j * D + 16 * c);
       for (int a = 0; a < RO; ++a) {
-        const __m512 pb = _mm512_set1_ps(S[(size_t)(i0 + a) * Lkp + j]);
-        for (int c = 0; c < C; ++c) acc[a][c] = _mm512_fmadd_ps(pb, vv[c], acc[a][c]);
+        const __m512 gb = _mm512_set1_ps(G[(size_t)(i0 + a) * Lkp + j]);
+        for (int c = 0; c < C; ++c) acc[a][c] = _mm512_fmadd_ps(gb, xv[c], acc[a][c]);
       }
     }
+    const __m512 sc = _mm512_set1_ps(scale);
     for (int a = 0; a < RO && i0 + a < Lq; ++a)
-      for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + (size_t)(i0 + a) * ts + 16 * c, acc[a][c]);
+      for (int c = 0; c < C; ++c)
+        _mm512_storeu_ps(out + (size_t)(i0 + a) * ts + 16 * c, _mm512_mul_ps(acc[a][c], sc));
   }
 }
 
@@ -188,26 +206,36 @@ static void gt_times(const float* G, const float* X, float* out, int Lq, int Lkp
   }
 }
 
-// G (Lqp x Lkp) = A (Lqp x D, packed) times Bt (D x Lkp), in RQ x RK blocks.
+// Floats of per-thread scratch for one head of length L: the backward's (the forward uses a
+// prefix of it): qp, dop Lqp x D; kt, vt D x Lkp; kp Lkp x D; P, G Lqp x Lkp.
+static size_t scratch_floats(int L, int D) {
+  const size_t Lkp = round_up(L, RK), Lqp = round_up(L, QPAD);
+  return 2 * Lqp * D + 3 * D * Lkp + 2 * Lqp * Lkp;
+}
+
+// The forward of one (batch row, head): out = dropout(softmax(q k^T scale)) v. q, k, v point at
+// token 0 of this head, token stride `ts` floats; out likewise. keep: (L or 1) x L flags
+// (per_query: one row per query). Operands are packed and padded so every register block is
+// full (compile-time sizes keep the accumulators in registers): qp Lqp x D, kt D x Lkp (K
+// transposed, pre-scaled), vp Lk x D, S Lqp x Lkp.
 template <int D>
-static void a_bt(const float* A, const float* Bt, float* G, int Lqp, int Lkp) {
-  for (int i0 = 0; i0 < Lqp; i0 += RQ)
-    for (int j0 = 0; j0 < Lkp; j0 += RK) {
-      __m512 acc[RQ][RK / 16];
-      for (int a = 0; a < RQ; ++a)
-        for (int c = 0; c < RK / 16; ++c) acc[a][c] = _mm512_setzero_ps();
-      for (int d = 0; d < D; ++d) {
-        __m512 bv[RK / 16];
-        for (int c = 0; c < RK / 16; ++c) bv[c] = _mm512_loadu_ps(Bt + d * Lkp + j0 + 16 * c);
-        for (int a = 0; a < RQ; ++a) {
-          const __m512 ab = _mm512_set1_ps(A[(i0 + a) * D + d]);
-          for (int c = 0; c < RK / 16; ++c) acc[a][c] = _mm512_fmadd_ps(ab, bv[c], acc[a][c]);
-        }
-      }
-      for (int a = 0; a < RQ; ++a)
-        for (int c = 0; c < RK / 16; ++c)
-          _mm512_storeu_ps(G + (size_t)(i0 + a) * Lkp + j0 + 16 * c, acc[a][c]);
-    }
+static void head(const float* q, const float* k, const float* v, const int32_t* keep,
+                 bool per_query, const Drop& dr, float* out, int L, int ts, float scale,
+                 float* buf, __mmask16* km) {
+  const int Lq = L, Lk = L, Lkp = round_up(Lk, RK), Lqp = round_up(Lq, QPAD);
+  float* qp = buf;
+  float* kt = qp + (size_t)Lqp * D;
+  float* vp = kt + (size_t)D * Lkp;
+  float* S = vp + (size_t)Lk * D;
+  for (int i = 0; i < Lqp; ++i)
+    for (int d = 0; d < D; ++d) qp[i * D + d] = i < Lq ? q[(size_t)i * ts + d] : 0.f;
+  for (int j = 0; j < Lkp; ++j)
+    for (int d = 0; d < D; ++d) kt[d * Lkp + j] = j < Lk ? k[(size_t)j * ts + d] * scale : 0.f;
+  for (int j = 0; j < Lk; ++j) std::memcpy(vp + j * D, v + (size_t)j * ts, D * sizeof(float));
+  mask_words(keep, per_query, Lq, Lqp, Lk, Lkp / 16, km);
+  a_bt<D>(qp, kt, S, Lqp, Lkp, km, per_query);
+  softmax_rows(S, km, per_query, Lq, Lqp, Lk, Lkp, &dr);
+  g_times<D>(S, vp, out, Lq, Lqp, Lkp, Lk, ts, 1.f);
 }
 
 // The backward of one (row, head), recomputing P as `head` does: dV = Pd^T dO,
@@ -215,17 +243,16 @@ static void a_bt(const float* A, const float* Bt, float* G, int Lqp, int Lkp) {
 template <int D>
 static void head_bwd(const float* q, const float* k, const float* v, const int32_t* keep,
                      bool per_query, const Drop& dr, const float* o, const float* dout, float* dq,
-                     float* dk, float* dv, int L, int ts, float scale, std::vector<float>& buf,
-                     std::vector<__mmask16>& kmv) {
+                     float* dk, float* dv, int L, int ts, float scale, float* buf,
+                     __mmask16* km) {
   const int Lq = L, Lk = L, Lkp = round_up(Lk, RK), Lqp = round_up(Lq, QPAD), W = Lkp / 16;
-  float* qp = buf.data();
+  float* qp = buf;
   float* dop = qp + (size_t)Lqp * D;
   float* kt = dop + (size_t)Lqp * D;
   float* vt = kt + (size_t)D * Lkp;
   float* kp = vt + (size_t)D * Lkp;
   float* P = kp + (size_t)Lkp * D;
   float* G = P + (size_t)Lqp * Lkp;
-  __mmask16* km = kmv.data();
   for (int i = 0; i < Lqp; ++i)
     for (int d = 0; d < D; ++d) {
       qp[i * D + d] = i < Lq ? q[(size_t)i * ts + d] : 0.f;
@@ -238,35 +265,9 @@ static void head_bwd(const float* q, const float* k, const float* v, const int32
       kp[j * D + d] = kv;
       vt[d * Lkp + j] = j < Lk ? v[(size_t)j * ts + d] : 0.f;
     }
-  const int rows = per_query ? Lqp : 1;
-  for (int i = 0; i < rows; ++i)
-    for (int w = 0; w < W; ++w)
-      km[i * W + w] = i < Lq ? bits16(keep + (size_t)i * Lk, 16 * w, Lk) : (__mmask16)0;
-  // P: masked softmax of the scores (undropped); rows >= Lq zero
-  const __m512 ninf = _mm512_set1_ps(-INFINITY);
-  a_bt<D>(qp, kt, P, Lqp, Lkp);
-  for (int i = 0; i < Lqp; ++i) {
-    float* s = P + (size_t)i * Lkp;
-    if (i >= Lq) { std::memset(s, 0, Lkp * sizeof(float)); continue; }
-    const __mmask16* m = km + (per_query ? i : 0) * W;
-    __m512 mx = ninf;
-    for (int j = 0; j < Lkp; j += 16)
-      mx = _mm512_max_ps(mx, _mm512_mask_blend_ps(m[j / 16], ninf, _mm512_loadu_ps(s + j)));
-    const float top = _mm512_reduce_max_ps(mx);
-    if (top == -INFINITY) {
-      for (int j = 0; j < Lkp; ++j) s[j] = j < Lk ? 1.0f / Lk : 0.f;
-      continue;
-    }
-    const __m512 mm = _mm512_set1_ps(top);
-    __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < Lkp; j += 16) {
-      const __m512 e = _mm512_maskz_mov_ps(m[j / 16], exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mm)));
-      sum = _mm512_add_ps(sum, e);
-      _mm512_storeu_ps(s + j, e);
-    }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int j = 0; j < Lkp; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
-  }
+  mask_words(keep, per_query, Lq, Lqp, Lk, W, km);
+  a_bt<D>(qp, kt, P, Lqp, Lkp, km, per_query);
+  softmax_rows(P, km, per_query, Lq, Lqp, Lk, Lkp, nullptr);  // P undropped
   // dV = Pd^T dO
   std::memcpy(G, P, sizeof(float) * Lqp * Lkp);
   if (dr.on)
@@ -276,7 +277,10 @@ static void head_bwd(const float* q, const float* k, const float* v, const int32
   a_bt<D>(dop, vt, G, Lqp, Lkp);
   for (int i = 0; i < Lqp; ++i) {
     float* g = G + (size_t)i * Lkp;
-    if (i >= Lq) { std::memset(g, 0, Lkp * sizeof(float)); continue; }
+    if (i >= Lq) {
+      std::memset(g, 0, Lkp * sizeof(float));
+      continue;
+    }
     float rs = 0.f;
     for (int d = 0; d < D; ++d) rs += dout[(size_t)i * ts + d] * o[(size_t)i * ts + d];
     if (dr.on) drop_row(g, i, Lq, Lkp, dr);  // kept: dPd / keep, dropped: 0
@@ -284,57 +288,31 @@ static void head_bwd(const float* q, const float* k, const float* v, const int32
     const __m512 rsv = _mm512_set1_ps(rs);
     const float* p = P + (size_t)i * Lkp;
     for (int j = 0; j < Lkp; j += 16) {
-      const __m512 ds = _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(g + j), rsv));
+      const __m512 ds =
+          _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(g + j), rsv));
       _mm512_storeu_ps(g + j, _mm512_maskz_mov_ps(m[j / 16], ds));
     }
   }
-  // dQ = scale dS K (rows i), dK = scale dS^T Q (rows j)
-  constexpr int C = D / 16;
-  for (int i0 = 0; i0 < Lqp; i0 += RO) {
-    __m512 acc[RO][C];
-    for (int a = 0; a < RO; ++a)
-      for (int c = 0; c < C; ++c) acc[a][c] = _mm512_setzero_ps();
-    for (int j = 0; j < Lk; ++j) {
-      __m512 kv[C];
-      for (int c = 0; c < C; ++c) kv[c] = _mm512_loadu_ps(kp + j * D + 16 * c);
-      for (int a = 0; a < RO; ++a) {
-        const __m512 gb = _mm512_set1_ps(G[(size_t)(i0 + a) * Lkp + j]);
-        for (int c = 0; c < C; ++c) acc[a][c] = _mm512_fmadd_ps(gb, kv[c], acc[a][c]);
-      }
-    }
-    const __m512 sc = _mm512_set1_ps(scale);
-    for (int a = 0; a < RO && i0 + a < Lq; ++a)
-      for (int c = 0; c < C; ++c)
-        _mm512_storeu_ps(dq + (size_t)(i0 + a) * ts + 16 * c, _mm512_mul_ps(acc[a][c], sc));
-  }
+  g_times<D>(G, kp, dq, Lq, Lqp, Lkp, Lk, ts, scale);
   gt_times<D>(G, qp, dk, Lq, Lkp, Lk, ts, scale);
 }
 
-// q, k, v, out: (B, L, N, D) row-major; mask: (B, Mq, L) int32 with Mq = 1 (keys) or L.
-static int attention_fwd(const float* q, const float* k, const float* v, const int32_t* mask,
-                         bool per_query, Drop drop, float* out, int B, int L, int N, int D,
-                         int threads) {
-  if (D != 16 && D != 32 && D != 64) return 1;
+// Runs fn(buf, km, off, keep, dr) for every (batch row, head) p = b N + h of (B, L, N, D) tensors
+// on `threads` threads, each with its own scratch; off: the head's first element, keep: its mask
+// rows, dr: the dropout with this head's index base.
+template <typename Fn>
+static void for_heads(int B, int L, int N, int D, const int32_t* mask, bool per_query,
+                      const Drop& drop, int threads, Fn fn) {
   const int ts = N * D;
-  const float scale = 1.0f / std::sqrt((float)D);
-  const int Lkp = round_up(L, RK), Lqp = round_up(L, QPAD);
   auto work = [&](int t) {
-    std::vector<float> S((size_t)Lqp * Lkp), kt((size_t)D * Lkp), vp((size_t)L * D);
-    std::vector<float> qp((size_t)Lqp * D);
-    std::vector<__mmask16> km((size_t)(per_query ? Lqp : 1) * (Lkp / 16));
+    std::vector<float> buf(scratch_floats(L, D));
+    std::vector<__mmask16> km((size_t)(per_query ? round_up(L, QPAD) : 1) * (round_up(L, RK) / 16));
     for (int p = t; p < B * N; p += threads) {
       const int b = p / N, h = p % N;
-      const size_t off = (size_t)b * L * ts + (size_t)h * D;
-      const int32_t* keep = mask + (size_t)b * (per_query ? L : 1) * L;
       Drop dr = drop;
-      dr.base = (uint32_t)((uint64_t)p * L * L);  // p = b N + h
-      auto run = [&](auto dd) {
-        head<decltype(dd)::value>(q + off, k + off, v + off, keep, per_query, dr, out + off, L, L, ts,
-                                  scale, qp.data(), S.data(), kt.data(), vp.data(), km.data());
-      };
-      if (D == 16) run(std::integral_constant<int, 16>());
-      else if (D == 32) run(std::integral_constant<int, 32>());
-      else run(std::integral_constant<int, 64>());
+      dr.base = (uint32_t)((uint64_t)p * L * L);
+      fn(buf.data(), km.data(), (size_t)b * L * ts + (size_t)h * D,
+         mask + (size_t)b * (per_query ? L : 1) * L, dr);
     }
   };
   threads = std::max(1, std::min(threads, B * N));
@@ -342,27 +320,59 @@ static int attention_fwd(const float* q, const float* k, const float* v, const i
   for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
   work(0);
   for (auto& th : pool) th.join();
-  return 0;
+}
+
+// Calls fn(std::integral_constant<int, D>) for a head size the kernels have; false otherwise.
+template <typename Fn>
+static bool with_head_size(int D, Fn fn) {
+  if (D == 16) fn(std::integral_constant<int, 16>());
+  else if (D == 32) fn(std::integral_constant<int, 32>());
+  else if (D == 64) fn(std::integral_constant<int, 64>());
+  else return false;
+  return true;
+}
+
+// The FFI operands both handlers share: q (B, L, N, D), mask (B, 1|L, L) int32, words (2,).
+struct Call {
+  int B, L, N, D;
+  bool per_query;
+  float scale;
+  Drop drop;
+};
+
+static std::optional<Call> read_call(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::S32> mask,
+                                     ffi::Buffer<ffi::U32> words, int64_t thresh, float keep) {
+  auto dims = q.dimensions();
+  auto md = mask.dimensions();
+  if (dims.size() != 4 || md.size() != 3 || words.element_count() != 2) return std::nullopt;
+  Call c{(int)dims[0], (int)dims[1], (int)dims[2], (int)dims[3], md[1] != 1,
+         1.0f / std::sqrt((float)dims[3]), Drop{}};
+  c.drop.on = thresh > 0;
+  c.drop.k0 = words.typed_data()[0];
+  c.drop.k1 = words.typed_data()[1];
+  c.drop.thresh = (uint32_t)thresh;
+  c.drop.keep = keep;
+  return c;
 }
 
 static ffi::Error AttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                                 ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> mask,
                                 ffi::Buffer<ffi::U32> words, ffi::ResultBuffer<ffi::F32> out,
                                 int32_t threads, int64_t thresh, float keep) {
-  auto dims = q.dimensions();
-  auto md = mask.dimensions();
-  if (dims.size() != 4 || md.size() != 3 || words.element_count() != 2)
+  const auto c = read_call(q, mask, words, thresh, keep);
+  if (!c)
     return ffi::Error::InvalidArgument("dualenc_attention: q (B, L, N, D), mask (B, 1|L, L), words (2,)");
-  const int B = dims[0], L = dims[1], N = dims[2], D = dims[3];
-  Drop drop;
-  drop.on = thresh > 0;
-  drop.k0 = words.typed_data()[0];
-  drop.k1 = words.typed_data()[1];
-  drop.thresh = (uint32_t)thresh;
-  drop.keep = keep;
-  if (attention_fwd(q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(), md[1] != 1,
-                    drop, out->typed_data(), B, L, N, D, threads))
-    return ffi::Error::InvalidArgument("dualenc_attention: head size must be 16, 32 or 64");
+  const float *qd = q.typed_data(), *kd = k.typed_data(), *vd = v.typed_data();
+  float* od = out->typed_data();
+  const bool ok = with_head_size(c->D, [&](auto dd) {
+    constexpr int D = decltype(dd)::value;
+    for_heads(c->B, c->L, c->N, D, mask.typed_data(), c->per_query, c->drop, threads,
+              [&](float* buf, __mmask16* km, size_t off, const int32_t* keep_rows, const Drop& dr) {
+                head<D>(qd + off, kd + off, vd + off, keep_rows, c->per_query, dr, od + off, c->L,
+                        c->N * D, c->scale, buf, km);
+              });
+  });
+  if (!ok) return ffi::Error::InvalidArgument("dualenc_attention: head size must be 16, 32 or 64");
   return ffi::Error::Success();
 }
 
@@ -378,60 +388,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DualencAttention, AttentionImpl,
                                   .Attr<int64_t>("thresh")
                                   .Attr<float>("keep"));
 
-static int attention_bwd(const float* q, const float* k, const float* v, const int32_t* mask,
-                         bool per_query, Drop drop, const float* o, const float* dout, float* dq,
-                         float* dk, float* dv, int B, int L, int N, int D, int threads) {
-  if (D != 16 && D != 32 && D != 64) return 1;
-  const int ts = N * D;
-  const float scale = 1.0f / std::sqrt((float)D);
-  const int Lkp = round_up(L, RK), Lqp = round_up(L, QPAD);
-  auto work = [&](int t) {
-    std::vector<float> buf((size_t)2 * Lqp * D + (size_t)3 * D * Lkp + (size_t)2 * Lqp * Lkp);
-    std::vector<__mmask16> km((size_t)(per_query ? Lqp : 1) * (Lkp / 16));
-    for (int p = t; p < B * N; p += threads) {
-      const int b = p / N, h = p % N;
-      const size_t off = (size_t)b * L * ts + (size_t)h * D;
-      const int32_t* keep = mask + (size_t)b * (per_query ? L : 1) * L;
-      Drop dr = drop;
-      dr.base = (uint32_t)((uint64_t)p * L * L);
-      auto run = [&](auto dd) {
-        head_bwd<decltype(dd)::value>(q + off, k + off, v + off, keep, per_query, dr, o + off,
-                                      dout + off, dq + off, dk + off, dv + off, L, ts, scale, buf,
-                                      km);
-      };
-      if (D == 16) run(std::integral_constant<int, 16>());
-      else if (D == 32) run(std::integral_constant<int, 32>());
-      else run(std::integral_constant<int, 64>());
-    }
-  };
-  threads = std::max(1, std::min(threads, B * N));
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& th : pool) th.join();
-  return 0;
-}
-
 static ffi::Error AttentionBwdImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> mask,
                                    ffi::Buffer<ffi::U32> words, ffi::Buffer<ffi::F32> o,
                                    ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
                                    ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
                                    int32_t threads, int64_t thresh, float keep) {
-  auto dims = q.dimensions();
-  auto md = mask.dimensions();
-  if (dims.size() != 4 || md.size() != 3 || words.element_count() != 2)
+  const auto c = read_call(q, mask, words, thresh, keep);
+  if (!c)
     return ffi::Error::InvalidArgument("dualenc_attention_bwd: q (B, L, N, D), mask (B, 1|L, L)");
-  Drop drop;
-  drop.on = thresh > 0;
-  drop.k0 = words.typed_data()[0];
-  drop.k1 = words.typed_data()[1];
-  drop.thresh = (uint32_t)thresh;
-  drop.keep = keep;
-  if (attention_bwd(q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(), md[1] != 1,
-                    drop, o.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(),
-                    dv->typed_data(), dims[0], dims[1], dims[2], dims[3], threads))
-    return ffi::Error::InvalidArgument("dualenc_attention_bwd: head size must be 16, 32 or 64");
+  const float *qd = q.typed_data(), *kd = k.typed_data(), *vd = v.typed_data();
+  const float *od = o.typed_data(), *god = dout.typed_data();
+  float *dqd = dq->typed_data(), *dkd = dk->typed_data(), *dvd = dv->typed_data();
+  const bool ok = with_head_size(c->D, [&](auto dd) {
+    constexpr int D = decltype(dd)::value;
+    for_heads(c->B, c->L, c->N, D, mask.typed_data(), c->per_query, c->drop, threads,
+              [&](float* buf, __mmask16* km, size_t off, const int32_t* keep_rows, const Drop& dr) {
+                head_bwd<D>(qd + off, kd + off, vd + off, keep_rows, c->per_query, dr, od + off,
+                            god + off, dqd + off, dkd + off, dvd + off, c->L, c->N * D, c->scale,
+                            buf, km);
+              });
+  });
+  if (!ok) return ffi::Error::InvalidArgument("dualenc_attention_bwd: head size must be 16, 32 or 64");
   return ffi::Error::Success();
 }
 

@@ -45,11 +45,11 @@ def attention(q, k, v, mask, dropout, deterministic: bool):
         raise ValueError(f"attention scores of {q.shape} x {k.shape[1]}: dropout index would wrap")
     if jax.default_backend() != "cpu" or not static:
         return _attend(q, k, v, _keep(mask), words, rate, jnp.arange(q.shape[0], dtype=jnp.uint32))
+    if _native(q):
+        return _kernel(q, k, v, mask, words, rate)
     d = jax.device_count()
     d = d if q.shape[0] % d == 0 else 1
     n_fwd, n_bwd = (num_chunks(q.shape, k.shape[1], d, b) for b in (FORWARD_BYTES, BACKWARD_BYTES))
-    if _native(q):
-        return _kernel(q, k, v, mask, words, rate)
     return _chunked(q, k, v, mask, words, rate, n_fwd, n_bwd, d)
 
 
@@ -172,13 +172,16 @@ def _chunked_bwd(rate, n_fwd, n, d, res, d_out):
     parts = (q, k, v, mask, out, d_out)
     parts = (jnp.arange(n, dtype=jnp.uint32), *(_split(x, n, d) for x in parts))
     dq, dk, dv = (_merge(x, d) for x in jax.lax.map(one, parts))
-    d_mask = jnp.zeros_like(mask) if _is_float(mask) else np.zeros(mask.shape, jax.dtypes.float0)
-    d_words = None if words is None else np.zeros(words.shape, jax.dtypes.float0)
-    return dq, dk, dv, d_mask, d_words
+    return dq, dk, dv, *_no_grads(mask, words)
 
 
-def _is_float(x):
-    return jnp.issubdtype(x.dtype, jnp.floating)
+def _no_grads(mask, words):
+    """Zero cotangents of the mask (float0 unless float) and the dropout key words."""
+    if jnp.issubdtype(mask.dtype, jnp.floating):
+        d_mask = jnp.zeros_like(mask)
+    else:
+        d_mask = np.zeros(mask.shape, jax.dtypes.float0)
+    return d_mask, None if words is None else np.zeros(words.shape, jax.dtypes.float0)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
@@ -199,9 +202,7 @@ def _kernel_fwd(q, k, v, mask, words, rate):
 def _kernel_bwd(rate, res, d_out):
     q, k, v, mask, words, out = res
     dq, dk, dv = kernels.fused_attention_bwd(q, k, v, mask, words, rate, out, d_out)
-    d_mask = jnp.zeros_like(mask) if _is_float(mask) else np.zeros(mask.shape, jax.dtypes.float0)
-    d_words = None if words is None else np.zeros(words.shape, jax.dtypes.float0)
-    return dq, dk, dv, d_mask, d_words
+    return dq, dk, dv, *_no_grads(mask, words)
 
 
 _kernel.defvjp(_kernel_fwd, _kernel_bwd)

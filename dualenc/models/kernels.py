@@ -25,7 +25,11 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import jaxlib
+import numpy as np
+
+from dualenc.models import dropout
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +118,6 @@ def disabled():
 
 def _operands(mask, words, rate, threads):
     """The kernels' int32 (B, 1|L, L) mask, key words and attributes."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from dualenc.models import dropout
-
     mask = (mask != 0).astype(jnp.int32)
     mask = mask[:, None, :] if mask.ndim == 2 else mask
     thresh = dropout.threshold_int(rate) if words is not None and rate > 0 else 0
