@@ -3,9 +3,10 @@
 Runs (each in its own process, dualenc and PyTorch timed in the same process):
 encode SciFact (first --scifact_limit docs; --full: all 5,183) at max_length 256; the mixed-length
 workload (MS MARCO subset passages + NQ questions) padded and packed; the MNRL train step (batch
-32, random batches) padded and packed; rerank (benchmarks/rerank.py, when present); exact search
-(dualenc jitted top-k vs sentence-transformers' semantic_search). The f32 GEMM peak is measured
-first, in the same run (best of numpy and jitted JAX on a 2048^3 matmul).
+32) padded and packed on NQ (question, gold passage) pairs at 128 tokens and on MS MARCO (query,
+judged passage) pairs in random order at 256; rerank (benchmarks/rerank.py, when present); exact
+search (dualenc jitted top-k vs sentence-transformers' semantic_search). The f32 GEMM peak is
+measured first, in the same run (best of numpy and jitted JAX on a 2048^3 matmul).
 Writes benchmarks/results/<hostname>.json and .md (the table for README.md).
 
     python benchmarks/run_all.py [--full] [--only encode_scifact,train_padded] [--out_dir ...]
@@ -88,12 +89,15 @@ def benchmarks() -> dict[str, list[str]]:
     limit = [] if FLAGS.full else [f"--limit={FLAGS.scifact_limit}"]
     mixed = ["--workload=mixed", f"--limit={FLAGS.mixed_limit}", "--batch_size=64"]
     train = [f"--steps={FLAGS.train_steps}", "--warmup=2"]
+    msmarco = ["--pairs=msmarco", "--max-length=256"]
     out = {
         "encode_scifact": ENC + limit,
         "encode_mixed_padded": ENC + mixed,
         "encode_mixed_packed": ENC + mixed + ["--packing"],
         "train_padded": TRAIN + train,
         "train_packed": TRAIN + train + ["--packing"],
+        "train_msmarco_padded": TRAIN + train + msmarco,
+        "train_msmarco_packed": TRAIN + train + msmarco + ["--packing"],
         "search_exact": [PY, os.path.join(HERE, "search.py"), "--leaves_to_search=", "--n=100000"],
     }
     if os.path.exists(os.path.join(HERE, "rerank.py")):

@@ -1,10 +1,15 @@
 """Training throughput: dualenc train step vs sentence-transformers MNRL on the same pairs.
 
-all-MiniLM-L6-v2, batch 32, max_length 128, in-batch negatives only (no hard negatives), AdamW,
-dropout on (train mode) on both sides. Compile / warm-up steps are excluded from the timing.
-Prints one JSON object (pairs/s for each and their ratio).
+all-MiniLM-L6-v2, batch 32, in-batch negatives only (no hard negatives), AdamW, dropout on (train
+mode) on both sides. Compile / warm-up steps are excluded from the timing. Pairs (--pairs):
+`nq`: NQ-Open questions with their gold passages, in file order (passages mostly fill
+max_length 128); `msmarco`: the mixed-length workload of benchmarks/encode.py as training pairs,
+TREC-DL queries with their judged MS MARCO passages (4,102 qrels), shuffled with seed 0 (random
+batches, not length-sorted), max_length 256: the passage lengths vary, so padding each batch to
+its longest text, as sentence-transformers does, wastes more. Prints one JSON object (pairs/s
+for each and their ratio).
 
-python benchmarks/train_step.py [--steps 6] [--warmup 2] [--out results.json]
+python benchmarks/train_step.py [--pairs nq|msmarco] [--steps 6] [--warmup 2] [--out results.json]
 """
 
 from __future__ import annotations
@@ -22,9 +27,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def load_pairs(n: int) -> list[tuple[str, str]]:
-    """(question, gold passage) pairs from the shared nq-open-oracle BEIR view."""
+def load_pairs(n: int, source: str = "nq") -> list[tuple[str, str]]:
+    """(question, gold passage) pairs from the shared nq-open-oracle BEIR view, or (query,
+    judged passage) pairs of the MS MARCO subset, shuffled (seed 0)."""
     from dualenc.io import data_dir, read_jsonl
+
+    if source == "msmarco":
+        import random
+
+        from dualenc.data.beir import load_corpus
+        from dualenc.encode import beir_doc_text
+
+        root = data_dir() / "agentset-msmarco-subset"
+        corpus = {k: beir_doc_text(d) for k, d in load_corpus(root / "corpus.jsonl.gz").items()}
+        queries = {q["_id"]: q["text"] for _, q in read_jsonl(root / "queries.jsonl")}
+        rows = [line.split("\t") for line in (root / "qrels" / "test.tsv").read_text().split("\n")]
+        pairs = [(queries[r[0]], corpus[r[2 if len(r) == 4 else 1]]) for r in rows if len(r) >= 3]
+        random.Random(0).shuffle(pairs)
+        return pairs[:n]
 
     root = data_dir() / "nq-open-oracle" / "beir"
     corpus = {
@@ -182,6 +202,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--pairs", choices=("nq", "msmarco"), default="nq")
     ap.add_argument("--out", default="")
     ap.add_argument("--no-dropout", action="store_true", help="both sides without dropout")
     ap.add_argument("--packing", action="store_true", help="dualenc packs q/p rows (data.packing)")
@@ -189,7 +210,7 @@ def main():
     import configs
 
     model_dir = configs.minilm_path()
-    pairs = load_pairs(args.batch * (args.steps + args.warmup))
+    pairs = load_pairs(args.batch * (args.steps + args.warmup), args.pairs)
     load = os.getloadavg()
     common = (model_dir, pairs, args.batch, args.max_length, args.steps, args.warmup)
     drop = not args.no_dropout
@@ -198,6 +219,7 @@ def main():
     res = {
         "model": model_dir,
         "dropout": drop,
+        "pairs": args.pairs,
         "batch": args.batch,
         "max_length": args.max_length,
         "dualenc": ours,

@@ -1,4 +1,5 @@
-"""The native CPU attention kernel: builds here, equals XLA's attention, and the model uses it."""
+"""The native CPU kernels (attention, dense-layer gradients): they build here, equal XLA, and
+the model uses them."""
 
 import functools
 import json
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from tiny_data import save_tiny_bert
 
-from dualenc.models import attention, kernels
+from dualenc.models import attention, kernels, layers
 
 # CI forbids skips: where the kernel cannot exist (no AVX-512 CPU or no compiler) these tests
 # check instead that dualenc says so and falls back to XLA's attention.
@@ -136,9 +137,10 @@ import numpy as np
 from dualenc.encode import encode_texts
 from dualenc.models import kernels
 from dualenc.models.loading import load_encoder
-calls = []
-real = kernels.fused_attention
+calls, dense = [], []
+real, real_dense = kernels.fused_attention, kernels.dense_grad
 kernels.fused_attention = lambda *a: calls.append(1) or real(*a)  # counts traced layers
+kernels.dense_grad = lambda *a: dense.append(1) or real_dense(*a)
 enc = load_encoder(sys.argv[1])
 texts = ["a short one", "", "a much longer text about retrieval " * 12, "mid length text here"]
 emb = encode_texts(enc, texts, batch_size=4, progress=False)
@@ -151,7 +153,8 @@ def loss(params):  # train mode: dropout on the attention probabilities
     return jnp.sum(jnp.tanh(e @ e.T))
 value, grads = jax.value_and_grad(loss)(enc.params)
 flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
-print(json.dumps({"target": kernels.attention_target(), "calls": len(calls), "emb": emb.tolist(),
+print(json.dumps({"target": kernels.attention_target(), "calls": len(calls), "dense": len(dense),
+                  "emb": emb.tolist(),
                   "loss": float(value), "grads": flat[::97].tolist()}))
 """
 
@@ -170,6 +173,53 @@ def test_encode_on_one_device_uses_the_kernel_and_matches_xla(tmp_path, minilm_p
         out[flag] = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["1"]["target"] == kernels.TARGET and out["0"]["target"] is None
     assert out["1"]["calls"] > 0 and out["0"]["calls"] == 0
+    assert out["1"]["dense"] > 0 and out["0"]["dense"] == 0  # the gradients came from dense.cc
     np.testing.assert_allclose(out["1"]["emb"], out["0"]["emb"], atol=1e-5)
     np.testing.assert_allclose(out["1"]["loss"], out["0"]["loss"], rtol=1e-5)  # same dropout
     np.testing.assert_allclose(out["1"]["grads"], out["0"]["grads"], atol=1e-5, rtol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "t,k,n", [(7, 5, 3), (300, 390, 40), (257, 13, 33), (600, 24, 70), (0, 4, 5)]
+)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_dense_grad_equals_the_exact_sums(t, k, n, threads):
+    """Edges of every blocking level: rows past a 256-row panel, features past 12 x 32 tiles and a
+    480-row block, a split across threads that does not divide, no rows at all."""
+    r = np.random.default_rng(t + k + n)
+    x = r.standard_normal((t, k)).astype(np.float32)
+    g = r.standard_normal((t, n)).astype(np.float32)
+    dw, db = jax.jit(functools.partial(kernels.dense_grad, threads=threads))(x, g)
+    np.testing.assert_allclose(dw, x.astype(np.float64).T @ g, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(db, g.astype(np.float64).sum(0), atol=1e-4, rtol=1e-5)
+
+
+@needs_kernel
+def test_dense_layer_gradients_come_from_the_kernel(monkeypatch):
+    calls = []
+    real = kernels.dense_grad
+    monkeypatch.setattr(kernels, "dense_grad", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 50, 40)), jnp.float32)
+
+    def grads(use_bias, dtype=jnp.float32):
+        dense = layers.Dense(24, use_bias=use_bias, dtype=dtype)
+        params = dense.init(jax.random.key(0), x)
+        params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+        loss = lambda p, x: jnp.sum(jnp.sin(dense.apply(p, x)))  # noqa: E731
+        return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+
+    for use_bias in (True, False):
+        calls.clear()
+        got = grads(use_bias)
+        assert calls == [1]
+        with kernels.disabled():
+            want = grads(use_bias)
+        assert calls == [1]
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    grads(True, jnp.bfloat16)
+    monkeypatch.setattr(jax, "device_count", lambda: 8)  # a mesh: XLA path
+    grads(True)
+    assert calls == [1]

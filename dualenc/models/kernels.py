@@ -3,7 +3,10 @@
 Why: on CPU, XLA runs attention as separate passes over B x N x L x L scores, ~40 % of the
 MiniLM forward at 32 x 256 where the matmuls are 90 % of the FLOPs; PyTorch's fused CPU kernel
 spends a quarter of that (benchmarks/README.md). `attention.cc` keeps each head's scores in
-cache, forward and backward, dropout included (the hashed mask of `dropout.py`). It is built
+cache, forward and backward, dropout included (the hashed mask of `dropout.py`). `dense.cc`
+computes a dense layer's weight and bias gradients (XᵀG at the GEMM rate XLA reaches only for
+untransposed operands, the column sums of G while it is packed): a third of the train step
+went there (benchmarks/README.md). They are built
 with the system C++ compiler ($CXX or g++) against jaxlib's FFI headers into the dualenc cache
 dir, keyed by source, flags and jaxlib version, and registered as XLA FFI targets. Anything
 missing (not Linux x86-64 with AVX-512, no compiler, a failed build) or DUALENC_KERNELS=0 means
@@ -33,10 +36,13 @@ from dualenc.models import dropout
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "attention.cc"
+SOURCES = tuple(
+    Path(__file__).resolve().parent.parent / "kernels" / n for n in ("attention.cc", "dense.cc")
+)
 FLAGS = ("-O3", "-march=x86-64-v4", "-std=c++17", "-shared", "-fPIC", "-w", "-pthread")
 TARGET = "dualenc_attention"
 BWD_TARGET = "dualenc_attention_bwd"
+DENSE_GRAD_TARGET = "dualenc_dense_grad"
 _disabled = 0  # > 0 inside `disabled()`
 
 
@@ -51,9 +57,9 @@ def _cpu_has_avx512() -> bool:
 def _library_path() -> Path:
     from dualenc.corpus_cache import default_cache_dir
 
-    key = hashlib.sha256(SOURCE.read_bytes())
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES))
     key.update(" ".join(FLAGS).encode() + jaxlib.__version__.encode())
-    return default_cache_dir() / "kernels" / f"attention-{key.hexdigest()[:16]}.so"
+    return default_cache_dir() / "kernels" / f"dualenc-{key.hexdigest()[:16]}.so"
 
 
 def _build(out: Path) -> None:
@@ -64,7 +70,7 @@ def _build(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", tmp, str(SOURCE)]
+    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", tmp, *map(str, SOURCES)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
@@ -91,18 +97,45 @@ def _load() -> str | None:
             if not path.exists():
                 _build(path)
             lib = ctypes.CDLL(str(path))
-            for name, fn in ((TARGET, lib.DualencAttention), (BWD_TARGET, lib.DualencAttentionBwd)):
+            for name, fn in (
+                (TARGET, lib.DualencAttention),
+                (BWD_TARGET, lib.DualencAttentionBwd),
+                (DENSE_GRAD_TARGET, lib.DualencDenseGrad),
+            ):
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(fn), platform="cpu")
             return TARGET
         except Exception as e:  # noqa: BLE001 - any failure means: use the XLA path
             why = f"build/load failed: {e}"
-    log.info("dualenc CPU attention kernel off (%s): XLA's attention runs instead", why)
+    log.info("dualenc CPU kernels off (%s): XLA's attention and dense gradients run instead", why)
     return None
 
 
 def attention_target() -> str | None:
     """The FFI target for `fused_attention`, or None (outside `disabled()` only)."""
     return None if _disabled else _load()
+
+
+def usable(*arrays) -> bool:
+    """The kernels can replace XLA here: float32 operands with static shapes, the CPU backend
+    with one device (a custom call has no sharding rule: on a mesh XLA would gather its
+    inputs), outside `disabled()`, and the library built."""
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return False
+    for a in arrays:
+        if a.dtype != jnp.float32 or not all(isinstance(d, int) for d in a.shape):
+            return False
+    return attention_target() is not None
+
+
+def dense_grad(x, g, threads: int | None = None):
+    """(xᵀ g, Σ_rows g) for x (T, K), g (T, N) float32: a dense layer's weight and bias
+    gradients in one native call. Call only when `usable(x, g)`. Half the cores by default: XLA
+    runs the independent input-gradient dot g · Wᵀ beside it (train step +4 % over all cores,
+    2-core machine)."""
+    k, n = x.shape[1], g.shape[1]
+    out = (jax.ShapeDtypeStruct((k, n), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32))
+    threads = np.int32(threads or max(1, len(os.sched_getaffinity(0)) // 2))
+    return jax.ffi.ffi_call(DENSE_GRAD_TARGET, out)(x, g, threads=threads)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dualenc.models import kernels
+
 
 def _row_sum(g):
     """Σ over every axis but the last, as ones · G (a GEMV, not a reduce)."""
@@ -48,14 +50,36 @@ def _scale_shift_bwd(res, g):
 scale_shift.defvjp(_scale_shift_fwd, _scale_shift_bwd)
 
 
+@jax.custom_vjp
+def _native_dense(x, kernel, bias):
+    """x · kernel + bias whose kernel and bias gradients come from `kernels.dense_grad`."""
+    return jnp.dot(x, kernel) + bias
+
+
+def _native_dense_fwd(x, kernel, bias):
+    return jnp.dot(x, kernel) + bias, (x, kernel)
+
+
+def _native_dense_bwd(res, g):
+    x, kernel = res
+    d_kernel, d_bias = kernels.dense_grad(x, g)
+    return jnp.dot(g, kernel.T), d_kernel, d_bias
+
+
+_native_dense.defvjp(_native_dense_fwd, _native_dense_bwd)
+
+
 class Dense(nn.Module):
     """`nn.Dense` (params 'kernel' (in, out) and 'bias' (out,)).
 
     The input is flattened to (rows, in) first: XLA:CPU runs the weight gradient of a dot that
     contracts two batch-like axes, (B, L, in)ᵀ · (B, L, out), ~30 % slower than the same (B·L,
     in)ᵀ · (B·L, out) GEMM (a Dense forward + backward at 32 × 160 × 384 → 1536: 200 → 130–148 ms).
-    The bias gradient is left to XLA: a GEMV form (custom VJP) measured 15 % slower end to end in
-    the MNRL train step, as the bias add then no longer fuses into the dot's output."""
+    Where the native kernels run (`kernels.usable`: f32, one CPU device) the kernel and bias
+    gradients come from `kernels.dense_grad`, whose XᵀG runs at the plain GEMM rate and sums the
+    bias gradient in the same pass (MNRL train step +20 %, benchmarks/README.md); the forward is
+    XLA's dot with the bias add fused into it either way (a GEMV bias gradient in XLA measured
+    15 % slower, as the bias add then no longer fused)."""
 
     features: int
     use_bias: bool = True
@@ -69,10 +93,17 @@ class Dense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # 2-D: see the class docstring
-        y = jnp.dot(x2, kernel.astype(self.dtype))
+        kernel = kernel.astype(self.dtype)
+        bias = None
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-            y = y + bias.astype(self.dtype)  # XLA fuses this into the dot; its grad stays a reduce
+            bias = bias.astype(self.dtype)
+        if kernels.usable(x2, kernel):
+            zero = jnp.zeros((self.features,), kernel.dtype)  # its gradient is dropped
+            y = _native_dense(x2, kernel, zero if bias is None else bias)
+        else:
+            y = jnp.dot(x2, kernel)
+            y = y if bias is None else y + bias  # XLA fuses the add into the dot
         return y.reshape(*lead, self.features)
 
 
