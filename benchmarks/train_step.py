@@ -82,14 +82,14 @@ def dualenc_config(model_dir: str, batch: int, max_length: int, **train):
 
 def _batches(tok, pairs, batch: int, max_length: int):
     """Numpy batches padded to the batch's bucket length (a few shapes, like the pipeline)."""
-    from dualenc.tokenization import bucket_length, pad_batch, tokenize
+    from dualenc.tokenization import TRAIN_BUCKETS, bucket_length, pad_batch, tokenize
 
     out = []
     for s in range(0, len(pairs) - batch + 1, batch):
         qs, ps = zip(*pairs[s : s + batch], strict=True)
         q_ids, p_ids = tokenize(tok, qs, max_length), tokenize(tok, ps, max_length)
-        lq = bucket_length(max(map(len, q_ids)), max_length=max_length)
-        lp = bucket_length(max(map(len, p_ids)), max_length=max_length)
+        lq = bucket_length(max(map(len, q_ids)), TRAIN_BUCKETS, max_length)
+        lp = bucket_length(max(map(len, p_ids)), TRAIN_BUCKETS, max_length)
         qi, qm = pad_batch(q_ids, lq)
         pi, pm = pad_batch(p_ids, lp)
         out.append(

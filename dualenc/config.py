@@ -71,6 +71,7 @@ def _data() -> ml_collections.ConfigDict:
     d.q_max_length = 32
     d.p_max_length = 128
     d.pad_to_max_length = False  # True: one batch shape (one compile) instead of buckets
+    d.buckets = ()  # padded batch lengths; () = tokenization.TRAIN_BUCKETS
     d.packing = False  # several texts per row (dualenc.packing): less padding, same loss
     d.pack_max_segments = 16  # most texts in one packed row
     d.test = ml_collections.ConfigDict({"path": "", "split": "test"})  # cross: final eval
@@ -283,6 +284,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int 
     _positive(c, "train.batch_size", "train.grad_accum_steps", "data.q_max_length")
     _positive(c, "data.p_max_length", "log.every_steps")
     _positive(c, "data.num_negatives", "train.cache_chunk_size", allow_zero=True)
+    buckets = tuple(c.data.get("buckets", ()))
+    if any(not isinstance(b, int) or b <= 0 for b in buckets) or list(buckets) != sorted(buckets):
+        raise ConfigError(f"data.buckets must be increasing positive integers, got {buckets}")
     t = c.train
     if c.data.get("packing") and (int(t.cache_chunk_size) or int(t.grad_accum_steps) > 1):
         raise ConfigError("data.packing needs train.cache_chunk_size=0 and grad_accum_steps=1")

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from dualenc import config as config_lib
-from dualenc import io, losses, multihost, optim, sharding, steps, train_eval
+from dualenc import io, losses, multihost, optim, sharding, steps, tokenization, train_eval
 from dualenc.checkpoint import Checkpointer, PreemptionGuard
 from dualenc.data import mining
 from dualenc.data.pipeline import TrainPipeline
@@ -77,6 +77,7 @@ def make_pipeline(config, tokenizer) -> TrainPipeline:
         p_max_length=int(d.p_max_length),
         seed=int(config.seed),
         pad_multiple=max(int(d.q_max_length), int(d.p_max_length)) if d.pad_to_max_length else None,
+        buckets=tuple(int(b) for b in d.get("buckets", ())) or tokenization.TRAIN_BUCKETS,
         packing=bool(d.get("packing", False)),
         pack_max_segments=int(d.get("pack_max_segments", 16)),
     )

@@ -8,7 +8,7 @@ import pytest
 from dualenc.data.examples import TrainExample
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.io import InputError
-from dualenc.tokenization import DEFAULT_BUCKETS, bucket_length, load_tokenizer, tokenize
+from dualenc.tokenization import TRAIN_BUCKETS, bucket_length, load_tokenizer, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_shapes_dtypes_and_content(tok):
     assert all(v.dtype == np.int32 for v in b.values())
     q_lens = [len(ids) for ids in tokenize(tok, [e.query for e in _examples()], 16)]
     assert b["q_attention_mask"].sum(1).max() <= lq
-    assert lq == bucket_length(int(b["q_attention_mask"].sum(1).max()), DEFAULT_BUCKETS, 16)
+    assert lq == bucket_length(int(b["q_attention_mask"].sum(1).max()), TRAIN_BUCKETS, 16)
     assert lq <= 16 and lp <= 24 and max(q_lens) <= 16
     assert (b["q_input_ids"][b["q_attention_mask"] == 0] == 0).all()
     # each row is the tokenised (truncated) text its passage id names, left-aligned

@@ -304,6 +304,7 @@ def test_batch_divisibility_accepts_what_works():
     [
         ("--config.train.grad_accum_steps=3", "train.batch_size=8 is not divisible by"),
         ("--config.loss.name=hinge", "loss.name='hinge' must be one of"),
+        ("--config.data.buckets=(64,32)", "data.buckets must be increasing positive integers"),
         ("--config.data.train.path=/nonexistent/train.json", "/nonexistent/train.json"),
     ],
 )
@@ -317,7 +318,7 @@ def test_cli_bad_config_or_data_is_one_line_exit_2(tmp_path, flag, message):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    if "grad_accum" in flag or "loss.name" in flag:  # config checks run before any file is made
+    if "grad_accum" in flag or "loss.name" in flag or "buckets" in flag:  # checked before files
         assert not workdir.exists()
 
 

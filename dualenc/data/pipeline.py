@@ -73,7 +73,7 @@ class TrainPipeline:
         process_index: int | None = None,
         process_count: int | None = None,
         drop_remainder: bool = True,
-        buckets: Sequence[int] = tokenization.DEFAULT_BUCKETS,
+        buckets: Sequence[int] = tokenization.TRAIN_BUCKETS,
         pad_multiple: int | None = None,
         num_threads: int = 2,
         prefetch: int = 4,
