@@ -72,7 +72,7 @@ def _data() -> ml_collections.ConfigDict:
     d.p_max_length = 128
     d.pad_to_max_length = False  # True: one batch shape (one compile) instead of buckets
     d.buckets = ()  # padded batch lengths; () = tokenization.TRAIN_BUCKETS
-    d.packing = False  # several texts per row (dualenc.packing): less padding, same loss
+    d.packing = True  # texts share rows (dualenc.packing) where the run allows: trainer.use_packing
     d.pack_max_segments = 16  # most texts in one packed row
     d.test = ml_collections.ConfigDict({"path": "", "split": "test"})  # cross: final eval
     return d
@@ -287,9 +287,6 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int 
     buckets = tuple(c.data.get("buckets", ()))
     if any(not isinstance(b, int) or b <= 0 for b in buckets) or list(buckets) != sorted(buckets):
         raise ConfigError(f"data.buckets must be increasing positive integers, got {buckets}")
-    t = c.train
-    if c.data.get("packing") and (int(t.cache_chunk_size) or int(t.grad_accum_steps) > 1):
-        raise ConfigError("data.packing needs train.cache_chunk_size=0 and grad_accum_steps=1")
     _positive(c, "train.warmup_steps", "checkpoint.every_steps", allow_zero=True)
     if int(c.train.num_steps) <= 0 and float(c.train.num_epochs) <= 0:
         raise ConfigError("set train.num_steps or train.num_epochs to a positive value")

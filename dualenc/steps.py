@@ -152,10 +152,12 @@ def _plain_grads(embed_q, embed_p, loss_fn, params, batch, rng):
 
 
 def _embed_side(embed, prm, batch, side: str, rng):
-    """One side's embeddings; packed rows (`packing.pack_batch`) are gathered back per text."""
+    """One side's embeddings; packed rows (`packing.pack_batch`) go to `embed.packed` (set by
+    `make_train_step`) and are gathered back per text: the batch's layout picks the path."""
     if f"{side}_segment_ids" not in batch:
         return embed(prm, batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], rng)
-    emb = embed(prm, batch[f"{side}_input_ids"], batch[f"{side}_segment_ids"], rng)  # (R, S, D)
+    ids, segment_ids = batch[f"{side}_input_ids"], batch[f"{side}_segment_ids"]
+    emb = embed.packed(prm, ids, segment_ids, rng)  # (R, S, D)
     return emb[batch[f"{side}_text_row"], batch[f"{side}_text_seg"]]
 
 
@@ -223,11 +225,8 @@ def make_train_step(config, spec, tx: optax.GradientTransformation, schedule):
     embed_q, embed_p = _embed_fns(spec, bool(tcfg.dropout))
     loss_fn = make_loss_fn(config.loss)
     accum, chunk = int(tcfg.grad_accum_steps), int(tcfg.cache_chunk_size)
-    if config.data.get("packing", False):  # packed q/p rows (data.packing), plain grads only
-        if chunk > 0 or accum > 1:
-            raise ValueError("data.packing needs train.cache_chunk_size=0, grad_accum_steps=1")
-        segs = int(config.data.get("pack_max_segments", packing.DEFAULT_MAX_SEGMENTS))
-        embed_q, embed_p = packing.packed_embed_fns(spec, bool(tcfg.dropout), segs)
+    segs = int(config.data.get("pack_max_segments", packing.DEFAULT_MAX_SEGMENTS))
+    embed_q.packed, embed_p.packed = packing.packed_embed_fns(spec, bool(tcfg.dropout), segs)
 
     def grads_fn(params, batch, rng):
         if chunk > 0:
@@ -248,6 +247,8 @@ def make_train_step(config, spec, tx: optax.GradientTransformation, schedule):
         return jax.tree.map(lambda x: x / accum, tot)
 
     def train_step(state, batch, rng):
+        if "q_segment_ids" in batch and (chunk > 0 or accum > 1):  # packed rows (data.packing)
+            raise ValueError("packed batches need train.cache_chunk_size=0, grad_accum_steps=1")
         params = state["params"]
         rng = jax.random.fold_in(rng, state["step"])
         fn = grads_fn if accum <= 1 else accumulated

@@ -29,6 +29,7 @@ from dualenc import io, losses, multihost, optim, sharding, steps, tokenization,
 from dualenc.checkpoint import Checkpointer, PreemptionGuard
 from dualenc.data import mining
 from dualenc.data.pipeline import TrainPipeline
+from dualenc.models import dual_encoder
 from dualenc.models.loading import Encoder, load_encoder, save_sentence_transformers
 
 
@@ -56,9 +57,29 @@ class Run:
 # ----------------------------------------------------------------------------- set-up
 
 
-def make_pipeline(config, tokenizer) -> TrainPipeline:
+def use_packing(config, arch: str, process_count: int) -> bool:
+    """`data.packing` where this run allows it: one process (hosts would have to agree on the
+    packed row count), no GradCache or accumulation (they slice padded rows), BERT / DistilBERT
+    towers (DeBERTa's relative positions would cross segments); padded batches otherwise, said
+    once in the log. Packed and padded give the same loss and gradients (tests/packing_test.py)."""
+    if not config.data.get("packing", False):
+        return False
+    t = config.train
+    why = [
+        *(["several processes"] if process_count > 1 else []),
+        *(["train.cache_chunk_size > 0"] if int(t.cache_chunk_size) > 0 else []),
+        *(["train.grad_accum_steps > 1"] if int(t.grad_accum_steps) > 1 else []),
+        *([f"a {arch} model"] if arch not in dual_encoder.PACKABLE_ARCHS else []),
+    ]
+    if why:
+        _log(f"data.packing: padded batches instead ({', '.join(why)})")
+    return not why
+
+
+def make_pipeline(config, tokenizer, packing: bool | None = None) -> TrainPipeline:
     """The TrainPipeline over `data.train` (global batch `train.batch_size`); for BEIR training
-    data, hard negatives are mined with BM25 when `data.mine_negatives == 'bm25'`."""
+    data, hard negatives are mined with BM25 when `data.mine_negatives == 'bm25'`. Rows are
+    packed when `packing` (default: `data.packing` as set; `setup` passes `use_packing`)."""
     d = config.data
     examples = None
     if d.train.format == "beir" and d.mine_negatives == "bm25":
@@ -78,7 +99,7 @@ def make_pipeline(config, tokenizer) -> TrainPipeline:
         seed=int(config.seed),
         pad_multiple=max(int(d.q_max_length), int(d.p_max_length)) if d.pad_to_max_length else None,
         buckets=tuple(int(b) for b in d.get("buckets", ())) or tokenization.TRAIN_BUCKETS,
-        packing=bool(d.get("packing", False)),
+        packing=bool(d.get("packing", False)) if packing is None else packing,
         pack_max_segments=int(d.get("pack_max_segments", 16)),
     )
 
@@ -124,7 +145,8 @@ def setup(config, workdir) -> tuple[Run, dict]:
     ckpt = Checkpointer(workdir, keep=int(ck.keep), every_steps=int(ck.every_steps))
     resumed = ckpt.latest_step() is not None
     base = steps.load_base_encoder(config.model, weights=not resumed)
-    pipeline = make_pipeline(config, base.tokenizer)
+    packed = use_packing(config, base.spec.arch, jax.process_count())
+    pipeline = make_pipeline(config, base.tokenizer, packed)
     if config.loss.name in losses.DISTILLATION and not pipeline.data.has_scores:
         raise config_lib.ConfigError(
             f"loss.name={config.loss.name!r} distils teacher scores, but data.train.path="

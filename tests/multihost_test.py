@@ -349,7 +349,9 @@ STEPS = 10
 
 def train_args(workdir: Path, train: Path, beir: Path, mesh: str) -> list[str]:
     """configs/tiny.py (random 1-layer BERT), global batch 8, dev eval every 3 steps and at the
-    end, export on, no periodic checkpoint (only the final or the preemption one)."""
+    end, export on, no periodic checkpoint (only the final or the preemption one). Padded
+    batches in every run: two processes cannot pack (`trainer.use_packing`), and one process
+    must train on the same layout to give the same bits."""
     return [
         "--config=configs/tiny.py",
         f"--workdir={workdir}",
@@ -361,6 +363,7 @@ def train_args(workdir: Path, train: Path, beir: Path, mesh: str) -> list[str]:
         "--config.export.enabled=true",
         "--config.checkpoint.every_steps=1000",
         f"--config.mesh.shape={mesh}",
+        "--config.data.packing=False",
     ]
 
 

@@ -210,7 +210,7 @@ def train_setup(tmp_path_factory):
 
     c = tiny_config(tmp_path_factory.mktemp("pack_train"))
     base = steps.load_base_encoder(c.model)
-    batch = next(iter(trainer.make_pipeline(c, base.tokenizer)))
+    batch = next(iter(trainer.make_pipeline(c, base.tokenizer, packing=False)))
     c.data.packing, c.data.pack_max_segments = True, 4
     packed = next(iter(trainer.make_pipeline(c, base.tokenizer)))
     return c, base, steps.init_dual_params(base, True), batch, packed
@@ -255,13 +255,31 @@ def test_packed_train_step_equals_padded(train_setup):
     assert max(diffs) <= TOL
 
 
-@pytest.mark.parametrize("key", ["train.cache_chunk_size", "train.grad_accum_steps"])
-def test_packing_refuses_gradcache_and_accumulation(train_setup, key):
-    from dualenc import config as config_lib
+def test_packing_is_on_by_default_where_the_run_allows_it(train_setup):
+    from configs import tiny
+    from dualenc import trainer
 
-    c = train_setup[0].copy_and_resolve_references()
+    c = tiny.get_config()
+    assert c.data.packing and trainer.use_packing(c, "bert", 1)
+    assert trainer.use_packing(c, "distilbert", 1)
+    assert not trainer.use_packing(c, "bert", 2)  # hosts would have to agree on row counts
+    assert not trainer.use_packing(c, "deberta-v2", 1)  # relative positions cross segments
+    c.data.packing = False
+    assert not trainer.use_packing(c, "bert", 1)
+
+
+@pytest.mark.parametrize("key", ["train.cache_chunk_size", "train.grad_accum_steps"])
+def test_gradcache_and_accumulation_train_on_padded_batches(train_setup, key):
+    from dualenc import optim, steps, trainer
+
+    c, base, params, _, packed = train_setup
+    c = c.copy_and_resolve_references()
     c.data.packing = True
     node, leaf = key.split(".")
     c[node][leaf] = 2
-    with pytest.raises(config_lib.ConfigError, match="data.packing needs"):
-        config_lib.validate(c, num_devices=1)
+    assert not trainer.use_packing(c, "bert", 1)
+    tx, schedule = optim.make_optimizer(c.train, 10)
+    step = steps.make_train_step(c, base.spec, tx, schedule)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    with pytest.raises(ValueError, match="packed batches need"):  # a packed batch is refused
+        jax.eval_shape(step, state, jax.tree.map(jnp.asarray, packed), jax.random.key(0))

@@ -164,7 +164,7 @@ def tiny(tmp_path_factory):
 
     c = tiny_config(tmp_path_factory.mktemp("tiny"))
     base = steps.load_base_encoder(c.model)
-    batch = next(iter(trainer.make_pipeline(c, base.tokenizer)))
+    batch = next(iter(trainer.make_pipeline(c, base.tokenizer, packing=False)))  # GradCache
     tx, schedule = optim.make_optimizer(c.train, 10)
     return c, base, tx, schedule, steps.init_dual_params(base, True), batch
 
