@@ -176,7 +176,9 @@ def mixed_texts(n=45, seed=0):
 
 def test_encode_packed_equals_encode_texts(tiny):
     texts = mixed_texts()
-    ref = encode.encode_texts(tiny, texts, batch_size=8, max_length=200, progress=False)
+    ref = encode.encode_texts(
+        tiny, texts, batch_size=8, max_length=200, progress=False, packing=False
+    )
     got = packing.encode_packed(
         tiny, texts, batch_size=3, max_length=200, max_segments=8, progress=False
     )
@@ -193,9 +195,37 @@ def test_encode_packed_equals_encode_texts(tiny):
 def test_encode_packed_equals_unpacked_minilm(minilm_path):
     enc = loading.load_encoder(minilm_path)
     texts = mixed_texts(60, seed=1)
-    ref = encode.encode_texts(enc, texts, batch_size=16, max_length=256, progress=False)
+    ref = encode.encode_texts(
+        enc, texts, batch_size=16, max_length=256, progress=False, packing=False
+    )
     got = packing.encode_packed(enc, texts, batch_size=4, max_length=256, progress=False)
     assert float(np.abs(got - ref).max()) <= TOL
+
+
+def test_encode_texts_packs_by_default_where_the_tower_can(tiny, monkeypatch):
+    calls = []
+    real = packing.encode_packed
+    monkeypatch.setattr(packing, "encode_packed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    texts = mixed_texts(12)
+    packed = encode.encode_texts(tiny, texts, batch_size=4, max_length=200, progress=False)
+    assert calls == [1]
+    padded = encode.encode_texts(
+        tiny, texts, batch_size=4, max_length=200, progress=False, packing=False
+    )
+    assert calls == [1] and float(np.abs(packed - padded).max()) <= TOL
+    deberta = dataclasses.replace(tiny, spec=dataclasses.replace(tiny.spec, arch="deberta-v2"))
+    assert deberta.spec.arch not in dual_encoder.PACKABLE_ARCHS
+
+    class Padded(Exception):
+        pass
+
+    def padded_step(spec):
+        raise Padded
+
+    monkeypatch.setattr(encode, "encode_step", padded_step)
+    with pytest.raises(Padded):  # the padded path: DeBERTa cannot pack
+        encode.encode_texts(deberta, texts, batch_size=4, max_length=200, progress=False)
+    assert calls == [1]
 
 
 # ----------------------------------------------------------------------------- training
