@@ -102,6 +102,10 @@ def classify_hlo(inst: dict, param_shapes: set[str]) -> str:
         if re.search(r"(intermediate/dense|output/dense|ffn|lin\d)/(dot_general|transpose)", text):
             return "FFN matmul"
         return "loss + other"
+    if "custom-call" in ops and re.search(r"/(query|key|value|dense)/", text):  # kernels/dense.cc
+        if re.search(r"/(query|key|value)/|attention/output/dense/", text):  # dW and db at once
+            return "QKV/out-proj matmul"
+        return "FFN matmul"
     if ops & {"rng-bit-generator", "rng"}:
         return "dropout RNG"
     for key, cls in (

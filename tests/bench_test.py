@@ -55,6 +55,21 @@ def test_hlo_classes_of_a_compiled_block():
     assert dots and all(profile.classify_hlo(i, set()) != "loss + other" for i in dots)
 
 
+def test_native_kernel_calls_are_classed_by_their_layer():
+    """dense.cc's gradient call goes with its layer's matmuls, the attention kernel with softmax."""
+
+    def call(path):
+        return {"ops": {"custom-call"}, "names": [f"jit(step)/{path}/ffi_call"], "dots": [],
+                "shape": "f32[384,384]"}  # fmt: skip
+
+    c = profile.classify_hlo
+    assert c(call("encoder/layer/0/attention/self/query"), set()) == "QKV/out-proj matmul"
+    assert c(call("encoder/layer/0/attention/output/dense"), set()) == "QKV/out-proj matmul"
+    assert c(call("encoder/layer/0/intermediate/dense"), set()) == "FFN matmul"
+    assert c(call("encoder/layer/0/output/dense"), set()) == "FFN matmul"
+    assert c(call("encoder/layer/0/attention/self"), set()) == "softmax + mask"
+
+
 def test_torch_op_classes():
     c = profile.classify_torch
     assert c("aten::addmm", [[8192, 384], [384, 1536]], False) == "FFN matmul"
