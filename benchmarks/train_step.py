@@ -35,14 +35,14 @@ def load_pairs(n: int, source: str = "nq") -> list[tuple[str, str]]:
     if source == "msmarco":
         import random
 
-        from dualenc.data.beir import load_corpus
+        from dualenc.data.beir import load_corpus, load_qrels, load_queries
         from dualenc.encode import beir_doc_text
 
         root = data_dir() / "agentset-msmarco-subset"
         corpus = {k: beir_doc_text(d) for k, d in load_corpus(root / "corpus.jsonl.gz").items()}
-        queries = {q["_id"]: q["text"] for _, q in read_jsonl(root / "queries.jsonl")}
-        rows = [line.split("\t") for line in (root / "qrels" / "test.tsv").read_text().split("\n")]
-        pairs = [(queries[r[0]], corpus[r[2 if len(r) == 4 else 1]]) for r in rows if len(r) >= 3]
+        queries = load_queries(root / "queries.jsonl")
+        qrels = load_qrels(root / "qrels" / "test.tsv")  # no header line: every row is a qrel
+        pairs = [(queries[q], corpus[d]) for q, docs in qrels.items() for d in docs]
         random.Random(0).shuffle(pairs)
         return pairs[:n]
 

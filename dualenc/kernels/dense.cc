@@ -24,6 +24,12 @@ constexpr int KC = 256;  // rows of X and G (tokens) per packed panel: a G micro
 constexpr int MC = 480;  // dW rows per packed X block (L2)
 constexpr int NC = 512;  // dW columns per packed G block (L2)
 
+// The first n lanes of a 16-float vector (none for n <= 0): masks the columns past N in a
+// 32-column panel, n valid ones as low_lanes(n) and low_lanes(n - 16).
+inline __mmask16 low_lanes(int n) {
+  return (__mmask16)(n <= 0 ? 0 : (1u << std::min(n, 16)) - 1);
+}
+
 // Xp: mc/MR micro-panels, each (kc, MR): Xp[p][t][i] = X[t0 + t, k0 + p MR + i], zero-padded.
 void pack_x(const float* X, int K, int t0, int kc, int k0, int mc, float* Xp) {
   for (int p = 0; p < mc; p += MR) {
@@ -45,8 +51,7 @@ void pack_x(const float* X, int K, int t0, int kc, int k0, int mc, float* Xp) {
 void pack_g(const float* G, int N, int t0, int kc, int n0, int nc, float* Gp, float* db) {
   for (int p = 0; p < nc; p += NR) {
     const int n = std::min(NR, nc - p);
-    const __mmask16 lo = (__mmask16)((1u << std::min(n, 16)) - 1);
-    const __mmask16 hi = (__mmask16)(n > 16 ? (1u << (n - 16)) - 1 : 0);
+    const __mmask16 lo = low_lanes(n), hi = low_lanes(n - 16);
     float* dst = Gp + (size_t)p * kc;
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     for (int t = 0; t < kc; ++t, dst += NR) {
@@ -78,8 +83,7 @@ void tile(const float* Xp, const float* Gp, int kc, float* C, int ldc, int m, in
       c[i][1] = _mm512_fmadd_ps(x, g1, c[i][1]);
     }
   }
-  const __mmask16 lo = (__mmask16)((1u << std::min(n, 16)) - 1);
-  const __mmask16 hi = (__mmask16)(n > 16 ? (1u << (n - 16)) - 1 : 0);
+  const __mmask16 lo = low_lanes(n), hi = low_lanes(n - 16);
   for (int i = 0; i < m; ++i) {
     float* row = C + (size_t)i * ldc;
     if (!first) {
@@ -91,12 +95,16 @@ void tile(const float* Xp, const float* Gp, int kc, float* C, int ldc, int m, in
   }
 }
 
+// A 64-byte aligned start inside buf (which has 16 spare floats) for the aligned panel loads.
+inline float* aligned64(std::vector<float>& buf) {
+  return reinterpret_cast<float*>(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63);
+}
+
 // dW[k0:k1, n0:n1] over all T rows; db[n0:n1] too when with_db.
 void block(const float* X, const float* G, int T, int K, int N, int k0, int k1, int n0, int n1,
            float* dW, float* db, bool with_db) {
-  std::vector<float, std::allocator<float>> xbuf((size_t)KC * MC + 16), gbuf((size_t)KC * NC + 16);
-  float* Xp = reinterpret_cast<float*>(((uintptr_t)xbuf.data() + 63) & ~(uintptr_t)63);
-  float* Gp = reinterpret_cast<float*>(((uintptr_t)gbuf.data() + 63) & ~(uintptr_t)63);
+  std::vector<float> xbuf((size_t)KC * MC + 16), gbuf((size_t)KC * NC + 16);
+  float *Xp = aligned64(xbuf), *Gp = aligned64(gbuf);
   if (with_db) std::fill(db + n0, db + n1, 0.f);
   if (T == 0) {
     for (int k = k0; k < k1; ++k) std::fill(dW + (size_t)k * N + n0, dW + (size_t)k * N + n1, 0.f);

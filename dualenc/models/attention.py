@@ -54,10 +54,9 @@ def attention(q, k, v, mask, dropout, deterministic: bool):
 
 
 def _native(q) -> bool:
-    """One CPU device, float32, a head size the kernel has, and the kernel built: `kernels.py`."""
-    if q.dtype != jnp.float32 or q.shape[-1] not in (16, 32, 64) or jax.device_count() != 1:
-        return False  # a custom call has no sharding rule: on a mesh XLA would gather its inputs
-    return kernels.attention_target() is not None
+    """A head size the kernel has, where the native kernels run (`kernels.usable`: one CPU
+    device, float32, the library built)."""
+    return q.shape[-1] in (16, 32, 64) and kernels.usable(q)
 
 
 def num_chunks(q_shape, key_len: int, shards: int, budget: int) -> int:
