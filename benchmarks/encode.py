@@ -37,7 +37,7 @@ flags.DEFINE_bool("skip_st", False, "Skip the sentence-transformers baseline.")
 flags.DEFINE_enum("workload", "scifact", ["scifact", "mixed"], "Texts to encode (see above).")
 flags.DEFINE_bool("packing", False, "dualenc packs texts into rows (batch_size counts rows).")
 flags.DEFINE_integer("max_segments", 32, "With --packing: most texts per row.")
-flags.DEFINE_integer("row_length", 128, "With --packing: row length for texts that fit it.")
+flags.DEFINE_integer("row_length", 256, "With --packing: row length for texts that fit it.")
 FLAGS = flags.FLAGS
 
 PEAK_GFLOPS = 150.0  # this 2-core CPU's nominal f32 peak, as the project assumes

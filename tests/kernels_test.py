@@ -26,6 +26,7 @@ def needs_kernel(test):
         if not BUILDABLE:
             assert kernels.attention_target() is None
             return None
+        assert kernels.attention_target() is not None  # built and registered, in any test order
         return test(*args, **kwargs)
 
     return functools.wraps(test)(run)
@@ -65,6 +66,19 @@ def test_kernel_equals_xla_with_key_mask(b, length, heads, d):
     np.testing.assert_allclose(got, _reference(q, k, v, mask), atol=1e-5, rtol=1e-5)
 
 
+def _packed_ids(r, b, length, pad=3):
+    """Contiguous segment ids as packing makes them (texts of 1-70 tokens, a padding tail)."""
+    seg = np.zeros((b, length), np.int32)
+    for row in seg:
+        p, s = 0, 1
+        while p < length - pad:
+            n = int(r.integers(1, 71))
+            row[p : p + n] = s
+            p, s = p + n, s + 1
+        row[length - pad :] = 0
+    return jnp.asarray(seg)
+
+
 @needs_kernel
 def test_kernel_equals_xla_with_packed_segments():
     q, k, v, r = _inputs(4, 33, 3, 32, seed=1)
@@ -75,28 +89,47 @@ def test_kernel_equals_xla_with_packed_segments():
 
 
 @needs_kernel
-@pytest.mark.parametrize("mask_kind", ["keys", "segments"])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_kernel_takes_segment_ids(contiguous):
+    """Segment ids: each query visits only the 16-key words its text spans (contiguous packed
+    rows over several 64-key blocks), and ids scattered over the row still give the full mask."""
+    q, k, v, r = _inputs(3, 150, 2, 32, seed=2)
+    seg = _packed_ids(r, 3, 150) if contiguous else jnp.asarray(r.integers(0, 5, (3, 150)))
+    seg = seg.at[2].set(0)  # a row of padding only
+    dense = attention.Segments(seg).dense()
+    got = jax.jit(functools.partial(kernels.fused_attention, segments=True))(q, k, v, seg)
+    np.testing.assert_allclose(got, _reference(q, k, v, dense), atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(got, jax.jit(kernels.fused_attention)(q, k, v, dense))
+
+
+@needs_kernel
+@pytest.mark.parametrize("mask_kind", ["keys", "segments", "segment_ids"])
 def test_kernel_dropout_and_gradients_equal_xla(mask_kind):
     """Dropout in the kernel draws dropout.py's mask; the VJP (XLA's chunked backward) matches
     autodiff of the plain form, in train and eval mode."""
     from dualenc.models import dropout
 
-    q, k, v, r = _inputs(3, 40, 2, 32, seed=3)
+    length = 90 if mask_kind == "segment_ids" else 40
+    q, k, v, r = _inputs(3, length, 2, 32, seed=3)
+    segments = mask_kind == "segment_ids"
     if mask_kind == "keys":
         mask = np.arange(40)[None, :] < r.integers(1, 41, (3, 1))
         mask[1] = 0
         mask = jnp.asarray(mask, jnp.int32)
-    else:
+    elif mask_kind == "segments":
         seg = r.integers(0, 4, (3, 40))
         mask = jnp.asarray((seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0))
+    else:
+        mask = _packed_ids(r, 3, length)
+    dense = attention.Segments(mask).dense() if segments else mask
     rows = jnp.arange(3, dtype=jnp.uint32)
     for words, rate in ((None, 0.0), (dropout.key_words(jax.random.key(9)), 0.25)):
 
         def ref(q, k, v, words=words, rate=rate):
-            return attention._attend(q, k, v, attention._keep(mask), words, rate, rows)
+            return attention._attend(q, k, v, attention._keep(dense), words, rate, rows)
 
         def native(q, k, v, words=words, rate=rate):
-            return attention._kernel(q, k, v, mask, words, rate)
+            return attention._kernel(q, k, v, mask, words, rate, segments)
 
         np.testing.assert_allclose(jax.jit(native)(q, k, v), ref(q, k, v), atol=1e-5, rtol=1e-5)
 
@@ -110,7 +143,11 @@ def test_kernel_dropout_and_gradients_equal_xla(mask_kind):
 def test_attention_takes_the_kernel_on_one_f32_device(monkeypatch):
     calls = []
     real = kernels.fused_attention
-    monkeypatch.setattr(kernels, "fused_attention", lambda *a: calls.append(a[4]) or real(*a))
+    monkeypatch.setattr(
+        kernels,
+        "fused_attention",
+        lambda *a, **kw: calls.append((a[4], kw["segments"])) or real(*a, **kw),
+    )
     q, k, v, _ = _inputs(2, 8, 2, 16)
     mask = jnp.ones((2, 8), jnp.int32)
 
@@ -123,12 +160,20 @@ def test_attention_takes_the_kernel_on_one_f32_device(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 1)
     attention.attention(q, k, v, mask, Drop(), deterministic=True)
     attention.attention(q, k, v, mask, Drop(), deterministic=False)  # with the dropout words
-    assert len(calls) == 2 and calls[0] is None and calls[1] is not None
+    assert len(calls) == 2 and calls[0][0] is None and calls[1][0] is not None
+    assert not calls[0][1]
+    ids = jnp.asarray([[1, 1, 2, 2, 2, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 2]])
+    packed = attention.attention(q, k, v, attention.Segments(ids), Drop(), deterministic=True)
+    assert len(calls) == 3 and calls[2][1]  # the ids themselves, not the dense mask
+    want = _reference(q, k, v, attention.Segments(ids).dense())
+    np.testing.assert_allclose(packed, want, atol=1e-5, rtol=1e-5)
     attention.attention(q.astype(jnp.bfloat16), k, v, mask, Drop(), deterministic=True)
-    assert len(calls) == 2
+    assert len(calls) == 3
     monkeypatch.setattr(jax, "device_count", lambda: 8)  # a mesh: XLA path
     attention.attention(q, k, v, mask, Drop(), deterministic=True)
-    assert len(calls) == 2
+    xla = attention.attention(q, k, v, attention.Segments(ids), Drop(), deterministic=True)
+    assert len(calls) == 3
+    np.testing.assert_allclose(xla, want, atol=1e-5, rtol=1e-5)
 
 
 _ENCODE = """
@@ -139,7 +184,7 @@ from dualenc.models import kernels
 from dualenc.models.loading import load_encoder
 calls, dense = [], []
 real, real_dense = kernels.fused_attention, kernels.dense_grad
-kernels.fused_attention = lambda *a: calls.append(1) or real(*a)  # counts traced layers
+kernels.fused_attention = lambda *a, **kw: calls.append(1) or real(*a, **kw)  # traced layers
 kernels.dense_grad = lambda *a: dense.append(1) or real_dense(*a)
 enc = load_encoder(sys.argv[1])
 texts = ["a short one", "", "a much longer text about retrieval " * 12, "mid length text here"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,11 +31,24 @@ FORWARD_BYTES = 8 << 20
 BACKWARD_BYTES = 4 << 20
 
 
+@flax.struct.dataclass
+class Segments:
+    """The mask of packed rows as their segment ids (B, L) (0 = padding): a token sees the
+    tokens of its own text, padding sees padding. The native kernel takes the ids and visits only
+    each text's own keys; the XLA paths use the dense block-diagonal form."""
+
+    ids: jax.Array
+
+    def dense(self):
+        """(B, L, L) bool, query × key."""
+        return self.ids[:, :, None] == self.ids[:, None, :]
+
+
 def attention(q, k, v, mask, dropout, deterministic: bool):
     """softmax(q·k/√d) over unmasked keys (float32) mixing v: q, k, v (B, L, N, D) → (B, L, N, D).
 
-    mask (B, L) over keys, or (B, L, L) query × key for packed rows (block-diagonal, see
-    `bert.segment_mask`); `dropout` a `dropout.Dropout` applied to the probabilities.
+    mask (B, L) over keys, (B, L, L) query × key, or `Segments` for packed rows; `dropout` a
+    `dropout.Dropout` applied to the probabilities.
     """
     rate = 0.0 if deterministic else float(dropout.rate)
     words = dropout.words() if 0.0 < rate < 1.0 else None
@@ -43,10 +57,15 @@ def attention(q, k, v, mask, dropout, deterministic: bool):
     static = all(isinstance(x, int) for x in (*q.shape, k.shape[1]))  # not under jax.export
     if words is not None and static and q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1] >= 2**32:
         raise ValueError(f"attention scores of {q.shape} x {k.shape[1]}: dropout index would wrap")
+    native = jax.default_backend() == "cpu" and static and _native(q)
+    segments = isinstance(mask, Segments)
+    if segments and native:
+        return _kernel(q, k, v, mask.ids, words, rate, True)
+    mask = mask.dense() if segments else mask
+    if native:
+        return _kernel(q, k, v, mask, words, rate, False)
     if jax.default_backend() != "cpu" or not static:
         return _attend(q, k, v, _keep(mask), words, rate, jnp.arange(q.shape[0], dtype=jnp.uint32))
-    if _native(q):
-        return _kernel(q, k, v, mask, words, rate)
     d = jax.device_count()
     d = d if q.shape[0] % d == 0 else 1
     n_fwd, n_bwd = (num_chunks(q.shape, k.shape[1], d, b) for b in (FORWARD_BYTES, BACKWARD_BYTES))
@@ -186,21 +205,23 @@ def _no_grads(mask, words):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _kernel(q, k, v, mask, words, rate):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _kernel(q, k, v, mask, words, rate, segments):
     """The native kernels (`kernels.py`): forward, and a backward that recomputes the same
-    probabilities and dropout mask per (row, head)."""
-    return kernels.fused_attention(q, k, v, mask, words, rate)
+    probabilities and dropout mask per (row, head). mask: segment ids with `segments`."""
+    return kernels.fused_attention(q, k, v, mask, words, rate, segments=segments)
 
 
-def _kernel_fwd(q, k, v, mask, words, rate):
-    out = kernels.fused_attention(q, k, v, mask, words, rate)
+def _kernel_fwd(q, k, v, mask, words, rate, segments):
+    out = kernels.fused_attention(q, k, v, mask, words, rate, segments=segments)
     return out, (q, k, v, mask, words, out)
 
 
-def _kernel_bwd(rate, res, d_out):
+def _kernel_bwd(rate, segments, res, d_out):
     q, k, v, mask, words, out = res
-    dq, dk, dv = kernels.fused_attention_bwd(q, k, v, mask, words, rate, out, d_out)
+    dq, dk, dv = kernels.fused_attention_bwd(
+        q, k, v, mask, words, rate, out, d_out, segments=segments
+    )
     return dq, dk, dv, *_no_grads(mask, words)
 
 

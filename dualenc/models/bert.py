@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dualenc.models.attention import attention
+from dualenc.models.attention import Segments, attention
 from dualenc.models.dropout import Dropout
 from dualenc.models.layers import Dense, LayerNorm
 
@@ -132,12 +132,6 @@ def layer_norm(cfg: Any, name: str = "LayerNorm", eps: float | None = None) -> L
     return LayerNorm(epsilon=eps, name=name, **dtypes(cfg))
 
 
-def segment_mask(segment_ids):
-    """(B, L) segment ids (0 = padding) → (B, L, L) bool: a token sees only its own text."""
-    seg = segment_ids
-    return (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-
-
 def segment_positions(segment_ids):
     """(B, L) contiguous segment ids → (B, L) positions restarting at 0 in each segment."""
     same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, L, L)
@@ -151,7 +145,7 @@ def packed_inputs(attention_mask, segment_ids, position_ids):
         return attention_mask, position_ids
     if position_ids is None:
         position_ids = segment_positions(segment_ids)
-    return segment_mask(segment_ids), position_ids
+    return Segments(segment_ids), position_ids
 
 
 def split_heads(x, num_heads: int):

@@ -149,9 +149,10 @@ def disabled():
         _disabled -= 1
 
 
-def _operands(mask, words, rate, threads):
-    """The kernels' int32 (B, 1|L, L) mask, key words and attributes."""
-    mask = (mask != 0).astype(jnp.int32)
+def _operands(mask, words, rate, threads, segments):
+    """The kernels' int32 mask (B, 1|L, L) (segment ids (B, 1, L) with `segments`), key words
+    and attributes."""
+    mask = mask.astype(jnp.int32) if segments else (mask != 0).astype(jnp.int32)
     mask = mask[:, None, :] if mask.ndim == 2 else mask
     thresh = dropout.threshold_int(rate) if words is not None and rate > 0 else 0
     words = jnp.zeros((2,), jnp.uint32) if words is None else words
@@ -159,24 +160,31 @@ def _operands(mask, words, rate, threads):
         threads=np.int32(threads or len(os.sched_getaffinity(0))),
         thresh=np.int64(thresh),
         keep=np.float32(1.0 - rate),
+        segments=np.int32(bool(segments)),
     )
     return mask, words, attrs
 
 
-def fused_attention(q, k, v, mask, words=None, rate: float = 0.0, threads: int | None = None):
-    """Attention by the native kernel: q, k, v (B, L, N, D) float32; mask (B, L) over keys or
-    (B, L, L) query × key; dropout on the probabilities when `words` (`dropout.key_words`) is
-    given, the same mask as `dropout.py` draws → (B, L, N, D). `attention.py` gives it its VJP.
-    Call only when `attention_target()` is set."""
-    mask, words, attrs = _operands(mask, words, rate, threads)
+def fused_attention(
+    q, k, v, mask, words=None, rate: float = 0.0, threads: int | None = None, segments=False
+):
+    """Attention by the native kernel: q, k, v (B, L, N, D) float32; mask (B, L) over keys,
+    (B, L, L) query × key, or with `segments` (B, L) segment ids (a query sees the keys of its
+    own id: packed rows, whose keys outside a query's text the kernel then never visits);
+    dropout on the probabilities when `words` (`dropout.key_words`) is given, the same mask as
+    `dropout.py` draws → (B, L, N, D). `attention.py` gives it its VJP. Call only when
+    `attention_target()` is set."""
+    mask, words, attrs = _operands(mask, words, rate, threads, segments)
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(q.shape, q.dtype))
     return call(q, k, v, mask, words, **attrs)
 
 
-def fused_attention_bwd(q, k, v, mask, words, rate, out, d_out, threads: int | None = None):
+def fused_attention_bwd(
+    q, k, v, mask, words, rate, out, d_out, threads: int | None = None, segments=False
+):
     """(dq, dk, dv) of `fused_attention` for the cotangent d_out, recomputing the probabilities
     and the dropout mask per (row, head) in cache."""
-    mask, words, attrs = _operands(mask, words, rate, threads)
+    mask, words, attrs = _operands(mask, words, rate, threads, segments)
     shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
     call = jax.ffi.ffi_call(BWD_TARGET, (shape, shape, shape))
     return call(q, k, v, mask, words, out, d_out, **attrs)
