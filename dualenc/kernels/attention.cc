@@ -86,14 +86,16 @@ static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 // keys, so the loops below skip keys a row cannot see (a packed row's other texts: attention
 // then costs each text its own length, not the row's); a row with no kept key spans all words
 // (uniform weights over all keys, as XLA's softmax of equal scores); rows >= Lq span none.
-// rlo/rhi: per word, the query rows [rlo, rhi) whose spans cover it (the transposed products).
+// rlo/rhi: per word, the query rows [rlo, rhi) whose spans cover it (the transposed products);
+// za/zb: per query row, the words [za, zb) the products read of it (its own span, its RO block's
+// and every word whose rows it lies between): only those need zeros outside its span.
 enum MaskKind { KEYS = 0, QUERY_KEYS = 1, SEGMENTS = 2 };
 
 struct Keys {
   int Lq = 0, Lqp = 0, Lk = 0, Lkp = 0, W = 0;
   bool per_query = false;
   std::vector<__mmask16> km;
-  std::vector<int> lo, hi, rlo, rhi;
+  std::vector<int> lo, hi, rlo, rhi, za, zb;
 
   const __mmask16* row(int i) const { return km.data() + (size_t)(per_query ? i : 0) * W; }
 
@@ -143,6 +145,16 @@ static void build_keys(const int32_t* mask, MaskKind kind, int L, Keys& ks) {
   for (int i = 0; i < L; ++i)
     for (int w = ks.lo[i]; w < ks.hi[i]; ++w)
       ks.rlo[w] = std::min(ks.rlo[w], i), ks.rhi[w] = i + 1;
+  ks.za.assign(ks.Lqp, 0);
+  ks.zb.assign(ks.Lqp, 0);
+  for (int i0 = 0; i0 < L; i0 += RO) {
+    int a, b;
+    ks.span(i0, i0 + RO, a, b);
+    for (int i = i0; i < i0 + RO && i < L; ++i) ks.za[i] = a, ks.zb[i] = b;
+  }
+  for (int w = 0; w < W; ++w)
+    for (int i = ks.rlo[w]; i < ks.rhi[w]; ++i)
+      ks.za[i] = std::min(ks.za[i], w), ks.zb[i] = std::max(ks.zb[i], w + 1);
 }
 
 // G (Lqp x Lkp) = A (Lqp x D, packed) times Bt (D x Lkp), in RQ x RK blocks over the keys each
@@ -182,9 +194,16 @@ static void a_bt(const float* A, const float* Bt, float* G, const Keys& ks, bool
   }
 }
 
+// Zeros in the words of row i (of S, P or dS) that the products read outside its span.
+static inline void zero_outside(float* s, const Keys& ks, int i) {
+  const int a = 16 * ks.za[i], b = 16 * ks.zb[i], j0 = 16 * ks.lo[i], j1 = 16 * ks.hi[i];
+  if (a < j0) std::memset(s + a, 0, (j0 - a) * sizeof(float));
+  if (j1 < b) std::memset(s + j1, 0, (b - j1) * sizeof(float));
+}
+
 // In place over masked scores S (Lqp x Lkp): the softmax of each row's kept keys (a row with no
 // key: uniform over all Lk keys, as XLA's softmax of equal scores), then dropout when dr is on;
-// zero outside each row's span and in rows >= Lq, so the products may run over any superset.
+// zero where the products read outside each row's span (za, zb) and in rows >= Lq.
 static void softmax_rows(float* S, const Keys& ks, const Drop* dr) {
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   const int Lq = ks.Lq, Lk = ks.Lk, Lkp = ks.Lkp;
@@ -211,8 +230,7 @@ static void softmax_rows(float* S, const Keys& ks, const Drop* dr) {
         _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
     }
     if (dr && dr->on) drop_row(s, i, Lq, j0, j1, *dr);
-    std::memset(s, 0, j0 * sizeof(float));
-    std::memset(s + j1, 0, (Lkp - j1) * sizeof(float));
+    zero_outside(s, ks, i);
   }
   for (int i = Lq; i < ks.Lqp; ++i) std::memset(S + (size_t)i * Lkp, 0, Lkp * sizeof(float));
 }
@@ -282,6 +300,26 @@ static size_t scratch_floats(int L, int D) {
   return 2 * Lqp * D + 3 * D * Lkp + 2 * Lqp * Lkp;
 }
 
+// dst (rows x D, contiguous) = the first n token rows of src (stride ts), zero rows after.
+template <int D>
+static inline void pack_rows(const float* src, float* dst, int n, int rows, int ts) {
+  for (int i = 0; i < n; ++i) std::memcpy(dst + i * D, src + (size_t)i * ts, D * sizeof(float));
+  if (rows > n) std::memset(dst + (size_t)n * D, 0, (size_t)(rows - n) * D * sizeof(float));
+}
+
+// dst (D x cols) = scale * the first n token rows of src (stride ts) transposed, zero columns
+// after; 16 tokens at a time through registers.
+template <int D>
+static inline void transpose(const float* src, float* dst, int n, int cols, int ts, float scale) {
+  alignas(64) float tile[16][D];
+  for (int j0 = 0; j0 < cols; j0 += 16) {
+    for (int t = 0; t < 16; ++t)
+      for (int d = 0; d < D; ++d) tile[t][d] = j0 + t < n ? src[(size_t)(j0 + t) * ts + d] * scale : 0.f;
+    for (int d = 0; d < D; ++d)
+      for (int t = 0; t < 16; ++t) dst[(size_t)d * cols + j0 + t] = tile[t][d];
+  }
+}
+
 // The forward of one (batch row, head): out = dropout(softmax(q k^T scale)) v. q, k, v point at
 // token 0 of this head, token stride `ts` floats; out likewise; ks: what each query sees.
 // Operands are packed and padded so every register block is full (compile-time sizes keep the
@@ -295,11 +333,9 @@ static void head(const float* q, const float* k, const float* v, const Keys& ks,
   float* kt = qp + (size_t)Lqp * D;
   float* vp = kt + (size_t)D * Lkp;
   float* S = vp + (size_t)Lk * D;
-  for (int i = 0; i < Lqp; ++i)
-    for (int d = 0; d < D; ++d) qp[i * D + d] = i < Lq ? q[(size_t)i * ts + d] : 0.f;
-  for (int j = 0; j < Lkp; ++j)
-    for (int d = 0; d < D; ++d) kt[d * Lkp + j] = j < Lk ? k[(size_t)j * ts + d] * scale : 0.f;
-  for (int j = 0; j < Lk; ++j) std::memcpy(vp + j * D, v + (size_t)j * ts, D * sizeof(float));
+  pack_rows<D>(q, qp, Lq, Lqp, ts);
+  transpose<D>(k, kt, Lk, Lkp, ts, scale);
+  pack_rows<D>(v, vp, Lk, Lk, ts);
   a_bt<D>(qp, kt, S, ks, true);
   softmax_rows(S, ks, &dr);
   g_times<D>(S, vp, out, ks, ts, 1.f);
@@ -319,24 +355,19 @@ static void head_bwd(const float* q, const float* k, const float* v, const Keys&
   float* kp = vt + (size_t)D * Lkp;
   float* P = kp + (size_t)Lkp * D;
   float* G = P + (size_t)Lqp * Lkp;
-  for (int i = 0; i < Lqp; ++i)
-    for (int d = 0; d < D; ++d) {
-      qp[i * D + d] = i < Lq ? q[(size_t)i * ts + d] : 0.f;
-      dop[i * D + d] = i < Lq ? dout[(size_t)i * ts + d] : 0.f;
-    }
-  for (int j = 0; j < Lkp; ++j)
-    for (int d = 0; d < D; ++d) {
-      const float kv = j < Lk ? k[(size_t)j * ts + d] : 0.f;
-      kt[d * Lkp + j] = kv * scale;
-      kp[j * D + d] = kv;
-      vt[d * Lkp + j] = j < Lk ? v[(size_t)j * ts + d] : 0.f;
-    }
+  pack_rows<D>(q, qp, Lq, Lqp, ts);
+  pack_rows<D>(dout, dop, Lq, Lqp, ts);
+  transpose<D>(k, kt, Lk, Lkp, ts, scale);
+  pack_rows<D>(k, kp, Lk, Lkp, ts);
+  transpose<D>(v, vt, Lk, Lkp, ts, 1.f);
   a_bt<D>(qp, kt, P, ks, true);
   softmax_rows(P, ks, nullptr);  // P undropped
   // dV = Pd^T dO
-  std::memcpy(G, P, sizeof(float) * Lqp * Lkp);
-  if (dr.on)
-    for (int i = 0; i < Lq; ++i) drop_row(G + (size_t)i * Lkp, i, Lq, 16 * ks.lo[i], 16 * ks.hi[i], dr);
+  for (int i = 0; i < Lq; ++i) {  // the words gt_times reads
+    const size_t at = (size_t)i * Lkp + 16 * ks.za[i];
+    std::memcpy(G + at, P + at, 16 * (ks.zb[i] - ks.za[i]) * sizeof(float));
+    if (dr.on) drop_row(G + (size_t)i * Lkp, i, Lq, 16 * ks.lo[i], 16 * ks.hi[i], dr);
+  }
   gt_times<D>(G, dop, dv, ks, ts, 1.f);
   // dS = P (dP - rowsum(dO O)), dP = dropout'(dO V^T); zero on masked keys and outside spans
   a_bt<D>(dop, vt, G, ks, false);
@@ -358,8 +389,7 @@ static void head_bwd(const float* q, const float* k, const float* v, const Keys&
           _mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_sub_ps(_mm512_loadu_ps(g + j), rsv));
       _mm512_storeu_ps(g + j, _mm512_maskz_mov_ps(m[j / 16], ds));
     }
-    std::memset(g, 0, j0 * sizeof(float));
-    std::memset(g + j1, 0, (Lkp - j1) * sizeof(float));
+    zero_outside(g, ks, i);
   }
   g_times<D>(G, kp, dq, ks, ts, scale);
   gt_times<D>(G, qp, dk, ks, ts, scale);
