@@ -51,9 +51,16 @@ def predict_logits(
     mesh: Mesh | None = None,
     buckets: Sequence[int] = tokenization.DEFAULT_BUCKETS,
     progress: bool = False,
+    symmetric: bool = False,
 ) -> np.ndarray:
     """(N, num_labels) float32 logits in input order: length-bucketed jitted batches, sharded
-    over all devices (of all hosts) like `encode.encode_texts`, so shapes stay few."""
+    over all devices (of all hosts) like `encode.encode_texts`, so shapes stay few.
+    `symmetric`: the mean of the logits of (a, b) and (b, a) (paraphrase / duplicate tasks)."""
+    if symmetric:
+        kw = dict(batch_size=batch_size, mesh=mesh, buckets=buckets, progress=progress)
+        both = predict_logits(rr, list(text_a) + list(text_b), list(text_b) + list(text_a), **kw)
+        n = len(text_a)
+        return (both[:n] + both[n:]) / 2
     ids, types = tokenization.tokenize_pairs(rr.tokenizer, text_a, text_b, rr.max_length)
     out = np.zeros((len(ids), rr.ce.num_labels), np.float32)
     placer = _Placer(rr.params, mesh if mesh is not None else _default_mesh())
@@ -118,6 +125,7 @@ def classify_files(
     max_length: int | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    symmetric: bool = False,
 ) -> dict:
     """Scores `data` (threshold from `dev` when given), writes OUT_DIR; returns metrics.json."""
     a, b, y = columns
@@ -130,7 +138,7 @@ def classify_files(
         raise InputError(f"{len(names)} label names for a {k}-label model", field="label_names")
     y_test = pairs_lib.label_ids(test, names)
     y_dev = pairs_lib.label_ids(dev_pairs, names) if dev_pairs else None
-    run = dict(batch_size=batch_size, progress=progress)
+    run = dict(batch_size=batch_size, progress=progress, symmetric=symmetric)
     logits = predict_logits(rr, test.text_a, test.text_b, **run)
     binary = k <= 2
     threshold, source, dev_m = (0.0 if binary else None), "argmax", None
@@ -149,6 +157,7 @@ def classify_files(
         "labels": names,
         "threshold": threshold,
         "threshold_source": source if binary else "argmax (multi-class)",
+        "symmetric": symmetric,
         "test": split_metrics(y_test, y_pred, names),
         "dev_metrics": dev_m,
     }
@@ -261,6 +270,12 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_length", None, "Pair length limit in tokens.", lower_bound=4)
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_bool(
+        "symmetric",
+        False,
+        "Score each pair as the mean of both orders' logits (a model trained with "
+        "cross.symmetric on a paraphrase / duplicate task).",
+    )
 
 
 def main(argv) -> None:
@@ -281,6 +296,7 @@ def main(argv) -> None:
             max_length=fv.max_length,
             dtype=fv.dtype,
             progress=fv.progress,
+            symmetric=fv.symmetric,
         )
     except InputError as e:  # bad user input: one clear line, no traceback, exit code 2
         print(f"error: {e}", file=sys.stderr)

@@ -90,6 +90,7 @@ def _cross() -> ml_collections.ConfigDict:
     x.text_a = ""  # pair-file columns; "" = a known layout (dualenc.data.pairs)
     x.text_b = ""
     x.label = ""
+    x.symmetric = False  # pair tasks: train on (a, b) and (b, a); score the mean of both orders
     x.eval_metric = "nDCG@10"  # F1 | macro_F1 | accuracy | nDCG@10 | RR@10 | R@k
     x.patience = 0  # evals without improvement before stopping; 0 = off
     x.dev_queries = 0  # > 0: hold out this many train queries (seeded) as the dev set

@@ -44,7 +44,11 @@ class PairEval:
     def _logits(self, params, data: PairData) -> np.ndarray:
         rr = dataclasses.replace(self.rr, params=params)  # fresh: no stale placed params
         return classify.predict_logits(
-            rr, data.text_a, data.text_b, batch_size=int(self.x.eval_batch_size)
+            rr,
+            data.text_a,
+            data.text_b,
+            batch_size=int(self.x.eval_batch_size),
+            symmetric=bool(self.x.symmetric),
         )
 
     def dev_metrics(self, params) -> dict:

@@ -75,6 +75,7 @@ def build_data(config, model: cross_model.CrossModel):
     evals = int(config.eval.every_steps) >= 0
     if d.train.format == "pairs":
         train = cross_data.read_pair_data(d.train.path, x)
+        train = cross_data.symmetrize(train) if x.symmetric else train
         pipeline = cross_data.CrossPipeline(model.tokenizer, pairs=train, **common)
         if not evals:
             return pipeline, None

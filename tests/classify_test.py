@@ -260,3 +260,16 @@ def test_nli_three_labels_argmax_and_string_labels(tmp_path, minilm_path):
     assert m["macro"]["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert m["confusion"] == skm.confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["test"] == m
+
+
+def test_symmetric_scoring_is_the_mean_of_both_orders(clf_dir):
+    """`symmetric`: the mean of the (a, b) and (b, a) logits, the same for either order; the
+    random classifier scores the two orders differently, so the option changes the logits."""
+    rr = classify.rerank.load_reranker(clf_dir[0])
+    a, b = ["a cat sat", "the dog ran far away " * 5, "x"], ["on a mat", "it did", "y z w"]
+    ab = classify.predict_logits(rr, a, b, batch_size=4)
+    ba = classify.predict_logits(rr, b, a, batch_size=4)
+    sym = classify.predict_logits(rr, a, b, batch_size=4, symmetric=True)
+    np.testing.assert_allclose(sym, (ab + ba) / 2, atol=1e-6)
+    np.testing.assert_allclose(classify.predict_logits(rr, b, a, symmetric=True), sym, atol=1e-6)
+    assert np.abs(ab - ba).max() > 1e-3

@@ -16,7 +16,7 @@ import transformers
 from safetensors.numpy import load_file
 
 from dualenc import config as config_lib
-from dualenc import cross_losses, cross_trainer, rerank, trainer
+from dualenc import cross_losses, cross_model, cross_trainer, rerank, trainer
 from dualenc.config import ConfigError
 from dualenc.data import cross_data
 from dualenc.io import InputError, data_dir
@@ -365,6 +365,31 @@ def test_listwise_reranker_on_beir_with_held_out_dev(tmp_path, minilm_path):
     got = st.predict(list(zip(a, b, strict=True)), activation_fn=torch.nn.Identity())
     ours = rerank.score_pairs(rerank.load_reranker(tmp_path / "w" / "export"), a, b)[:, 0]
     np.testing.assert_allclose(np.asarray(got), ours, atol=1e-5)
+
+
+def test_symmetric_pair_training_data(tmp_path):
+    """cross.symmetric: the trainer sees every pair in both orders with its label."""
+    data = cross_data.PairData(["a1", "a2"], ["b1", "b2"], np.array([1, 0], np.int32), "x")
+    both = cross_data.symmetrize(data)
+    assert both.text_a == ["a1", "a2", "b1", "b2"] and both.text_b == ["b1", "b2", "a1", "a2"]
+    np.testing.assert_array_equal(both.labels, [1, 0, 1, 0])
+    body = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    body += "".join(f"{i % 2}\t{i}\t{i}\tfirst {i}\tsecond {i}\n" for i in range(40))
+    for name in ("train", "dev", "test"):
+        (tmp_path / f"{name}.tsv").write_text(body)
+    c = _mrpc_config(tmp_path, tmp_path)
+    c.unlock()
+    c.data.dev.path = str(tmp_path / "dev.tsv")
+    c.lock()
+    model = cross_model.load_cross_model(c.model, 2)
+    plain, _ = cross_trainer.build_data(c, model)
+    c.unlock()
+    c.cross.symmetric = True
+    c.lock()
+    sym, evaluator = cross_trainer.build_data(c, model)
+    assert plain.n == 40 and sym.n == 80
+    assert sym.pairs.text_a[40:] == plain.pairs.text_b
+    assert len(evaluator.dev.labels) == 40  # dev and test stay as written: scored both ways
 
 
 def test_held_out_dev_queries_are_seeded_and_disjoint():

@@ -55,6 +55,17 @@ def read_pair_data(path: str, xcfg) -> PairData:
     return PairData(p.text_a, p.text_b, y, str(path))
 
 
+def symmetrize(data: PairData) -> PairData:
+    """Each pair in both orders, (a, b) then (b, a) after all of them: for symmetric relations
+    (paraphrase, duplicate), whose label does not depend on the order."""
+    return PairData(
+        data.text_a + data.text_b,
+        data.text_b + data.text_a,
+        np.concatenate([data.labels, data.labels]),
+        data.source,
+    )
+
+
 def holdout_qids(qids: Sequence[str], n: int, seed: int) -> set[str]:
     """`n` query ids drawn with a fixed seed (sorted ids first, so file order does not matter)."""
     qids = sorted(set(qids))
