@@ -161,8 +161,8 @@ def encode_texts(
     """(N, D) float32 embeddings of `texts`, in input order.
 
     `packing`: several texts per row (`dualenc.packing`; `batch_size` then counts rows), the
-    same embeddings (≤ 1e-5) with far less padding on mixed-length texts: 1.11x sentence-
-    transformers instead of 0.92x on MS MARCO passages + NQ questions, a tie on SciFact
+    same embeddings (≤ 1e-5) with far less padding on mixed-length texts: 1.28x sentence-
+    transformers instead of 0.90x on MS MARCO passages + NQ questions, a tie on SciFact
     (benchmarks/README.md). None (default): on for the towers that can pack (BERT / DistilBERT;
     DeBERTa's relative positions would cross segments).
 
