@@ -3,6 +3,10 @@ best checkpoint by dev F1 (threshold chosen on dev, applied to test).
 
 GLUE split: train 3,668 / dev 408 (glue/*.tsv); test 1,725 labelled pairs (msr_paraphrase_test.txt).
 python -m dualenc.train --config configs/cross_mrpc.py --workdir workdirs/cross_mrpc
+
+Measured (seed 0, 2-core CPU): best dev F1 0.8780 at step 342, test F1 0.8483 at the dev
+threshold. `--config.cross.symmetric=True` (both orders in training and scoring, 687 steps):
+dev F1 0.8801, test F1 0.8455: within one seed's noise on dev at twice the steps, so off here.
 """
 
 import sys

@@ -162,20 +162,32 @@ def encode_texts(
 
     `packing`: several texts per row (`dualenc.packing`; `batch_size` then counts rows), the
     same embeddings (≤ 1e-5) with far less padding on mixed-length texts: 1.28x sentence-
-    transformers instead of 0.90x on MS MARCO passages + NQ questions, a tie on SciFact
-    (benchmarks/README.md). None (default): on for the towers that can pack (BERT / DistilBERT;
-    DeBERTa's relative positions would cross segments).
+    transformers instead of 0.90x on MS MARCO passages + NQ questions (benchmarks/README.md).
+    None (default): packed where the tower can pack (BERT / DistilBERT; DeBERTa's relative
+    positions would cross segments) and packing saves ≥ `packing.MIN_SAVING` of the positions
+    padding computes (`packing.worth_packing`; not on SciFact's long abstracts, which pad
+    little); one log line says which.
 
     Texts are tokenised, sorted by length and padded to a few bucket lengths so that jit compiles
     a bounded number of shapes; batches are sharded over the devices when there are several
     (all devices of all hosts by default). Every process must call it with the same texts; all
     get the full result.
     """
-    if packing is None:
-        packing = encoder.spec.arch in dual_encoder.PACKABLE_ARCHS
-    if packing:
-        from dualenc import packing as packing_lib  # imported here: it imports this module
+    from dualenc import packing as packing_lib  # imported here: it imports this module
 
+    seqs, max_length = tokenize_for_encoding(encoder, texts, batch_size, max_length)
+    if not seqs:
+        return np.zeros((0, encoder.config.hidden_size), np.float32)
+    if packing is None and encoder.spec.arch in dual_encoder.PACKABLE_ARCHS:
+        packing, padded, packed = packing_lib.worth_packing(seqs, batch_size, max_length, buckets)
+        logging.info(
+            "encoding %d texts %s: padding %.1f %% of positions packed, %.1f %% padded",
+            len(seqs),
+            "packed" if packing else "padded",
+            100 * packed,
+            100 * padded,
+        )
+    if packing:
         return packing_lib.encode_packed(
             encoder,
             texts,
@@ -184,10 +196,8 @@ def encode_texts(
             mesh=mesh,
             progress=progress,
             buckets=buckets,
+            tokenized=(seqs, max_length),
         )
-    seqs, max_length = tokenize_for_encoding(encoder, texts, batch_size, max_length)
-    if not seqs:
-        return np.zeros((0, encoder.config.hidden_size), np.float32)
     batches = bucket_batches([len(s) for s in seqs], batch_size, buckets, max_length=max_length)
     step = encode_step(encoder.spec)
     placer = _Placer(encoder.params, mesh if mesh is not None else _default_mesh())

@@ -202,6 +202,17 @@ def test_encode_packed_equals_unpacked_minilm(minilm_path):
     assert float(np.abs(got - ref).max()) <= TOL
 
 
+def test_worth_packing_compares_the_positions_of_both_plans():
+    short_and_long = [[1] * n for n in [3, 5, 200, 4, 6, 190, 2, 7] * 4]
+    pack, padded, packed = packing.worth_packing(short_and_long, 8, 256)
+    assert pack and padded > 0.3 and packed < padded  # sorted batches of 8 still pad 3 -> 16
+    even = [[1] * 64 for _ in range(32)]  # bucket-sized texts: padding has nothing to waste
+    assert packing.worth_packing(even, 8, 256) == (False, 0.0, 0.0)
+    long_ones = [[1] * n for n in range(150, 256, 3)]  # SciFact-like: one text a row either way
+    pack, padded, packed = packing.worth_packing(long_ones, 8, 256)
+    assert not pack and packed >= padded
+
+
 def test_encode_texts_packs_by_default_where_the_tower_can(tiny, monkeypatch):
     calls = []
     real = packing.encode_packed
@@ -213,6 +224,9 @@ def test_encode_texts_packs_by_default_where_the_tower_can(tiny, monkeypatch):
         tiny, texts, batch_size=4, max_length=200, progress=False, packing=False
     )
     assert calls == [1] and float(np.abs(packed - padded).max()) <= TOL
+    monkeypatch.setattr(packing, "worth_packing", lambda *a: (False, 0.0, 0.0))
+    again = encode.encode_texts(tiny, texts, batch_size=4, max_length=200, progress=False)
+    assert calls == [1] and np.array_equal(again, padded)  # not worth it: padded
     deberta = dataclasses.replace(tiny, spec=dataclasses.replace(tiny.spec, arch="deberta-v2"))
     assert deberta.spec.arch not in dual_encoder.PACKABLE_ARCHS
 
