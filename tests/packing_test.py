@@ -174,7 +174,7 @@ def mixed_texts(n=45, seed=0):
     return [" ".join(rng.choice(words, size=k)) for k in lens]
 
 
-def test_encode_packed_equals_encode_texts(tiny):
+def test_encode_packed_equals_encode_texts(tiny, monkeypatch):
     texts = mixed_texts()
     ref = encode.encode_texts(
         tiny, texts, batch_size=8, max_length=200, progress=False, packing=False
@@ -187,6 +187,13 @@ def test_encode_packed_equals_encode_texts(tiny):
     # Through encode_texts, 8 rows per step sharded over the 8 test devices.
     got = encode.encode_texts(
         tiny, texts, batch_size=8, max_length=200, progress=False, packing=True
+    )
+    assert float(np.abs(got - ref).max()) <= TOL
+    monkeypatch.setattr(packing, "PACK_CHUNK", 7)  # each tier packed in several chunks
+    tiers = packing.pack_tiers([[1] * n for n in range(1, 40)], 16, 64)
+    assert [len(sel) for sel, _ in tiers] == [7, 7, 2, 7, 7, 7, 2]
+    got = packing.encode_packed(
+        tiny, texts, batch_size=3, max_length=200, max_segments=8, progress=False
     )
     assert float(np.abs(got - ref).max()) <= TOL
 
