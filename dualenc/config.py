@@ -14,6 +14,7 @@ from pathlib import Path
 import ml_collections
 
 from dualenc import losses
+from dualenc.index.fusion import METHODS as FUSION_METHODS
 from dualenc.optim import SCHEDULES
 from dualenc.sharding import DEFAULT_RULES
 
@@ -98,6 +99,7 @@ def _cross() -> ml_collections.ConfigDict:
     x.first_stage_model = ""  # dense / hybrid query+passage encoder; "" = model.name_or_path
     x.rerank_top = 100  # first-stage docs reranked per test query
     x.dev_rerank_top = 0  # per dev query during training (cheaper evals); 0 = rerank_top
+    x.fusion = ""  # "" | minmax | zscore | rrf: also report first stage + w * CE, w tuned on dev
     x.eval_batch_size = 64
     return x
 
@@ -220,6 +222,7 @@ def validate_cross(c: ml_collections.ConfigDict, num_devices: int, process_count
     _one_of("data.train.format", c.data.train.format, CROSS_FORMATS)
     _one_of("cross.loss", x.loss, CROSS_LOSSES)
     _one_of("cross.first_stage", x.first_stage, FIRST_STAGES)
+    _one_of("cross.fusion", x.fusion, ("",) + FUSION_METHODS)
     _one_of("train.schedule", c.train.schedule, SCHEDULES)
     _one_of("train.rng_impl", c.train.rng_impl, RNG_IMPLS)
     _positive(c, "train.batch_size", "cross.num_labels", "cross.max_length", "log.every_steps")

@@ -4,7 +4,10 @@ Pair classification: accuracy, binary and macro P/R/F1 and the confusion matrix 
 helpers); for two classes the decision threshold maximising F1 on dev is applied to test.
 Reranking: a first-stage run (BM25, dense or hybrid via `dualenc.evaluate.retrieve`) is computed
 once per split, then its top `cross.rerank_top` docs are rescored with the current params;
-nDCG@10 etc. before (first stage) and after.
+nDCG@10 etc. before (first stage) and after. With `cross.fusion`, test also reports the first
+stage fused with the cross-encoder (first + w * CE after per-query normalisation, the
+`index.fusion` rule), w chosen on dev reranked at the test depth: a small reranker trained on a
+few hundred queries can add to a strong first stage without being better than it alone.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from dualenc import classify, eval_config, evaluate, metrics, rerank, train_eval
 from dualenc.data.beir import BeirDataset
 from dualenc.data.cross_data import PairData, label_names
+from dualenc.index import fusion
 from dualenc.io import InputError
 
 
@@ -100,6 +104,10 @@ class RerankEval:
         dev_top = int(self.x.dev_rerank_top) or int(self.x.rerank_top)
         self.dev = self._prepare(dev, dev_root, dev_top)
         self.test = self._prepare(*test, int(self.x.rerank_top)) if test else None
+        self.dev_full = None  # dev at the test depth: tunes the fusion weight (at test time)
+        if self.x.fusion and self.test is not None:
+            same = dev_top == int(self.x.rerank_top)
+            self.dev_full = self.dev if same else self._prepare(dev, dev_root, self.test["top"])
 
     def _prepare(self, ds: BeirDataset, root: str, top: int) -> dict:
         if not ds.qrels:
@@ -121,8 +129,8 @@ class RerankEval:
             "top": top,
         }
 
-    def _evaluate(self, params, split: dict) -> dict:
-        run = rerank.rerank_run(
+    def _rerank(self, params, split: dict):
+        return rerank.rerank_run(
             dataclasses.replace(self.rr, params=params),
             split["run"],
             split["queries"],
@@ -131,6 +139,9 @@ class RerankEval:
             batch_size=int(self.x.eval_batch_size),
             progress=False,
         )
+
+    def _evaluate(self, params, split: dict, run=None) -> dict:
+        run = self._rerank(params, split) if run is None else run
         after, _ = metrics.evaluate_run(run, split["ds"].qrels, self.measures)
         return {
             "before": split["before"],
@@ -144,7 +155,30 @@ class RerankEval:
         return self._evaluate(params, self.dev)
 
     def test_metrics(self, params, _dev_m: dict) -> dict:
-        return self._evaluate(params, self.test) if self.test is not None else {}
+        if self.test is None:
+            return {}
+        if not self.x.fusion:
+            return self._evaluate(params, self.test)
+        run = self._rerank(params, self.test)
+        out = self._evaluate(params, self.test, run)
+        out["fusion"] = self.fused(params, run)
+        return out
+
+    def fused(self, params, test_run) -> dict:
+        """Test metrics of first stage + w * CE with w maximising `cross.eval_metric` on dev."""
+        method, metric, dev = self.x.fusion, str(self.x.eval_metric), self.dev_full
+        grid = fusion.DEFAULT_GRID + (10.0, 100.0)  # 0 = first stage only; 100 ~ CE only
+        weight, dev_scores = fusion.tune_weight(
+            dev["run"], self._rerank(params, dev), dev["ds"].qrels, metric, grid, method
+        )
+        run = fusion.fuse(self.test["run"], test_run, method, weight)
+        after, _ = metrics.evaluate_run(run, self.test["ds"].qrels, self.measures)
+        return {
+            "method": method,
+            "weight": weight,
+            "dev": {str(w): v for w, v in dev_scores.items()},
+            "after": after,
+        }
 
 
 def as_host(params):

@@ -308,6 +308,13 @@ def _log_test(c, test: dict) -> None:
     if "after" in test:
         b, a = test["before"]["nDCG@10"], test["after"]["nDCG@10"]
         trainer._log(f"test nDCG@10: first stage {b:.4f} -> reranked {a:.4f} ({a - b:+.4f})")
+        if "fusion" in test:
+            f = test["fusion"]
+            v = f["after"]["nDCG@10"]
+            trainer._log(
+                f"test nDCG@10: first stage + {f['weight']:g} x CE ({f['method']}, weight from "
+                f"dev) {v:.4f} ({v - b:+.4f})"
+            )
     else:
         f1 = (test.get("binary") or test["macro"])["f1"]
         trainer._log(f"test accuracy {test['accuracy']:.4f} F1 {f1:.4f}")

@@ -276,6 +276,7 @@ def test_empty_dev_set_and_config_errors(tmp_path, minilm_path):
         ({"data.dev.path": ""}, "data.dev.path"),
         ({"cross.eval_metric": "nDCG@10"}, "cross.eval_metric"),
         ({"cross.class_weights": (1.0,)}, "cross.class_weights"),
+        ({"cross.fusion": "sum"}, "cross.fusion"),
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             trainer.train_and_evaluate(pair_config(tmp_path, minilm_path, **over), tmp_path / "x")
@@ -350,9 +351,11 @@ def _mrpc_config(tmp_path, root):
 def test_listwise_reranker_on_beir_with_held_out_dev(tmp_path, minilm_path):
     (tmp_path / "beir").mkdir()
     beir = tiny_data.write_beir(tmp_path / "beir")
-    c = rerank_config(tmp_path, minilm_path, beir)
+    c = rerank_config(tmp_path, minilm_path, beir, **{"cross.fusion": "zscore"})
     r = trainer.train_and_evaluate(c, tmp_path / "w")
     assert [h["step"] for h in r["dev_history"]] == [2]
+    f = r["test"]["fusion"]  # the end-to-end wiring; the weight choice: test_fusion_weight_...
+    assert f["method"] == "zscore" and str(f["weight"]) in f["dev"] and "nDCG@10" in f["after"]
     assert r["dev"]["num_queries"] == 5 and r["test"]["num_queries"] == 20
     for split in ("dev", "test"):
         assert set(r[split]["before"]) == set(r[split]["after"]) >= {"nDCG@10", "R@10"}
@@ -365,6 +368,45 @@ def test_listwise_reranker_on_beir_with_held_out_dev(tmp_path, minilm_path):
     got = st.predict(list(zip(a, b, strict=True)), activation_fn=torch.nn.Identity())
     ours = rerank.score_pairs(rerank.load_reranker(tmp_path / "w" / "export"), a, b)[:, 0]
     np.testing.assert_allclose(np.asarray(got), ours, atol=1e-5)
+
+
+def test_fusion_weight_is_chosen_on_dev_and_applied_to_test(monkeypatch):
+    """cross.fusion: w in first + w * CE maximises dev nDCG@10 and is then applied to test.
+    Dev: the CE is right and the first stage wrong, so only w > 1 (grid: 1.3) ranks the
+    relevant doc first (ties go to the higher doc id, as in trec_eval); test: the reverse, so
+    tuning on test would pick w = 0."""
+    from types import SimpleNamespace
+
+    from dualenc import cross_eval, metrics
+    from dualenc.index import fusion
+
+    def split(first, ce):
+        qrels = {"q": {"d0": 1}}
+        before, _ = metrics.evaluate_run(first, qrels, ("nDCG@10",))
+        return {
+            "ds": SimpleNamespace(qrels=qrels),
+            "run": first,
+            "ce": ce,
+            "top": 2,
+            "before": before,
+        }
+
+    dev = split({"q": {"d1": 1.0, "d0": 0.0}}, {"q": {"d0": 5.0, "d1": 0.0}})
+    test = split({"q": {"d0": 1.0, "d1": 0.0}}, {"q": {"d0": 0.0, "d1": 5.0}})
+    ev = object.__new__(cross_eval.RerankEval)
+    ev.x = SimpleNamespace(fusion="minmax", eval_metric="nDCG@10", first_stage="bm25")
+    ev.measures = ("nDCG@10",)
+    ev.dev_full, ev.test = dev, test
+    monkeypatch.setattr(ev, "_rerank", lambda params, s: s["ce"])
+    out = ev.test_metrics(None, {})
+    assert out["fusion"]["weight"] == 1.3 and out["fusion"]["dev"]["0.0"] == pytest.approx(
+        0.6309, abs=1e-4
+    )
+    want, _ = metrics.evaluate_run(
+        fusion.fuse(test["run"], test["ce"], "minmax", 1.3), test["ds"].qrels, ("nDCG@10",)
+    )
+    assert out["fusion"]["after"]["nDCG@10"] == pytest.approx(want["nDCG@10"])
+    assert out["fusion"]["after"]["nDCG@10"] < out["before"]["nDCG@10"] == 1.0
 
 
 def test_symmetric_pair_training_data(tmp_path):
