@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.tune_grid = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 2.0, 3.0, 5.0)
     c.rerank_model = ""  # a cross-encoder dir (*ForSequenceClassification): rerank the run
     c.rerank_top = 100  # first-stage docs rescored per query (the first stage retrieves ≥ this)
+    c.rerank_fusion_weight = 0.0  # > 0: first stage + w * CE (normalised by c.fusion); 0: CE alone
     c.final_top = 0  # cut the final run (and so its metrics) to the top-N; 0 keeps k docs
     c.save_index = ""  # write the searched index (for `dualenc.search`)
     c.measures = ("nDCG@10", "RR@10", "R@10", "R@100", "AP", "P@10")

@@ -12,6 +12,8 @@ Reranking: `--rerank_model CE --rerank_top 500 --final_top 5` retrieves max(k, 5
 query, rescores the top 500 with the cross-encoder (sharded, bucketed, `dualenc.rerank`), keeps
 the top k and then the top 5: metrics and run.trec describe that final cut. Cross-encoder scores
 are cached with the corpus cache (by model hash, query and doc), so a rerun rescores nothing.
+`--rerank_fusion_weight w` ranks the reranked docs by first stage + w * CE instead (per-query
+`--fusion` normalisation), the rule whose w a cross-encoder's training picks on dev.
 
 Dense retrieval goes through `train_eval`, the engine train-time eval also uses; --model may be a
 separate-tower export (MODEL/query + MODEL/passage). Run with several processes
@@ -39,7 +41,7 @@ from dualenc.index import save_index_dir
 from dualenc.index.base import IndexManifest, Run, top_k_run
 from dualenc.index.bm25 import BM25Index, bm25_run
 from dualenc.index.exact import ExactIndex
-from dualenc.index.fusion import fuse, tune_weight
+from dualenc.index.fusion import fuse, fuse_head, tune_weight
 from dualenc.index.scann_index import ScannIndex
 from dualenc.io import InputError, read_jsonl, write_json
 from dualenc.metrics import answer_accuracy, evaluate_run, recall_curve
@@ -188,7 +190,7 @@ def _check(cfg) -> None:
         )
     if cfg.tune_split and cfg.index != "hybrid":
         raise InputError("--tune_split only applies to --index hybrid", field="tune_split")
-    for key, low in (("k", 1), ("rerank_top", 1), ("final_top", 0)):
+    for key, low in (("k", 1), ("rerank_top", 1), ("final_top", 0), ("rerank_fusion_weight", 0)):
         if int(cfg[key]) < low:
             raise InputError(f"must be ≥ {low}, got {cfg[key]}", field=key)
 
@@ -260,8 +262,14 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     run, index = retrieve(cfg, doc_ids, texts, qids, queries, info)
     if cfg.rerank_model:
         docs = dict(zip(doc_ids, texts, strict=True))
-        run = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
+        reranked = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
         info.update(rerank_model=cfg.rerank_model, rerank_top=cfg.rerank_top)
+        if cfg.rerank_fusion_weight > 0:  # e.g. the weight a cross-encoder's training chose on dev
+            reranked = fuse_head(
+                run, reranked, cfg.rerank_top, cfg.fusion, cfg.rerank_fusion_weight
+            )
+            info.update(rerank_fusion_weight=cfg.rerank_fusion_weight, fusion=cfg.fusion)
+        run = reranked
     run = top_k_run(run, cfg.k)
     if cfg.final_top:
         run = top_k_run(run, cfg.final_top)
@@ -310,6 +318,7 @@ _FLAG_KEYS = (
     "tune_metric",
     "rerank_model",
     "rerank_top",
+    "rerank_fusion_weight",
     "final_top",
     "save_index",
     "tag",
@@ -339,6 +348,8 @@ def _define_flags():
         "save_index": "also write the searched index here (for dualenc.search)",
         "rerank_model": "cross-encoder dir (*ForSequenceClassification) that reranks the run",
         "rerank_top": "first-stage docs per query rescored by --rerank_model (e.g. 100 or 500)",
+        "rerank_fusion_weight": "> 0: rank by first stage + w * CE (per-query --fusion "
+        "normalisation; e.g. the weight `cross.fusion` chose on dev); 0: the CE alone",
         "final_top": "cut the final run and its metrics to the top N (0: keep --k docs)",
     }
     for key in _FLAG_KEYS:

@@ -14,6 +14,7 @@ import transformers
 from sentence_transformers import SentenceTransformer
 
 from dualenc.evaluate import default_config, run_evaluation
+from dualenc.index.fusion import fuse
 from dualenc.io import InputError
 from dualenc.metrics import evaluate_run
 from dualenc.report import compare
@@ -236,6 +237,20 @@ def test_rerank(tiny, tmp_path, minilm_path):
     want, _ = evaluate_run(expected, qrels, ("RR@10", "nDCG@10"))
     assert m["RR@10"] == pytest.approx(want["RR@10"]) and m["RR@10"] < 1.0
     assert m["nDCG@10"] == pytest.approx(want["nDCG@10"])
+
+    # first stage + w * CE: BM25 + 0.5 x CE (min-max per query) over the same candidates
+    cfg = _cfg(beir, model_dir, tmp_path / "fused", index="bm25", rerank_model=str(ce))
+    with cfg.unlocked():
+        cfg.rerank_fusion_weight = 0.5
+    run_evaluation(cfg)
+    got = _trec(tmp_path / "fused" / "run.trec")
+    for qid, hits in first.items():
+        bm = {d: s for d, s in hits}
+        want = fuse({qid: bm}, {qid: expected[qid]}, "minmax", 0.5)[qid]
+        assert [d for d, _ in got[qid]] == list(want), qid
+        np.testing.assert_allclose([v for _, v in got[qid]], list(want.values()), atol=1e-4)
+    assert [d for d, _ in got["t1"]] != [d for d, _ in first["t1"]]  # the CE moved something
+    assert got["t1"] != _trec(tmp_path / "out" / "run.trec")["t1"]  # and BM25 still counts
 
 
 def test_cli_and_comparison_report(tiny, tmp_path):

@@ -10,7 +10,7 @@ from dualenc.index import Index, load_doc_ids, load_index, save_index_dir
 from dualenc.index.base import IndexManifest, IndexMismatchError, check_doc_ids, rows_to_run
 from dualenc.index.bm25 import BM25Index, bm25_run
 from dualenc.index.exact import ExactIndex
-from dualenc.index.fusion import fuse, tune_weight
+from dualenc.index.fusion import fuse, fuse_head, tune_weight
 from dualenc.index.scann_index import ScannIndex, default_params
 from dualenc.io import InputError
 from dualenc.runs import read_trec, write_trec
@@ -155,6 +155,18 @@ def test_fusion_hand_values():
     assert f == pytest.approx({"y": 1 / 62 + 1 / 61, "x": 1 / 61, "w": 1 / 62, "z": 1 / 63})
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse(a, b, "max")
+
+
+def test_fuse_head_fuses_the_top_and_keeps_the_tail_below():
+    """first + w * second over first's top 2 only; first's tail stays below, in its order."""
+    first = {"q": {"a": 9.0, "b": 8.0, "c": 7.0, "d": 6.0}}
+    ce = {"q": {"a": 0.0, "b": 4.0}}  # a CE scored only the head
+    f = fuse_head(first, ce, 2, "minmax", 3.0)["q"]
+    # minmax over the head: first a 1, b 0; ce a 0, b 1 -> a 1, b 3.
+    assert list(f) == ["b", "a", "c", "d"]
+    assert f["b"] == pytest.approx(3.0) and f["a"] == pytest.approx(1.0)
+    assert f["c"] == pytest.approx(0.0) and f["d"] == pytest.approx(-1.0)
+    assert list(fuse_head(first, ce, 2, "minmax", 0.5)["q"]) == ["a", "b", "c", "d"]
 
 
 def test_tune_weight_picks_the_better_system():

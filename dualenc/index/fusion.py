@@ -91,3 +91,23 @@ def tune_weight(
         scores[float(w)] = agg[metric]
     best = max(scores, key=lambda w: (scores[w], -list(scores).index(w)))
     return best, scores
+
+
+def fuse_head(
+    first: Run, second: Run, top: int, method: str = "minmax", weight: float = 1.0
+) -> Run:
+    """first + weight * second over each query's top `top` docs of `first` (e.g. a first stage
+    and its cross-encoder scores); the rest of `first` stays below them, in its own order."""
+    out: Run = {}
+    for qid, scores in first.items():
+        ranked = sorted(scores, key=lambda d: -scores[d])
+        head = ranked[:top]
+        fused = fuse(
+            {qid: {d: scores[d] for d in head}},
+            {qid: {d: second[qid][d] for d in head if d in second.get(qid, {})}},
+            method,
+            weight,
+        )[qid]
+        floor = min(fused.values(), default=0.0)
+        out[qid] = {**fused, **{d: floor - r for r, d in enumerate(ranked[top:], start=1)}}
+    return out
