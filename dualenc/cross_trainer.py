@@ -201,6 +201,9 @@ def _evaluate(run: _Run, state, step: int, early: Early) -> None:
         _save_best(run, host, step, dev)
     trainer._write_scalars(run.writer, "dev", {run.config.cross.eval_metric: value}, step)
     tag = " (best)" if improved else f" (best {early.best:.4f} at step {early.best_step})"
+    if "before" in dev:  # reranking: the first stage's figure, the bar the reranker must pass
+        first = cross_eval.metric_value({"after": dev["before"]}, run.config.cross.eval_metric)
+        tag += f"; first stage {first:.4f}"
     trainer._log(f"step {step}: dev {run.config.cross.eval_metric} {value:.4f}{tag}")
 
 
