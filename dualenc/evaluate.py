@@ -191,7 +191,7 @@ def _check(cfg) -> None:
     if cfg.tune_split and cfg.index != "hybrid":
         raise InputError("--tune_split only applies to --index hybrid", field="tune_split")
     for key, low in (("k", 1), ("rerank_top", 1), ("final_top", 0), ("rerank_fusion_weight", 0)):
-        if int(cfg[key]) < low:
+        if float(cfg[key]) < low:  # float: int() would pass a weight of -0.5
             raise InputError(f"must be ≥ {low}, got {cfg[key]}", field=key)
 
 

@@ -261,7 +261,7 @@ def test_evaluate_reranks_rerank_top_and_cuts_to_final_top(long_ce, tmp_path):
 def test_evaluate_rejects_bad_rerank_settings(tmp_path):
     (tmp_path / "beir").mkdir()
     beir = tiny_data.write_beir(tmp_path / "beir")
-    for key, value in (("rerank_top", 0), ("final_top", -1)):
+    for key, value in (("rerank_top", 0), ("final_top", -1), ("rerank_fusion_weight", -0.5)):
         with pytest.raises(InputError, match=f"field '{key}'"):
             run_evaluation(_eval_cfg(beir, tmp_path / "x", **{key: value}))
     assert not (tmp_path / "x").exists()
