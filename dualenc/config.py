@@ -27,7 +27,7 @@ TASKS = ("biencoder", "cross")
 CROSS_FORMATS = ("pairs", "dpr", "st_jsonl", "st_tsv", "st", "beir")  # pairs: classification
 CROSS_LOSSES = ("bce", "listwise", "pair_ce")  # see dualenc.cross_losses
 FIRST_STAGES = ("bm25", "dense", "hybrid")
-MINERS = ("", "bm25")
+MINERS = ("", "bm25", "dense", "both")  # dense / both: dualenc.mine with data.mine_model
 
 RNG_IMPLS = ("unsafe_rbg", "rbg", "threefry2x32")
 
@@ -66,9 +66,11 @@ def _data() -> ml_collections.ConfigDict:
     d.train.split = "train"  # qrels split when format == 'beir'
     d.dev = ml_collections.ConfigDict({"path": "", "split": "dev"})  # BEIR dir for eval
     d.num_negatives = 1  # hard negatives per query (k)
-    d.mine_negatives = ""  # beir training data: '' (random negatives) | 'bm25'
+    d.mine_negatives = ""  # beir training data: '' (random negatives) | one of MINERS
     d.mine_depth = 30  # mined negatives per query to sample from (per epoch)
-    d.mine_skip = 0  # skip the top BM25 hits (likely unjudged positives)
+    d.mine_skip = 0  # skip each retriever's top hits (likely unjudged positives)
+    d.mine_model = ""  # dense model dir for mine_negatives 'dense' | 'both'
+    d.mine_max_relative_score = 0.0  # > 0: drop a candidate scoring >= this x the positive's
     d.q_max_length = 32
     d.p_max_length = 128
     d.pad_to_max_length = False  # True: one batch shape (one compile) instead of buckets
@@ -216,6 +218,22 @@ def validate_batch(
         )
 
 
+def validate_mining(c: ml_collections.ConfigDict) -> None:
+    """`data.mine_*` (both tasks): a known miner, BEIR training data, a model where one is read."""
+    d = c.data
+    _one_of("data.mine_negatives", d.mine_negatives, MINERS)
+    if d.mine_negatives and d.train.format != "beir":
+        raise ConfigError("data.mine_negatives needs data.train.format='beir'")
+    if d.mine_negatives in ("dense", "both") and not d.get("mine_model"):
+        raise ConfigError(f"data.mine_negatives={d.mine_negatives!r} needs data.mine_model")
+    _positive(c, "data.mine_depth", "data.mine_skip", allow_zero=True)
+    if d.mine_negatives and int(d.mine_depth) < 1:
+        raise ConfigError("data.mine_depth must be >= 1 when data.mine_negatives is set")
+    r = float(d.get("mine_max_relative_score", 0.0))
+    if r < 0:
+        raise ConfigError(f"data.mine_max_relative_score must be >= 0 (0 = off), got {r}")
+
+
 def validate_cross(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """The checks of a cross-encoder config (task='cross'); messages name the keys."""
     x = c.cross
@@ -223,6 +241,7 @@ def validate_cross(c: ml_collections.ConfigDict, num_devices: int, process_count
     _one_of("cross.loss", x.loss, CROSS_LOSSES)
     _one_of("cross.first_stage", x.first_stage, FIRST_STAGES)
     _one_of("cross.fusion", x.fusion, ("",) + FUSION_METHODS)
+    validate_mining(c)
     _one_of("train.schedule", c.train.schedule, SCHEDULES)
     _one_of("train.rng_impl", c.train.rng_impl, RNG_IMPLS)
     _positive(c, "train.batch_size", "cross.num_labels", "cross.max_length", "log.every_steps")
@@ -280,9 +299,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int 
         validate_cross(c, num_devices, process_count)
         return
     _one_of("data.train.format", c.data.train.format, DATA_FORMATS)
-    _one_of("data.mine_negatives", c.data.mine_negatives, MINERS)
-    if c.data.mine_negatives and c.data.train.format != "beir":
-        raise ConfigError("data.mine_negatives needs data.train.format='beir'")
+    validate_mining(c)
     _one_of("train.schedule", c.train.schedule, SCHEDULES)
     _one_of("train.rng_impl", c.train.rng_impl, RNG_IMPLS)
     _positive(c, "train.batch_size", "train.grad_accum_steps", "data.q_max_length")

@@ -131,6 +131,32 @@ def run_mining(
     return mining.mine(data, cfg, score_fn, cand, progress=progress)
 
 
+def beir_negatives(
+    path,
+    split: str,
+    *,
+    method: str,
+    depth: int,
+    skip: int = 0,
+    model: str | None = None,
+    max_relative_score: float | None = None,
+) -> dict[str, list[str]]:
+    """{query id: up to `depth` mined doc ids} of a BEIR split: what the trainers' in-run mining
+    (`data.mine_negatives='dense'|'both'`) samples from. Ranks [skip, skip + depth) of each
+    retriever, interleaved for `both`; margins scored by the dense model."""
+    data = mining.data_from_beir(path, split)
+    cfg = mining.MineConfig(
+        method=method,
+        num_negatives=depth,
+        range_min=skip,
+        range_max=skip + depth,
+        max_relative_score=max_relative_score,
+    )
+    mined, summary = run_mining(data, cfg, model=model, progress=False)
+    logging.info("mined %s negatives from %s:%s:\n%s", method, path, split, format_summary(summary))
+    return {m.query.qid: [data.ids[r] for r in m.neg_rows] for m in mined}
+
+
 def _ctx(data: mining.MiningData, row: int, score: float) -> dict:
     title, body = data.titles[row], data.bodies[row]
     if not (title.strip() and body.strip()):  # the DPR reader needs a non-empty text

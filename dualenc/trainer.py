@@ -78,14 +78,12 @@ def use_packing(config, arch: str, process_count: int) -> bool:
 
 def make_pipeline(config, tokenizer, packing: bool | None = None) -> TrainPipeline:
     """The TrainPipeline over `data.train` (global batch `train.batch_size`); for BEIR training
-    data, hard negatives are mined with BM25 when `data.mine_negatives == 'bm25'`. Rows are
+    data, hard negatives are mined per `data.mine_negatives` (`mining.config_negatives`). Rows are
     packed when `packing` (default: `data.packing` as set; `setup` passes `use_packing`)."""
     d = config.data
     examples = None
-    if d.train.format == "beir" and d.mine_negatives == "bm25":
-        examples = mining.beir_examples_with_negatives(
-            d.train.path, d.train.split, depth=int(d.mine_depth), skip=int(d.mine_skip)
-        )
+    if d.train.format == "beir" and d.mine_negatives:
+        examples = mining.config_examples(d)
     return TrainPipeline(
         examples,
         tokenizer,

@@ -348,11 +348,19 @@ def _mrpc_config(tmp_path, root):
 # ----------------------------------------------------------------------------- reranking
 
 
-def test_listwise_reranker_on_beir_with_held_out_dev(tmp_path, minilm_path):
+def test_listwise_reranker_on_beir_with_held_out_dev(tmp_path, minilm_path, monkeypatch):
     (tmp_path / "beir").mkdir()
     beir = tiny_data.write_beir(tmp_path / "beir")
-    c = rerank_config(tmp_path, minilm_path, beir, **{"cross.fusion": "zscore"})
+    over = {"cross.fusion": "zscore", "data.mine_negatives": "both"}  # BM25 + dense, in the run
+    c = rerank_config(tmp_path, minilm_path, beir, **over, **{"data.mine_model": str(minilm_path)})
+    mined = []
+    real = cross_data.mining.config_negatives
+    monkeypatch.setattr(
+        cross_data.mining, "config_negatives", lambda ds, d: mined.append(real(ds, d)) or mined[-1]
+    )
     r = trainer.train_and_evaluate(c, tmp_path / "w")
+    assert len(mined) == 1 and len(mined[0]) == 20  # every judged query, depth 5 each
+    assert all(1 <= len(v) <= 5 for v in mined[0].values())
     assert [h["step"] for h in r["dev_history"]] == [2]
     f = r["test"]["fusion"]  # the end-to-end wiring; the weight choice: test_fusion_weight_...
     assert f["method"] == "zscore" and str(f["weight"]) in f["dev"] and "nDCG@10" in f["after"]
@@ -441,3 +449,26 @@ def test_held_out_dev_queries_are_seeded_and_disjoint():
     assert a != cross_data.holdout_qids(qids, 5, seed=1)
     with pytest.raises(InputError, match="dev_queries"):
         cross_data.holdout_qids(qids, 30, seed=0)
+
+
+@pytest.mark.parametrize("task", ["cross", "biencoder"])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"data.mine_negatives": "bm2"}, "data.mine_negatives='bm2' must be one of"),
+        ({"data.mine_negatives": "both"}, "data.mine_negatives='both' needs data.mine_model"),
+        ({"data.mine_depth": 0}, "data.mine_depth must be >= 1"),
+        ({"data.mine_skip": -1}, "data.mine_skip=-1 must be >= 0"),
+        ({"data.mine_max_relative_score": -0.5}, "data.mine_max_relative_score must be >= 0"),
+        ({"data.train.format": "dpr"}, "data.mine_negatives needs data.train.format='beir'"),
+    ],
+)
+def test_mining_config_errors_name_the_key(tmp_path, minilm_path, task, over, message):
+    """Both trainers check `data.mine_*` (the cross trainer once took a typo as 'no mining')."""
+    c = rerank_config(tmp_path, minilm_path, tmp_path / "beir", **over)
+    c.task = task
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        config_lib.validate(c, 1)
+    ok = rerank_config(tmp_path, minilm_path, tmp_path / "beir", task=task)
+    ok.data.mine_negatives, ok.data.mine_model = "both", str(minilm_path)
+    config_lib.validate(ok, 1)

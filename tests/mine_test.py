@@ -341,3 +341,50 @@ def test_both_interleaves_dense_first_without_repeats():
     cfg = mining.MineConfig(method="both", range_min=1, range_max=4)
     rows = mining.candidate_rows(data, cfg, bm25=bm25, dense=dense)
     assert rows[0] == [6, 9, 7, 8, 10]  # 7 is in both windows: once
+
+
+def test_config_negatives_mine_the_window_of_each_retriever(minilm_path, tmp_path):
+    """The trainers' in-run mining (`data.mine_negatives='dense'|'both'`) returns, per query, doc
+    ids of ranks [skip, skip + depth) of the dense (and BM25) ranking, interleaved dense first,
+    judged positives and empty docs dropped: re-derived here from the embeddings and BM25."""
+    import ml_collections
+
+    from dualenc.encode import encode_texts
+    from dualenc.models.loading import load_encoder
+
+    enc_dir = minilm_path  # real weights: distinct scores (a tiny random tower ties them all)
+    root = _beir(tmp_path)
+    data = mine.load_data(root, "beir", "train")
+    enc = load_encoder(enc_dir)
+    q = encode_texts(enc, [x.text for x in data.queries], progress=False)
+    p = encode_texts(enc, data.texts, progress=False)
+    q, p = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, p))
+    bm25 = mining.BM25Scorer(data.texts).search([x.text for x in data.queries], len(data.texts))
+    skip, depth = 2, 3
+    d = ml_collections.ConfigDict(
+        {
+            "train": {"path": str(root), "split": "train", "format": "beir"},
+            "mine_negatives": "",
+            "mine_depth": depth,
+            "mine_skip": skip,
+            "mine_model": str(enc_dir),
+            "mine_max_relative_score": 0.0,
+        }
+    )
+    ds = mining.load_beir(root, "train", allow_empty_docs=True)
+    for method in ("dense", "both"):
+        d.mine_negatives = method
+        got = mining.config_negatives(ds, d)
+        for i, mq in enumerate(data.queries):
+            dense_w = [int(r) for r in np.argsort(-(p @ q[i]), kind="stable")[skip : skip + depth]]
+            bm25_w = [int(r) for r in bm25[i][skip : skip + depth] if r >= 0]
+            order = dense_w if method == "dense" else []
+            for j in range(depth if method == "both" else 0):
+                order += [w[j] for w in (dense_w, bm25_w) if j < len(w)]
+            keep = [r for r in dict.fromkeys(order) if r not in mq.excluded and data.texts[r]]
+            assert got.get(mq.qid, []) == [data.ids[r] for r in keep[:depth]], (method, mq.qid)
+    assert got["q0"] and not {"d0", "d1"} & set(got["q0"])  # q0's judged positives
+    d.mine_negatives = "bm25"
+    assert mining.config_negatives(ds, d) == mining.bm25_negatives(ds, depth, skip)
+    d.mine_negatives = ""
+    assert mining.config_negatives(ds, d) is None

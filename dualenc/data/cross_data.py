@@ -77,14 +77,11 @@ def holdout_qids(qids: Sequence[str], n: int, seed: int) -> set[str]:
 
 def retrieval_examples(config) -> tuple[list[TrainExample], BeirDataset | None]:
     """(training examples, dev BEIR dataset held out of train or None). BEIR training data gets
-    BM25-mined negatives when `data.mine_negatives == 'bm25'`."""
+    negatives mined per `data.mine_negatives` (`mining.config_negatives`)."""
     d, x = config.data, config.cross
     if d.train.format == "beir":
         ds = load_beir(d.train.path, d.train.split, allow_empty_docs=True)
-        negs = None
-        if d.mine_negatives == "bm25":
-            negs = mining.bm25_negatives(ds, int(d.mine_depth), int(d.mine_skip))
-        examples = examples_from_beir(ds, negs)
+        examples = examples_from_beir(ds, mining.config_negatives(ds, d))
     else:
         ds, examples = None, list(load_examples(d.train.path, d.train.format, split=d.train.split))
     n_dev = int(x.dev_queries)

@@ -1,6 +1,7 @@
 """Hard-negative mining: BM25 and/or dense candidates, filtered against false negatives.
 
-The trainer's BEIR path uses `bm25_negatives` (top hits minus the judged positives). `mine` is the
+The trainers' BEIR path (`config_negatives`, `data.mine_negatives`) uses `bm25_negatives` (top hits
+minus the judged positives) or, for 'dense' / 'both', the general miner. `mine` is the
 general miner behind `python -m dualenc.mine`: per query it takes the retriever's ranks
 [range_min, range_max) over the candidate pool, drops the query's positives, empty passages and
 passages holding an answer (whole word, any case), scores what is left (the retriever, or a
@@ -71,6 +72,33 @@ def beir_examples_with_negatives(path: str, split: str, *, depth: int, skip: int
     return examples
 
 
+def config_negatives(ds, d) -> dict[str, list[str]] | None:
+    """The trainers' in-run mining of BEIR training split `ds` per `data.mine_*` (config `d`);
+    None when off. 'dense' / 'both' run `dualenc.mine` with `data.mine_model`, so a reranker can
+    train on the candidates it will rerank (a hybrid first stage: 'both')."""
+    if d.mine_negatives == "bm25":
+        return bm25_negatives(ds, int(d.mine_depth), int(d.mine_skip))
+    if d.mine_negatives in ("dense", "both"):
+        from dualenc import mine  # the CLI owns the encoder + retriever orchestration
+
+        return mine.beir_negatives(
+            d.train.path,
+            d.train.split,
+            method=d.mine_negatives,
+            depth=int(d.mine_depth),
+            skip=int(d.mine_skip),
+            model=str(d.mine_model),
+            max_relative_score=float(d.get("mine_max_relative_score", 0.0)) or None,
+        )
+    return None
+
+
+def config_examples(d) -> list[TrainExample]:
+    """TrainExamples of BEIR training data `d.train` with `config_negatives`."""
+    ds = load_beir(d.train.path, d.train.split)
+    return examples_from_beir(ds, config_negatives(ds, d))
+
+
 # --------------------------------------------------------------------------- the general miner
 
 
@@ -93,6 +121,7 @@ class MiningData:
     texts: list[str]
     titles: list[str]
     bodies: list[str]
+    ids: list[str] | None = None  # BEIR doc id of each row (None for training files)
 
 
 @dataclasses.dataclass
@@ -155,7 +184,7 @@ def data_from_beir(path, split: str) -> MiningData:
             queries.append(MiningQuery(qid, ds.queries[qid], pos, excluded))
     if not queries:
         raise InputError("no judged query with a positive document", path=path)
-    return MiningData(queries, texts, titles, bodies)
+    return MiningData(queries, texts, titles, bodies, doc_ids)
 
 
 class BM25Scorer:
