@@ -132,19 +132,20 @@ def run_mining(
 
 
 def beir_negatives(
-    path,
-    split: str,
+    ds,
     *,
+    source: str,
     method: str,
     depth: int,
     skip: int = 0,
     model: str | None = None,
     max_relative_score: float | None = None,
 ) -> dict[str, list[str]]:
-    """{query id: up to `depth` mined doc ids} of a BEIR split: what the trainers' in-run mining
-    (`data.mine_negatives='dense'|'both'`) samples from. Ranks [skip, skip + depth) of each
-    retriever, interleaved for `both`; margins scored by the dense model."""
-    data = mining.data_from_beir(path, split)
+    """{query id: up to `depth` mined doc ids} of a loaded BEIR split `ds` (`source` names it):
+    what the trainers' in-run mining (`data.mine_negatives='dense'|'both'`) samples from. Ranks
+    [skip, skip + depth) of each retriever, interleaved for `both`; margins scored by the dense
+    model. Takes the trainer's dataset so the corpus is read once."""
+    data = mining.data_from_dataset(ds, source)
     cfg = mining.MineConfig(
         method=method,
         num_negatives=depth,
@@ -153,7 +154,7 @@ def beir_negatives(
         max_relative_score=max_relative_score,
     )
     mined, summary = run_mining(data, cfg, model=model, progress=False)
-    logging.info("mined %s negatives from %s:%s:\n%s", method, path, split, format_summary(summary))
+    logging.info("mined %s negatives from %s:\n%s", method, source, format_summary(summary))
     return {m.query.qid: [data.ids[r] for r in m.neg_rows] for m in mined}
 
 

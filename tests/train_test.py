@@ -452,5 +452,5 @@ def test_bm25_mining_never_returns_a_judged_positive(tmp_path):
     for q, ids in negs.items():
         i = q[1:]
         assert 0 < len(ids) <= 3 and f"d{i}" not in ids and set(ids) <= set(ds.corpus), (q, ids)
-    examples = mining.beir_examples_with_negatives(str(beir), "test", depth=2, skip=1)
+    examples = mining.examples_from_beir(ds, mining.bm25_negatives(ds, depth=2, skip=1))
     assert examples and all(len(ex.negatives) <= 2 for ex in examples)

@@ -65,13 +65,6 @@ def bm25_negatives(ds, depth: int, skip: int = 0) -> dict[str, list[str]]:
     return out
 
 
-def beir_examples_with_negatives(path: str, split: str, *, depth: int, skip: int = 0):
-    """TrainExamples of a BEIR split whose negatives are BM25-mined (see `bm25_negatives`)."""
-    ds = load_beir(path, split)
-    examples: list[TrainExample] = examples_from_beir(ds, bm25_negatives(ds, depth, skip))
-    return examples
-
-
 def config_negatives(ds, d) -> dict[str, list[str]] | None:
     """The trainers' in-run mining of BEIR training split `ds` per `data.mine_*` (config `d`);
     None when off. 'dense' / 'both' run `dualenc.mine` with `data.mine_model`, so a reranker can
@@ -82,8 +75,8 @@ def config_negatives(ds, d) -> dict[str, list[str]] | None:
         from dualenc import mine  # the CLI owns the encoder + retriever orchestration
 
         return mine.beir_negatives(
-            d.train.path,
-            d.train.split,
+            ds,
+            source=f"{d.train.path}:{d.train.split}",
             method=d.mine_negatives,
             depth=int(d.mine_depth),
             skip=int(d.mine_skip),
@@ -170,7 +163,11 @@ def data_from_examples(examples: Sequence[TrainExample]) -> MiningData:
 
 def data_from_beir(path, split: str) -> MiningData:
     """Pool = the BEIR corpus (empty documents kept); every judged-relevant doc is excluded."""
-    ds = load_beir(path, split, allow_empty_docs=True)
+    return data_from_dataset(load_beir(path, split, allow_empty_docs=True), path)
+
+
+def data_from_dataset(ds, path) -> MiningData:
+    """`data_from_beir` of an already loaded BeirDataset (`path` names it in errors)."""
     doc_ids = list(ds.corpus)
     row = {d: i for i, d in enumerate(doc_ids)}
     titles = [ds.corpus[d].title or "" for d in doc_ids]
