@@ -56,6 +56,7 @@ def _model() -> ml_collections.ConfigDict:
     m.remat = False  # per-layer rematerialisation (memory for compute)
     m.init_random = False  # random weights of the same architecture (tests, scratch)
     m.init_seed = 0
+    m.fresh_head = False  # cross: a *ForSequenceClassification dir's encoder + a new head
     m.config_overrides = ml_collections.ConfigDict()  # e.g. num_hidden_layers (random init)
     return m
 
@@ -93,8 +94,9 @@ def _cross() -> ml_collections.ConfigDict:
     x.text_a = ""  # pair-file columns; "" = a known layout (dualenc.data.pairs)
     x.text_b = ""
     x.label = ""
+    x.label_scale = 0.0  # > 0: graded pair labels (STS 0-5: 5.0) / scale = BCE targets in [0, 1]
     x.symmetric = False  # pair tasks: train on (a, b) and (b, a); score the mean of both orders
-    x.eval_metric = "nDCG@10"  # F1 | macro_F1 | accuracy | nDCG@10 | RR@10 | R@k
+    x.eval_metric = "nDCG@10"  # F1 | macro_F1 | accuracy | spearman | pearson | nDCG@10 | R@k
     x.patience = 0  # evals without improvement before stopping; 0 = off
     x.dev_queries = 0  # > 0: hold out this many train queries (seeded) as the dev set
     x.first_stage = "bm25"  # reranking eval: bm25 | dense | hybrid (normalised 1:1 sum)
@@ -282,12 +284,19 @@ def validate_cross(c: ml_collections.ConfigDict, num_devices: int, process_count
         )
     if int(x.dev_queries) and pairs:
         raise ConfigError("cross.dev_queries holds out retrieval queries: not for format 'pairs'")
+    scale = float(x.label_scale)
+    if scale < 0 or (scale > 0 and (not pairs or x.loss != "bce")):
+        raise ConfigError(
+            f"cross.label_scale={scale:g}: graded pairs need a value > 0 (0 = class labels), "
+            "data.train.format='pairs' and cross.loss='bce'"
+        )
     metric = str(x.eval_metric)
-    cls_metrics, ret = ("F1", "macro_F1", "accuracy"), metric.split("@")[0] in ("nDCG", "RR", "R")
+    cls_metrics = ("spearman", "pearson") if scale > 0 else ("F1", "macro_F1", "accuracy")
+    ret = metric.split("@")[0] in ("nDCG", "RR", "R")
     if (pairs and metric not in cls_metrics) or (not pairs and not ret):
         raise ConfigError(
-            f"cross.eval_metric={metric!r} does not fit the data: pairs take {cls_metrics}, "
-            "retrieval takes nDCG@k / RR@k / R@k"
+            f"cross.eval_metric={metric!r} does not fit the data: these pairs take "
+            f"{cls_metrics}, retrieval takes nDCG@k / RR@k / R@k"
         )
     validate_batch(int(c.train.batch_size), num_devices, process_count, 1, 0)
 

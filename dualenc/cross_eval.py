@@ -1,7 +1,8 @@
 """Dev / test evaluation of a cross-encoder during training.
 
 Pair classification: accuracy, binary and macro P/R/F1 and the confusion matrix (`classify`
-helpers); for two classes the decision threshold maximising F1 on dev is applied to test.
+helpers); for two classes the decision threshold maximising F1 on dev is applied to test. Graded
+pairs (`cross.label_scale`, STS): Pearson and Spearman x 100 of sigmoid(logit) vs the gold score.
 Reranking: a first-stage run (BM25, dense or hybrid via `dualenc.evaluate.retrieve`) is computed
 once per split, then its top `cross.rerank_top` docs are rescored with the current params;
 nDCG@10 etc. before (first stage) and after. With `cross.fusion`, test also reports the first
@@ -32,6 +33,8 @@ def metric_value(m: dict, name: str) -> float:
         return float(m["macro"]["f1"])
     if name == "accuracy":
         return float(m["accuracy"])
+    if name in ("spearman", "pearson"):
+        return float(m[name])
     return float(m["after"][name])
 
 
@@ -44,6 +47,11 @@ class PairEval:
         self.rr, self.x, self.dev, self.test = rr, xcfg, dev, test
         self.names = label_names(xcfg)
         self.binary = len(self.names) == 2 and rr.ce.num_labels <= 2
+        self.graded = float(xcfg.label_scale) > 0
+
+    def _graded(self, params, data: PairData) -> dict:
+        z = self._logits(params, data)[:, 0]
+        return metrics.correlations(1 / (1 + np.exp(-z)), data.labels)
 
     def _logits(self, params, data: PairData) -> np.ndarray:
         rr = dataclasses.replace(self.rr, params=params)  # fresh: no stale placed params
@@ -56,6 +64,8 @@ class PairEval:
         )
 
     def dev_metrics(self, params) -> dict:
+        if self.graded:
+            return self._graded(params, self.dev)
         z = self._logits(params, self.dev)
         threshold = None
         if self.binary:
@@ -71,6 +81,8 @@ class PairEval:
         """Test figures at the dev threshold (and at the argmax, for reference)."""
         if self.test is None:
             return {}
+        if self.graded:
+            return self._graded(params, self.test)
         z = self._logits(params, self.test)
         out = classify.split_metrics(
             self.test.labels, classify.predict(z, dev_m.get("threshold")), self.names

@@ -31,7 +31,7 @@ def bce_loss(_cfg=None) -> LossFn:
         z = logits[..., 0].astype(jnp.float32)  # (B, G)
         y = _group_targets(logits, batch)
         loss = jnp.mean(optax.sigmoid_binary_cross_entropy(z, y))
-        acc = jnp.mean(((z >= 0).astype(jnp.float32) == y).astype(jnp.float32))
+        acc = jnp.mean(((z >= 0) == (y >= 0.5)).astype(jnp.float32))  # graded y: at 0.5
         return loss, {"accuracy": acc}
 
     return fn

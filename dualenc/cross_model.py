@@ -3,9 +3,10 @@
 `model.name_or_path` is either a transformers `*ForSequenceClassification` dir / hub id (loaded
 whole, as `rerank.load_reranker` does) or any encoder dir (e.g. all-MiniLM-L6-v2), whose weights
 become the base of a `CrossEncoder` with a fresh head; `model.init_random` gives random weights
-of the dir's architecture (tests). `save_seq_cls` writes a transformers
-`*ForSequenceClassification` dir (config with id2label, model.safetensors, tokenizer files) that
-transformers and sentence-transformers' `CrossEncoder` load unchanged.
+of the dir's architecture (tests); `model.fresh_head` keeps a classifier dir's encoder under a new
+head (intermediate-task training: fine-tuned on STS-B, then MRPC). `save_seq_cls` writes a
+transformers `*ForSequenceClassification` dir (config with id2label, model.safetensors, tokenizer
+files) that transformers and sentence-transformers' `CrossEncoder` load unchanged.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def load_cross_model(mcfg, num_labels: int) -> CrossModel:
     root = loading._resolve(mcfg.name_or_path)
     if _is_seq_cls(root):
         rr = rerank.load_reranker(root, dtype=mcfg.dtype)
+        if mcfg.fresh_head:  # intermediate-task transfer, e.g. an STS-B reranker -> MRPC
+            ce = _with_dtype(CrossEncoder(rr.ce.arch, rr.ce.config, num_labels), mcfg)
+            params = ce.from_base(rr.params[ce.spec.hf_prefix], rng)
+            params = jax.tree.map(np.asarray, params)
+            src = f"{mcfg.name_or_path} (classifier's encoder) + fresh {num_labels}-label head"
+            return CrossModel(ce, params, rr.tokenizer, root, src)
         if rr.ce.num_labels != num_labels:
             raise ConfigError(
                 f"cross.num_labels={num_labels} but {root} has {rr.ce.num_labels} labels"

@@ -318,6 +318,8 @@ def _log_test(c, test: dict) -> None:
                 f"test nDCG@10: first stage + {f['weight']:g} x CE ({f['method']}, weight from "
                 f"dev) {v:.4f} ({v - b:+.4f})"
             )
+    elif "spearman" in test:
+        trainer._log(f"test Spearman {test['spearman']:.2f} Pearson {test['pearson']:.2f}")
     else:
         f1 = (test.get("binary") or test["macro"])["f1"]
         trainer._log(f"test accuracy {test['accuracy']:.4f} F1 {f1:.4f}")

@@ -185,3 +185,26 @@ def confusion_text(confusion: Sequence[Sequence[int]], labels: Sequence[str]) ->
     widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     return "\n".join(fmt.format(*r) for r in [head, *rows])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (as scipy.stats.rankdata's 'average')."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inv = np.unique(x, return_inverse=True)
+    return (np.bincount(inv, ranks) / np.bincount(inv))[inv]
+
+
+def correlations(pred: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman x 100 of predicted vs gold graded scores (the STS figures)."""
+    p, g = np.asarray(pred, np.float64), np.asarray(gold, np.float64)
+    if len(p) != len(g) or len(p) < 2:
+        raise ValueError(f"need >= 2 paired scores, got {len(p)} and {len(g)}")
+
+    def r(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        den = np.sqrt(np.sum(a * a) * np.sum(b * b))
+        return float(np.sum(a * b) / den) if den > 0 else 0.0
+
+    return {"pearson": 100 * r(p, g), "spearman": 100 * r(_ranks(p), _ranks(g)), "n": len(p)}

@@ -30,11 +30,11 @@ BUCKET = 16  # batch pad lengths are multiples of this (see CrossPipeline._bucke
 
 @dataclasses.dataclass
 class PairData:
-    """Pair-classification rows: texts and class ids."""
+    """Labelled pair rows: texts and class ids, or graded targets in [0, 1]."""
 
     text_a: list[str]
     text_b: list[str]
-    labels: np.ndarray  # (N,) int32
+    labels: np.ndarray  # (N,) int32 class ids, or float32 targets (cross.label_scale > 0)
     source: str
 
 
@@ -47,11 +47,13 @@ def label_names(xcfg) -> list[str]:
 
 def read_pair_data(path: str, xcfg) -> PairData:
     """A labelled pair file (TSV/CSV/JSONL) with `cross.text_a/text_b/label` columns (or a known
-    layout); labels outside `label_names` raise InputError naming file:line:field."""
+    layout); labels outside `label_names` (or, graded, outside [0, cross.label_scale]) raise
+    InputError naming file:line:field."""
     p = pairs_lib.read_pairs(
         path, text_a=xcfg.text_a or None, text_b=xcfg.text_b or None, label=xcfg.label or None
     )
-    y = pairs_lib.label_ids(p, label_names(xcfg))
+    scale = float(xcfg.label_scale)
+    y = pairs_lib.label_scores(p, scale) if scale > 0 else pairs_lib.label_ids(p, label_names(xcfg))
     return PairData(p.text_a, p.text_b, y, str(path))
 
 
@@ -98,7 +100,8 @@ def retrieval_examples(config) -> tuple[list[TrainExample], BeirDataset | None]:
 
 class CrossPipeline:
     """Per-host batches {input_ids, attention_mask, token_type_ids: (b, G, L) int32[, labels
-    (b,) int32]}; G = 1 for pairs, 1 + num_negatives for groups (candidate 0 the positive)."""
+    (b,) int32 class ids or float32 graded targets]}; G = 1 for pairs, 1 + num_negatives for
+    groups (candidate 0 the positive)."""
 
     def __init__(
         self,
@@ -200,9 +203,8 @@ class CrossPipeline:
             "token_type_ids": type_ids.reshape(b, g, length),
         }
         if self.pairs is not None:
-            out["labels"] = self.pairs.labels[rows][self.pi * b : (self.pi + 1) * b].astype(
-                np.int32
-            )
+            y = self.pairs.labels[rows][self.pi * b : (self.pi + 1) * b]
+            out["labels"] = y.astype(np.float32 if y.dtype.kind == "f" else np.int32)
         return out
 
     def _bucket(self, longest: int) -> int:

@@ -2,8 +2,10 @@
 
 Known layouts are found by their header: MRPC (`#1 String`, `#2 String`, `Quality`; the original
 files are UTF-8 with a BOM and unquoted tabs), QQP (`question1`, `question2`, `is_duplicate`), NLI
-(`premise`, `hypothesis`, `label`) and GLUE-style `sentence1`/`sentence2`/`label`. Any other layout
-names its columns. Bad rows raise `InputError` naming file:line:field.
+(`premise`, `hypothesis`, `label`) and GLUE-style `sentence1`/`sentence2`/`label`. The STS benchmark
+release files (`sts-train.csv`, `sts-dev.csv`, `sts-test.csv`: tab-separated, no header, the 0-5
+score in column 5, the sentences in 6 and 7) are read as `sentence1`/`sentence2`/`score`. Any
+other layout names its columns. Bad rows raise `InputError` naming file:line:field.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ LAYOUTS = (
     ("question1", "question2", "is_duplicate"),  # QQP
     ("premise", "hypothesis", "label"),  # NLI (SNLI / MNLI)
     ("sentence1", "sentence2", "label"),  # GLUE RTE / WNLI / STS-style
+    ("sentence1", "sentence2", "score"),  # graded pairs (STS benchmark)
 )
+STSB_FILES = ("sts-train.csv", "sts-dev.csv", "sts-test.csv")
 
 
 @dataclasses.dataclass
@@ -46,6 +50,8 @@ class Pairs:
 
 def _format(path: Path) -> str:
     name = path.name.lower().removesuffix(".gz")
+    if name in STSB_FILES:
+        return "stsb"
     if name.endswith((".jsonl", ".json")):
         return "jsonl"
     return "csv" if name.endswith(".csv") else "tsv"
@@ -66,6 +72,9 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
     if fmt == "jsonl":
         yield from read_jsonl(path)
         return
+    if fmt == "stsb":
+        yield from _stsb_rows(path)
+        return
     with _open(path) as f:
         if fmt == "csv":
             numbered = _csv_records(f)
@@ -85,6 +94,23 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict]]:
                     line=lineno,
                 )
             yield lineno, dict(zip(header, row, strict=True))
+
+
+def _stsb_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """The STS benchmark layout: genre, file, year, id, score, s1, s2 (some rows carry two more
+    source columns); tabs, no header, no quoting."""
+    with _open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            cols = line.rstrip("\r\n").split("\t")
+            if not any(c.strip() for c in cols):
+                continue
+            if len(cols) < 7:
+                raise InputError(
+                    f"expected >= 7 tab-separated columns (STS benchmark), got {len(cols)}",
+                    path=path,
+                    line=lineno,
+                )
+            yield lineno, {"sentence1": cols[5], "sentence2": cols[6], "score": cols[4]}
 
 
 def _csv_records(f) -> Iterator[tuple[int, list[str]]]:
@@ -175,4 +201,24 @@ def label_ids(pairs: Pairs, names: Sequence[str]) -> np.ndarray:
                 line=line,
                 field=pairs.columns[2],
             )
+    return out
+
+
+def label_scores(pairs: Pairs, scale: float) -> np.ndarray:
+    """Graded labels (float32) divided by `scale` into [0, 1] (an STS 0-5 score / 5): the
+    targets of a 1-logit cross-encoder trained with BCE, as sentence-transformers does."""
+    out = np.empty(len(pairs), np.float32)
+    for i, (raw, line) in enumerate(zip(pairs.labels, pairs.lines, strict=True)):
+        try:
+            v = float(raw)
+        except ValueError:
+            v = float("nan")
+        if not 0.0 <= v <= scale:  # NaN too
+            raise InputError(
+                f"label {raw!r} is not a number in [0, {scale:g}] (cross.label_scale)",
+                path=pairs.path,
+                line=line,
+                field=pairs.columns[2],
+            )
+        out[i] = v / scale
     return out
