@@ -23,7 +23,8 @@ import configs  # noqa: E402
 from dualenc.io import data_dir  # noqa: E402
 
 
-def get_config():
+def get_config(variant: str = ""):
+    """variant 'stsb': start from configs/cross_stsb.py's export (its encoder, a fresh head)."""
     c = configs.base_config()
     c.task = "cross"
     c.seed = 0
@@ -49,4 +50,9 @@ def get_config():
     c.checkpoint.every_steps = 40
     c.eval.every_steps = 40
     c.log.every_steps = 10
+    if variant == "stsb":
+        c.model.name_or_path = configs.repo_path("workdirs", "cross_stsb", "export")
+        c.model.fresh_head = True
+    elif variant:
+        raise ValueError(f"configs/cross_mrpc.py: unknown variant {variant!r} ('' | 'stsb')")
     return configs.finalize(c)

@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.fusion_depth = 1000  # candidates per system for hybrid fusion
     c.batch_size = 64
     c.max_length = 0  # 0: the encoder's own max_length
+    c.chunk_size = 0  # > 0: dense search over windows of this many text tokens, MaxP per doc
+    c.chunk_overlap = 32  # tokens shared by consecutive windows (chunk_size > 0)
     c.cache = True  # reuse corpus embeddings and BM25 indexes across runs (--nocache: off)
     c.cache_dir = ""  # "": $DUALENC_CACHE_DIR, else $XDG_CACHE_HOME/dualenc, else ~/.cache/dualenc
     c.similarity = "dot"  # dot | cos

@@ -15,6 +15,10 @@ are cached with the corpus cache (by model hash, query and doc), so a rerun resc
 `--rerank_fusion_weight w` ranks the reranked docs by first stage + w * CE instead (per-query
 `--fusion` normalisation), the rule whose w a cross-encoder's training picks on dev.
 
+Long documents: `--chunk_size 200 --chunk_overlap 32` indexes overlapping token windows of each
+document's text (each prefixed with its title; `dualenc.chunking`) instead of one truncated
+vector per document, and scores a document by its best window (MaxP), exactly for the top k.
+
 Dense retrieval goes through `train_eval`, the engine train-time eval also uses; --model may be a
 separate-tower export (MODEL/query + MODEL/passage). Run with several processes
 (DUALENC_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID, or a TPU pod), encoding and exact
@@ -36,7 +40,7 @@ from typing import Any
 
 import ml_collections
 
-from dualenc import corpus_cache, multihost, report, rerank, train_eval
+from dualenc import chunking, corpus_cache, multihost, report, rerank, train_eval
 from dualenc.index import save_index_dir
 from dualenc.index.base import IndexManifest, Run, top_k_run
 from dualenc.index.bm25 import BM25Index, bm25_run
@@ -93,17 +97,27 @@ def load_split(cfg, split: str, qrels_file: str = ""):
 class Dense:
     """Towers + corpus embeddings + index, built once and reused for test and tune splits."""
 
-    def __init__(self, cfg, doc_ids, texts, kind: str):
+    def __init__(self, cfg, doc_ids, texts, kind: str, corpus=None):
         if not cfg.model:
             raise InputError("--model is required for dense retrieval", field="model")
         self.cfg, self.doc_ids = cfg, doc_ids
         self.q_encoder, self.encoder = load_towers(cfg.model)  # encoder = the passage tower
         self.max_length = cfg.max_length or self.encoder.max_length
+        self.chunks = None
+        self.ids, self.texts = doc_ids, texts  # what is indexed: docs, or their chunks
+        if cfg.chunk_size > 0:
+            if corpus is None:  # no titles known: chunk the 'title text' strings
+                corpus = {d: {"text": x} for d, x in zip(doc_ids, texts, strict=True)}
+            self.chunks = chunking.chunk_corpus(
+                self.encoder.tokenizer, corpus, int(cfg.chunk_size), int(cfg.chunk_overlap)
+            )
+            self.ids, self.texts = self.chunks.ids, self.chunks.texts
+            log.info("chunked the corpus: %s", chunking.chunk_stats(self.chunks))
         t = time.time()
         p_emb, self.reused = train_eval.encode_corpus(
             self.encoder,
-            doc_ids,
-            texts,
+            self.ids,
+            self.texts,
             batch_size=cfg.batch_size,
             max_length=self.max_length,
             progress=cfg.progress,
@@ -112,7 +126,7 @@ class Dense:
         self.encode_s = time.time() - t
         m = IndexManifest(
             kind=kind,
-            count=len(doc_ids),
+            count=len(self.ids),
             model_source=str(cfg.model),
             weights_hash=self.encoder.weights_hash(),
             pooling=str(self.encoder.pooling),
@@ -125,17 +139,20 @@ class Dense:
         self.build_s = time.time() - t
 
     def run(self, qids, queries, k: int) -> Run:
-        return train_eval.dense_run(
+        """Top-k docs per query; with chunks, each doc's best chunk (exact MaxP top-k)."""
+        depth = chunking.chunk_depth(k, self.chunks) if self.chunks else k
+        run = train_eval.dense_run(
             self.q_encoder,
             self.index,
             qids,
             list(queries),
-            self.doc_ids,
-            k,
+            self.ids,
+            depth,
             batch_size=self.cfg.batch_size,
             max_length=self.cfg.max_length or self.q_encoder.max_length,
             progress=self.cfg.progress,
         )
+        return chunking.max_p(run, self.chunks, k) if self.chunks else run
 
 
 def build_dense_index(p_emb, manifest, kind: str, cfg):
@@ -193,17 +210,34 @@ def _check(cfg) -> None:
     for key, low in (("k", 1), ("rerank_top", 1), ("final_top", 0), ("rerank_fusion_weight", 0)):
         if float(cfg[key]) < low:  # float: int() would pass a weight of -0.5
             raise InputError(f"must be ≥ {low}, got {cfg[key]}", field=key)
+    if cfg.chunk_size < 0 or (cfg.chunk_size and not 0 <= cfg.chunk_overlap < cfg.chunk_size):
+        raise InputError(
+            f"need chunk_size ≥ 0 and, when chunking, 0 ≤ chunk_overlap < chunk_size; got "
+            f"{cfg.chunk_size}, {cfg.chunk_overlap}",
+            field="chunk_overlap" if cfg.chunk_size > 0 else "chunk_size",
+        )
+    if cfg.chunk_size and cfg.index not in ("exact", "scann", "hybrid"):
+        raise InputError("chunking applies to dense search (exact, scann, hybrid)", field="index")
 
 
-def retrieve(cfg, doc_ids, texts, qids, queries, info: dict[str, Any]) -> tuple[Run, Any]:
-    """The run for `queries` with the configured system; also returns the searched index."""
+def retrieve(
+    cfg, doc_ids, texts, qids, queries, info: dict[str, Any], corpus=None
+) -> tuple[Run, Any]:
+    """The run for `queries` with the configured system; also returns the searched index (and
+    records the indexed ids in info['index_ids']). `corpus` (id -> doc) gives chunks titles."""
     kind = cfg.index
     depth = first_stage_depth(cfg)
     if kind == "hybrid":
         depth = max(cfg.fusion_depth, depth)
     dense = bm25 = None
     if kind in ("exact", "scann", "hybrid"):
-        dense = Dense(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind)
+        dense = Dense(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind, corpus)
+        if dense.chunks is not None:
+            info["chunking"] = {
+                "size": int(cfg.chunk_size),
+                "overlap": int(cfg.chunk_overlap),
+                **chunking.chunk_stats(dense.chunks),
+            }
         info.update(
             encode_corpus_s=round(dense.encode_s, 2),
             cache_reused=dense.reused,
@@ -244,14 +278,20 @@ def retrieve(cfg, doc_ids, texts, qids, queries, info: dict[str, Any]) -> tuple[
             weight,
         )
     info["search_s"] = round(time.time() - t, 2)
-    return run, (dense.index if dense is not None and kind != "hybrid" else bm25)
+    if dense is not None and kind != "hybrid":
+        info["index_ids"] = dense.ids  # chunk ids when chunked
+        return run, dense.index
+    return run, bm25
 
 
 def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     """Runs the evaluation described by `cfg`, writes cfg.output/*, returns the metrics."""
     _check(cfg)
     t0 = time.time()
-    doc_ids, texts, qids, queries, qrels = load_split(cfg, cfg.split, cfg.qrels_file)
+    ds = train_eval.load_split(cfg.data, cfg.split, 0, cfg.qrels_file)
+    doc_ids, texts = train_eval.corpus_texts(ds)
+    qids, queries = train_eval.judged_queries(ds)
+    qrels = ds.qrels
     info: dict[str, Any] = {
         "system": cfg.index,
         "data": str(cfg.data),
@@ -259,7 +299,8 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         "num_docs": len(doc_ids),
         "num_queries": len(qids),
     }
-    run, index = retrieve(cfg, doc_ids, texts, qids, queries, info)
+    run, index = retrieve(cfg, doc_ids, texts, qids, queries, info, ds.corpus)
+    index_ids = info.pop("index_ids", doc_ids)
     if cfg.rerank_model:
         docs = dict(zip(doc_ids, texts, strict=True))
         reranked = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
@@ -291,7 +332,7 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         write_trec(out / "run.trec", run, tag=cfg.tag or f"dualenc-{cfg.index}")
         report.write_single_report(out / "report.md", metrics, info)
     if cfg.save_index and multihost.is_main():
-        save_index_dir(index, doc_ids, cfg.save_index)
+        save_index_dir(index, index_ids, cfg.save_index)  # chunk ids when chunked
     multihost.barrier("evaluate:written")
     log.info("metrics: %s", json.dumps(metrics))
     return metrics
@@ -309,6 +350,8 @@ _FLAG_KEYS = (
     "fusion_depth",
     "batch_size",
     "max_length",
+    "chunk_size",
+    "chunk_overlap",
     "cache",
     "cache_dir",
     "similarity",
@@ -351,6 +394,9 @@ def _define_flags():
         "rerank_fusion_weight": "> 0: rank by first stage + w * CE (per-query --fusion "
         "normalisation; e.g. the weight `cross.fusion` chose on dev); 0: the CE alone",
         "final_top": "cut the final run and its metrics to the top N (0: keep --k docs)",
+        "chunk_size": "> 0: index windows of this many text tokens (each with the title) and "
+        "score a doc by its best window (MaxP); 0: one vector per doc, truncated at max_length",
+        "chunk_overlap": "tokens shared by consecutive windows (with --chunk_size)",
     }
     for key in _FLAG_KEYS:
         v, h = d[key], helps.get(key, f"config.{key}")
