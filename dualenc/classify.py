@@ -8,6 +8,8 @@ labels the score is logit[1] - logit[0] (one label: the logit) and a pair is pos
 score reaches the threshold: 0 (the argmax) by default, or the one that maximises F1 on `--dev`,
 applied unchanged to `--data`. With more labels the prediction is the argmax. OUT_DIR receives
 metrics.json, report.md, confusion.png and predictions.jsonl, written atomically by process 0.
+`--label_scale 5` reads graded labels (STS-B 0-5) and reports the Spearman and Pearson x 100 of a
+1-logit model's sigmoid scores (the `cross.label_scale` training figure).
 """
 
 from __future__ import annotations
@@ -167,6 +169,62 @@ def classify_files(
     return result
 
 
+def graded_files(
+    model: str,
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    label_scale: float,
+    columns: tuple[str | None, str | None, str | None] = (None, None, None),
+    batch_size: int = 64,
+    max_length: int | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+    symmetric: bool = False,
+) -> dict:
+    """Graded pairs (STS): Pearson and Spearman x 100 of a 1-logit model's sigmoid scores vs the
+    gold scores in [0, label_scale]; writes metrics.json, report.md, predictions.jsonl."""
+    a, b, y = columns
+    test = pairs_lib.read_pairs(data, text_a=a, text_b=b, label=y)  # bad input fails first
+    gold = pairs_lib.label_scores(test, float(label_scale))
+    rr = rerank.load_reranker(model, dtype=dtype, max_length=max_length)
+    if rr.ce.num_labels != 1:
+        raise InputError(
+            f"graded pairs need a 1-logit model; {model} has {rr.ce.num_labels} labels",
+            field="label_scale",
+        )
+    run = dict(batch_size=batch_size, progress=progress, symmetric=symmetric)
+    z = predict_logits(rr, test.text_a, test.text_b, **run)[:, 0]
+    score = 1 / (1 + np.exp(-z))
+    result = {
+        "model": str(model),
+        "data": str(data),
+        "columns": list(test.columns),
+        "label_scale": float(label_scale),
+        "symmetric": symmetric,
+        "test": metrics.correlations(score, gold),
+    }
+
+    def write(out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "predictions.jsonl") as f:
+            for i in range(len(test)):
+                rec = {"line": test.lines[i], "label": test.labels[i], "logit": float(z[i])}
+                rec["score"] = float(score[i]) * float(label_scale)  # on the gold's scale
+                f.write(json.dumps(rec) + "\n")
+        m = result["test"]
+        with atomic_write(out / "report.md") as f:
+            f.write(
+                f"# Graded pairs\n\n- model: `{model}`\n- data: `{data}` (labels / "
+                f"{label_scale:g})\n\n| split | n | Spearman | Pearson |\n|---|---:|---:|---:|\n"
+                f"| test | {m['n']} | {m['spearman']:.2f} | {m['pearson']:.2f} |\n"
+            )
+        write_json(out / "metrics.json", result)  # last: its presence means the run completed
+
+    multihost.write_on_main(write, Path(output), barrier_name="classify:out")
+    return result
+
+
 def _write_outputs(out: Path, result: dict, test, logits, y_pred) -> None:
     """metrics.json, report.md, confusion.png and predictions.jsonl, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
@@ -270,6 +328,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_length", None, "Pair length limit in tokens.", lower_bound=4)
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_float(
+        "label_scale",
+        0.0,
+        "> 0: graded labels in [0, label_scale] (STS-B: 5) scored by a 1-logit model; "
+        "reports Spearman and Pearson instead of classification figures.",
+        lower_bound=0.0,
+    )
     flags.DEFINE_bool(
         "symmetric",
         False,
@@ -285,6 +350,22 @@ def main(argv) -> None:
     fv = flags.FLAGS
     multihost.initialize()
     try:
+        if fv.label_scale > 0:
+            res = graded_files(
+                fv.model,
+                fv.data,
+                fv.output,
+                label_scale=fv.label_scale,
+                columns=(fv.text_a, fv.text_b, fv.label),
+                batch_size=fv.batch_size,
+                max_length=fv.max_length,
+                dtype=fv.dtype,
+                progress=fv.progress,
+                symmetric=fv.symmetric,
+            )
+            m = res["test"]
+            print(f"Spearman {m['spearman']:.2f} Pearson {m['pearson']:.2f} (n = {m['n']})")
+            return
         res = classify_files(
             fv.model,
             fv.data,

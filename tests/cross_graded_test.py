@@ -194,3 +194,28 @@ def test_pipeline_carries_graded_targets(tmp_path, minilm_path):
         y = pipe.batch_at(step)["labels"]
         assert y.dtype == np.float32
         np.testing.assert_array_equal(y, data.labels[rows])  # not cast to class ids
+
+
+def test_classify_cli_reports_the_training_spearman(graded_run, tmp_path):
+    """`dualenc.classify --label_scale` on the export reproduces the trainer's test figure."""
+    import subprocess
+    import sys
+
+    c, r, w = graded_run
+    out = tmp_path / "cls"
+    cmd = [sys.executable, "-m", "dualenc.classify", f"--model={w / 'export'}"]
+    cmd += [f"--data={c.data.test.path}", f"--output={out}", "--label_scale=3", "--noprogress"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())["test"]
+    assert m["spearman"] == pytest.approx(r["test"]["spearman"], abs=1e-3)
+    assert m["pearson"] == pytest.approx(r["test"]["pearson"], abs=1e-3)
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 32 and all(0 <= x["score"] <= 3 for x in preds)
+    # A label past the scale: one line naming file:line:field, exit 2, nothing written.
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence1\tsentence2\tscore\na b\tc d\t1\ne f\tg h\t4.5\n")
+    cmd[4:6] = [f"--data={bad}", f"--output={tmp_path / 'bad_out'}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "bad.tsv:3" in p.stderr and "score" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "bad_out").exists()
