@@ -127,6 +127,18 @@ def test_a_fact_past_truncation_is_found_only_with_chunks(tmp_path, minilm_path)
     assert run[0].split()[2] == "d3"  # the run names documents, not chunks
 
 
+def test_hybrid_fuses_bm25_with_chunked_dense_by_document(tmp_path, minilm_path):
+    """Hybrid = BM25 over whole docs + MaxP dense over chunks: the fused run names documents,
+    and d3 (whose fact only BM25 and the chunks see) stays on top."""
+    root = _long_doc_beir(tmp_path / "beir")
+    m = run_evaluation(
+        _cfg(root, minilm_path, tmp_path / "h", index="hybrid", chunk_size=48, chunk_overlap=16)
+    )
+    assert m["RR@10"] == 1.0, m
+    run = [x.split() for x in (tmp_path / "h" / "run.trec").read_text().splitlines()]
+    assert {r[2] for r in run} <= {f"d{i}" for i in range(10)}  # no chunk ids leak
+
+
 @pytest.mark.parametrize(
     "over,field",
     [
