@@ -127,7 +127,7 @@ class RerankEval:
         doc_ids, texts = train_eval.corpus_texts(ds)
         qids, queries = train_eval.judged_queries(ds)
         info: dict = {}
-        run, _ = evaluate.retrieve(
+        run, _, _ = evaluate.retrieve(
             _eval_cfg(self.config, root), doc_ids, texts, qids, queries, info
         )
         run = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:top]) for q, d in run.items()}

@@ -222,9 +222,9 @@ def _check(cfg) -> None:
 
 def retrieve(
     cfg, doc_ids, texts, qids, queries, info: dict[str, Any], corpus=None
-) -> tuple[Run, Any]:
-    """The run for `queries` with the configured system; also returns the searched index (and
-    records the indexed ids in info['index_ids']). `corpus` (id -> doc) gives chunks titles."""
+) -> tuple[Run, Any, list[str]]:
+    """(run for `queries` with the configured system, the searched index, the ids of its rows:
+    chunk ids when chunked). `corpus` (id -> doc) gives chunks their titles."""
     kind = cfg.index
     depth = first_stage_depth(cfg)
     if kind == "hybrid":
@@ -279,9 +279,8 @@ def retrieve(
         )
     info["search_s"] = round(time.time() - t, 2)
     if dense is not None and kind != "hybrid":
-        info["index_ids"] = dense.ids  # chunk ids when chunked
-        return run, dense.index
-    return run, bm25
+        return run, dense.index, list(dense.ids)
+    return run, bm25, list(doc_ids)
 
 
 def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
@@ -299,8 +298,7 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         "num_docs": len(doc_ids),
         "num_queries": len(qids),
     }
-    run, index = retrieve(cfg, doc_ids, texts, qids, queries, info, ds.corpus)
-    index_ids = info.pop("index_ids", doc_ids)
+    run, index, index_ids = retrieve(cfg, doc_ids, texts, qids, queries, info, ds.corpus)
     if cfg.rerank_model:
         docs = dict(zip(doc_ids, texts, strict=True))
         reranked = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
