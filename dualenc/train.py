@@ -29,17 +29,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _fail(message: str) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns a bad --config.a.b key into one clear line (no traceback)."""
+    """absl flag parsing that turns a bad --config.a.b key, a bad value or a config file that
+    fails to load into one clear line and exit code 2 (no traceback)."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if any(ln.startswith("Traceback") for ln in lines):  # get_config raised: say what
+            lines = [lines[0].rstrip(":"), lines[-1]]
+        _fail("error: " + " ".join(lines) + " (--helpfull lists the flags)")
     except (AttributeError, KeyError) as e:  # ml_collections: unknown key in a locked config
         bad = [a for a in argv[1:] if a.startswith("--config.")]
         raw = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
         detail = " ".join(raw.replace("'", "").split())
-        sys.exit(f"error: unknown config key ({detail}) in overrides {bad}")
+        _fail(f"error: unknown config key ({detail}) in overrides {bad}")
 
 
 def main(argv):

@@ -267,9 +267,23 @@ def test_bad_config_flag_fails_before_training(tmp_path, flag):
         timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
-    assert proc.returncode != 0
-    assert "num_step" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "num_step" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
     assert not workdir.exists()
+
+
+def test_a_config_file_that_fails_to_load_is_one_line_exit_2(tmp_path):
+    """get_config raising (here an unknown variant) names the error, without its traceback."""
+    cmd = [sys.executable, "-m", "dualenc.train", "--config", "configs/cross_mrpc.py:bogus"]
+    cmd += ["--workdir", str(tmp_path / "w")]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "unknown variant 'bogus'" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
 
 
 # ----------------------------------------------------------------------------- config checks
