@@ -434,7 +434,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app
+    from dualenc import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

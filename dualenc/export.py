@@ -243,7 +243,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from dualenc import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from dualenc import multihost
 from dualenc.data import mining
@@ -296,5 +296,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    from dualenc import cli
+
     _define_flags()
-    app.run(main)
+    cli.run(main)

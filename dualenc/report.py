@@ -164,7 +164,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from dualenc import cli
 
     flags.DEFINE_multi_string("runs", [], "name=DIR of a dualenc.evaluate output (repeatable).")
     flags.DEFINE_string("output", "report", "Output dir for report.md and recall.png.")
@@ -179,4 +181,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_length", 0, "--pipeline: dense max length (0: the model's).")
     flags.DEFINE_boolean("cache", True, "--pipeline: use the dualenc cache (--nocache: off).")
     flags.DEFINE_string("cache_dir", "", "--pipeline: cache dir ('': the default).")
-    app.run(main)
+    cli.run(main)

@@ -166,7 +166,9 @@ def _main(f) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from dualenc import cli
 
     flags.DEFINE_string("index", "", "Index directory (read, or written with --build).")
     flags.DEFINE_string("query", None, "One query; without it, queries are read from stdin.")
@@ -177,4 +179,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("corpus", "", "BEIR corpus.jsonl[.gz] for --build.")
     flags.DEFINE_enum("similarity", "dot", ["dot", "cos"], "Similarity for --build.")
     flags.DEFINE_string("cache_dir", "", "Corpus embedding cache for --build.")
-    app.run(main)
+    cli.run(main)

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dualenc import multihost, trainer
+from dualenc import cli, multihost, trainer
 from dualenc.config import ConfigError
 from dualenc.io import InputError
 
@@ -27,28 +27,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, export/ go here.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _fail(message: str) -> None:
-    print(message, file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns a bad --config.a.b key, a bad value or a config file that
-    fails to load into one clear line and exit code 2 (no traceback)."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        if any(ln.startswith("Traceback") for ln in lines):  # get_config raised: say what
-            lines = [lines[0].rstrip(":"), lines[-1]]
-        _fail("error: " + " ".join(lines) + " (--helpfull lists the flags)")
-    except (AttributeError, KeyError) as e:  # ml_collections: unknown key in a locked config
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        raw = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
-        detail = " ".join(raw.replace("'", "").split())
-        _fail(f"error: unknown config key ({detail}) in overrides {bad}")
 
 
 def main(argv):
@@ -68,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)

@@ -249,7 +249,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from dualenc import cli
 
     flags.DEFINE_string("out", "data/nq-toy", "output directory (replaced atomically)")
     flags.DEFINE_string("src", "", "nq-open-oracle dir (default: <data_dir>/nq-open-oracle)")
@@ -257,4 +259,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_train", 2000, "train split: at least this many questions")
     flags.DEFINE_integer("num_dev", 300, "dev split: at least this many questions")
     flags.DEFINE_integer("num_hard_negatives", 3, "BM25 hard negatives per question")
-    app.run(main)
+    cli.run(main)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import tokenizers
-from absl import app, flags, logging
+from absl import flags, logging
 from array_record.python.array_record_module import ArrayRecordWriter
 from grain.sources import ArrayRecordDataSource
 
@@ -295,5 +295,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    from dualenc import cli
+
     _define_flags()
-    app.run(main)
+    cli.run(main)
