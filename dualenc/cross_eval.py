@@ -51,7 +51,8 @@ class PairEval:
 
     def _graded(self, params, data: PairData) -> dict:
         z = self._logits(params, data)[:, 0]
-        return metrics.correlations(1 / (1 + np.exp(-z)), data.labels)
+        score = 0.5 * (1 + np.tanh(z / 2))  # sigmoid, without exp overflow
+        return metrics.correlations(score, data.labels)
 
     def _logits(self, params, data: PairData) -> np.ndarray:
         rr = dataclasses.replace(self.rr, params=params)  # fresh: no stale placed params
