@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import tokenizers
 
+from dualenc.encode import doc_fields
+
 SEP = "#"  # chunk id = f"{doc_id}{SEP}{i}"
 
 
@@ -59,17 +61,14 @@ def chunk_corpus(
     size: int,
     overlap: int,
 ) -> Chunks:
-    """Chunks of every document (`.title` / `.text`, or BEIR dicts), title + ' ' + window.
+    """Chunks of every document (`.title` / `.text`, or BEIR dicts: `encode.doc_fields`),
+    title + ' ' + window.
 
     `size` counts the text's tokens; the title's come on top (keep size + title <= the tower's
     max length)."""
     ids, texts, parent, doc_ids = [], [], [], list(corpus)
     for i, d in enumerate(doc_ids):
-        doc = corpus[d]
-        if isinstance(doc, Mapping):
-            title, text = doc.get("title") or "", doc.get("text") or ""
-        else:
-            title, text = getattr(doc, "title", "") or "", getattr(doc, "text", "") or ""
+        title, text = doc_fields(corpus[d])
         for j, w in enumerate(windows(tok, text, size, overlap)):
             ids.append(f"{d}{SEP}{j}")
             texts.append(f"{title} {w}".strip())

@@ -95,6 +95,12 @@ def scores_of(logits: np.ndarray) -> np.ndarray:
     return rerank.relevance(logits)
 
 
+def graded_scores(logits: np.ndarray) -> np.ndarray:
+    """A 1-logit model's graded score in [0, 1]: sigmoid(logit), as 0.5 (1 + tanh(z / 2)) (no
+    exp overflow for very negative logits)."""
+    return 0.5 * (1 + np.tanh(np.asarray(logits)[:, 0] / 2))
+
+
 def predict(logits: np.ndarray, threshold: float | None) -> np.ndarray:
     """Class ids: score >= threshold for binary models, else the argmax."""
     if threshold is None:
@@ -194,8 +200,8 @@ def graded_files(
             field="label_scale",
         )
     run = dict(batch_size=batch_size, progress=progress, symmetric=symmetric)
-    z = predict_logits(rr, test.text_a, test.text_b, **run)[:, 0]
-    score = 0.5 * (1 + np.tanh(z / 2))  # sigmoid, no overflow
+    logits = predict_logits(rr, test.text_a, test.text_b, **run)
+    z, score = logits[:, 0], graded_scores(logits)
     result = {
         "model": str(model),
         "data": str(data),
@@ -349,35 +355,22 @@ def main(argv) -> None:
     del argv
     fv = flags.FLAGS
     multihost.initialize()
+    common = dict(
+        columns=(fv.text_a, fv.text_b, fv.label),
+        batch_size=fv.batch_size,
+        max_length=fv.max_length,
+        dtype=fv.dtype,
+        progress=fv.progress,
+        symmetric=fv.symmetric,
+    )
     try:
         if fv.label_scale > 0:
-            res = graded_files(
-                fv.model,
-                fv.data,
-                fv.output,
-                label_scale=fv.label_scale,
-                columns=(fv.text_a, fv.text_b, fv.label),
-                batch_size=fv.batch_size,
-                max_length=fv.max_length,
-                dtype=fv.dtype,
-                progress=fv.progress,
-                symmetric=fv.symmetric,
-            )
+            res = graded_files(fv.model, fv.data, fv.output, label_scale=fv.label_scale, **common)
             m = res["test"]
             print(f"Spearman {m['spearman']:.2f} Pearson {m['pearson']:.2f} (n = {m['n']})")
             return
         res = classify_files(
-            fv.model,
-            fv.data,
-            fv.output,
-            dev=fv.dev,
-            columns=(fv.text_a, fv.text_b, fv.label),
-            names=fv.label_names,
-            batch_size=fv.batch_size,
-            max_length=fv.max_length,
-            dtype=fv.dtype,
-            progress=fv.progress,
-            symmetric=fv.symmetric,
+            fv.model, fv.data, fv.output, dev=fv.dev, names=fv.label_names, **common
         )
     except InputError as e:  # bad user input: one clear line, no traceback, exit code 2
         print(f"error: {e}", file=sys.stderr)

@@ -9,11 +9,12 @@ flag or key, and exit code 2, before anything runs.
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from absl import app, flags
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(message, file=sys.stderr)
     sys.exit(2)
 
@@ -31,7 +32,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         raw = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\", "")
         detail = " ".join(raw.replace("'", "").split())
         fail(f"error: unknown config key ({detail}) in overrides {bad}")
-    return []  # unreachable: fail exits
 
 
 def run(main) -> None:

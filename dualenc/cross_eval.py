@@ -50,8 +50,7 @@ class PairEval:
         self.graded = float(xcfg.label_scale) > 0
 
     def _graded(self, params, data: PairData) -> dict:
-        z = self._logits(params, data)[:, 0]
-        score = 0.5 * (1 + np.tanh(z / 2))  # sigmoid, without exp overflow
+        score = classify.graded_scores(self._logits(params, data))
         return metrics.correlations(score, data.labels)
 
     def _logits(self, params, data: PairData) -> np.ndarray:

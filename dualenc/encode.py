@@ -32,12 +32,16 @@ from dualenc.tokenization import DEFAULT_BUCKETS, bucket_batches, pad_batch, pad
 _STEPS: dict = {}
 
 
+def doc_fields(doc) -> tuple[str, str]:
+    """(title, text) of a BEIR dict or an object with .title/.text; missing ones are ''."""
+    if isinstance(doc, dict):
+        return doc.get("title") or "", doc.get("text") or ""
+    return getattr(doc, "title", "") or "", getattr(doc, "text", "") or ""
+
+
 def beir_doc_text(doc) -> str:
     """title + ' ' + text, stripped (a BEIR dict or an object with .title/.text)."""
-    if isinstance(doc, dict):
-        title, text = doc.get("title") or "", doc.get("text") or ""
-    else:
-        title, text = getattr(doc, "title", "") or "", getattr(doc, "text", "") or ""
+    title, text = doc_fields(doc)
     return f"{title} {text}".strip()
 
 

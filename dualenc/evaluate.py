@@ -88,7 +88,11 @@ def load_answers(root: Path, qids) -> dict[str, list[str]]:
 
 def load_split(cfg, split: str, qrels_file: str = ""):
     """(doc_ids, doc_texts, qids, query_texts, qrels) for one split (judged queries only)."""
-    ds = train_eval.load_split(cfg.data, split, 0, qrels_file)
+    return split_parts(train_eval.load_split(cfg.data, split, 0, qrels_file))
+
+
+def split_parts(ds):
+    """`load_split`'s tuple of a loaded BeirDataset."""
     doc_ids, texts = train_eval.corpus_texts(ds)
     qids, queries = train_eval.judged_queries(ds)
     return doc_ids, texts, qids, queries, ds.qrels
@@ -103,7 +107,7 @@ class Dense:
         self.cfg, self.doc_ids = cfg, doc_ids
         self.q_encoder, self.encoder = load_towers(cfg.model)  # encoder = the passage tower
         self.max_length = cfg.max_length or self.encoder.max_length
-        self.chunks = None
+        self.chunks, self.chunk_info = None, None
         self.ids, self.texts = doc_ids, texts  # what is indexed: docs, or their chunks
         if cfg.chunk_size > 0:
             if corpus is None:  # no titles known: chunk the 'title text' strings
@@ -112,7 +116,12 @@ class Dense:
                 self.encoder.tokenizer, corpus, int(cfg.chunk_size), int(cfg.chunk_overlap)
             )
             self.ids, self.texts = self.chunks.ids, self.chunks.texts
-            log.info("chunked the corpus: %s", chunking.chunk_stats(self.chunks))
+            self.chunk_info = {
+                "size": int(cfg.chunk_size),
+                "overlap": int(cfg.chunk_overlap),
+                **chunking.chunk_stats(self.chunks),
+            }
+            log.info("chunked the corpus: %s", self.chunk_info)
         t = time.time()
         p_emb, self.reused = train_eval.encode_corpus(
             self.encoder,
@@ -233,11 +242,7 @@ def retrieve(
     if kind in ("exact", "scann", "hybrid"):
         dense = Dense(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind, corpus)
         if dense.chunks is not None:
-            info["chunking"] = {
-                "size": int(cfg.chunk_size),
-                "overlap": int(cfg.chunk_overlap),
-                **chunking.chunk_stats(dense.chunks),
-            }
+            info["chunking"] = dense.chunk_info
         info.update(
             encode_corpus_s=round(dense.encode_s, 2),
             cache_reused=dense.reused,
@@ -287,10 +292,8 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     """Runs the evaluation described by `cfg`, writes cfg.output/*, returns the metrics."""
     _check(cfg)
     t0 = time.time()
-    ds = train_eval.load_split(cfg.data, cfg.split, 0, cfg.qrels_file)
-    doc_ids, texts = train_eval.corpus_texts(ds)
-    qids, queries = train_eval.judged_queries(ds)
-    qrels = ds.qrels
+    ds = train_eval.load_split(cfg.data, cfg.split, 0, cfg.qrels_file)  # corpus: chunk titles
+    doc_ids, texts, qids, queries, qrels = split_parts(ds)
     info: dict[str, Any] = {
         "system": cfg.index,
         "data": str(cfg.data),

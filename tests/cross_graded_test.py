@@ -60,6 +60,14 @@ def test_correlations_match_scipy_with_ties():
     assert metrics.correlations(-pred, gold)["spearman"] == pytest.approx(-m["spearman"])
 
 
+def test_graded_scores_are_the_sigmoid_of_the_logit():
+    from dualenc import classify
+
+    z = np.array([[-800.0], [-2.0], [0.0], [3.0], [800.0]], np.float32)
+    want = [0.0, 1 / (1 + np.exp(2.0)), 0.5, 1 / (1 + np.exp(-3.0)), 1.0]
+    np.testing.assert_allclose(classify.graded_scores(z), want, rtol=1e-6, atol=1e-12)
+
+
 def test_bce_takes_graded_targets():
     z = jnp.array([[[0.4]], [[-1.0]]])
     loss, _ = cross_losses.make_cross_loss(_xcfg())(z, {"labels": jnp.array([0.3, 0.8])})
