@@ -23,7 +23,7 @@ MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # no-op when it has size 1; everything else replicated). A config replaces `mesh.rules`.
 FSDP_RULES = tuple(DEFAULT_RULES)
 DATA_FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir", "tfds")
-TASKS = ("biencoder", "cross")
+TASKS = ("biencoder", "cross", "tsdae")
 CROSS_FORMATS = ("pairs", "dpr", "st_jsonl", "st_tsv", "st", "beir")  # pairs: classification
 CROSS_LOSSES = ("bce", "listwise", "pair_ce")  # see dualenc.cross_losses
 FIRST_STAGES = ("bm25", "dense", "hybrid")
@@ -108,6 +108,20 @@ def _cross() -> ml_collections.ConfigDict:
     return x
 
 
+def _tsdae() -> ml_collections.ConfigDict:
+    """TSDAE (task='tsdae', dualenc.tsdae): unsupervised domain adaptation of a BERT tower by
+    reconstructing sentences from the embedding of their noisy copies."""
+    s = ml_collections.ConfigDict()
+    s.path = ""  # sentences: a text file (one per line) or a BEIR corpus dir / corpus.jsonl[.gz]
+    s.format = "beir"  # text | beir (documents split into sentences, titles kept)
+    s.min_chars = 10  # shorter sentences are dropped
+    s.max_sentences = 0  # > 0: a seeded sample of this many; 0 = all
+    s.del_ratio = 0.6  # words deleted per sentence (the paper's best)
+    s.max_length = 64  # tokens of the noisy input and of the reconstructed sentence
+    s.seed_decoder = 0  # init of the decoder's own params (cross-attention, LM head)
+    return s
+
+
 def _train() -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.batch_size = 32  # global (all hosts)
@@ -132,12 +146,13 @@ def base_config() -> ml_collections.ConfigDict:
     """Every trainer key with a conservative default (unlocked; get_config() locks)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "biencoder"  # one of TASKS; 'cross' trains a cross-encoder (dualenc.cross_trainer)
+    c.task = "biencoder"  # one of TASKS; 'cross': dualenc.cross_trainer, 'tsdae': dualenc.tsdae
     c.init_from = ""  # a previous workdir (its checkpoints) or a model dir; "" = pretrained
     c.model = _model()
     c.data = _data()
     c.train = _train()
     c.cross = _cross()
+    c.tsdae = _tsdae()
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "contrastive"  # a key of dualenc.losses.LOSSES
@@ -301,11 +316,34 @@ def validate_cross(c: ml_collections.ConfigDict, num_devices: int, process_count
     validate_batch(int(c.train.batch_size), num_devices, process_count, 1, 0)
 
 
+def validate_tsdae(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """The checks of a TSDAE config (task='tsdae'); messages name the keys."""
+    s = c.tsdae
+    if not s.path:
+        raise ConfigError("tsdae.path: set the sentence file or BEIR corpus to adapt on")
+    _one_of("tsdae.format", s.format, ("text", "beir"))
+    _one_of("train.schedule", c.train.schedule, SCHEDULES)
+    _one_of("train.rng_impl", c.train.rng_impl, RNG_IMPLS)
+    if not 0.0 <= float(s.del_ratio) < 1.0:
+        raise ConfigError(f"tsdae.del_ratio must be in [0, 1), got {s.del_ratio}")
+    _positive(c, "train.batch_size", "tsdae.max_length", "log.every_steps")
+    _positive(c, "tsdae.max_sentences", "tsdae.min_chars", "train.warmup_steps", allow_zero=True)
+    _positive(c, "checkpoint.every_steps", allow_zero=True)
+    if int(c.train.num_steps) <= 0 and float(c.train.num_epochs) <= 0:
+        raise ConfigError("set train.num_steps or train.num_epochs to a positive value")
+    if int(c.tsdae.max_length) < 3:
+        raise ConfigError("tsdae.max_length must be >= 3 ([CLS] a token [SEP])")
+    validate_batch(int(c.train.batch_size), num_devices, process_count, 1, 0)
+
+
 def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError naming the key(s) of the first value that cannot work."""
     _one_of("task", c.get("task", "biencoder"), TASKS)
     if c.get("task", "biencoder") == "cross":
         validate_cross(c, num_devices, process_count)
+        return
+    if c.get("task", "biencoder") == "tsdae":
+        validate_tsdae(c, num_devices, process_count)
         return
     _one_of("data.train.format", c.data.train.format, DATA_FORMATS)
     validate_mining(c)

@@ -1,4 +1,5 @@
-"""Train a dual encoder: python -m dualenc.train --config configs/nq_toy.py --workdir DIR.
+"""Train a dual encoder (or, by `config.task`, a cross-encoder or a TSDAE adaptation):
+python -m dualenc.train --config configs/nq_toy.py --workdir DIR.
 
 Override any config key with --config.a.b=value (e.g. --config.train.num_steps=10); an unknown
 key or a value of the wrong type fails before anything is loaded. Rerunning with the same

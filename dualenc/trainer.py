@@ -203,6 +203,10 @@ def train_and_evaluate(config, workdir) -> dict:
         from dualenc import cross_trainer  # noqa: PLC0415 - cross_trainer imports this module
 
         return cross_trainer.train_and_evaluate(config, workdir)
+    if config.get("task", "biencoder") == "tsdae":  # unsupervised adaptation: its own loop
+        from dualenc import tsdae  # noqa: PLC0415 - tsdae imports this module
+
+        return tsdae.train_and_evaluate(config, workdir)
     run, state = setup(config, workdir)
     results: dict[str, Any] = {}
     split = config.eval.before_after_split
