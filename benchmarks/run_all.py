@@ -194,6 +194,17 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{v:,.2f}" if isinstance(v, float) and v < 100 else f"{v:,.0f}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name and vector extension (peak fractions differ across CPUs)."""
+    try:
+        info = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
+    ext = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
+    return f"{name or 'unknown'}, {ext}, {os.cpu_count()} cores"
+
+
 def markdown(rows: dict[str, dict], peak: dict) -> str:
     head = (
         "| benchmark | unit | dualenc | PyTorch | ratio | GEMM peak: dualenc / PyTorch "
@@ -215,7 +226,8 @@ def markdown(rows: dict[str, dict], peak: dict) -> str:
         )
     lines.append(
         f"\nf32 GEMM peak measured in the same run: {peak['peak_gflops']} GFLOP/s "
-        f"(numpy {peak['numpy_gflops']}, JAX {peak['jax_gflops']}; 2048³ matmul)."
+        f"(numpy {peak['numpy_gflops']}, JAX {peak['jax_gflops']}; 2048³ matmul); "
+        f"CPU: {cpu_model()}."
     )
     return "\n".join(lines)
 
@@ -240,6 +252,7 @@ def main(argv) -> None:
         "host": host,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "cpu": cpu_model(),
         "loadavg_before": [round(x, 2) for x in load],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "gemm": peak,
