@@ -9,8 +9,8 @@ query). The output is a BEIR dir: corpus.jsonl (the documents used), queries.jso
 `genQ1`, ...), qrels/train.tsv (each query → its document): train a bi-encoder on it with
 `--config.data.train.format=beir --config.data.train.path=OUT` (with `data.mine_negatives` for
 hard negatives: GenQ + MNRL is BEIR's and GPL's recipe). Exact duplicates of a document's query and
-empty ones are dropped; their count is logged. Files are written to temporaries and renamed; on a
-pod only process 0 writes.
+empty ones are dropped, and so are empty documents; the counts are printed. Files are written to
+temporaries and renamed; on a pod only process 0 writes.
 
 Generation is jitted with a fixed-size key/value cache (`models/t5.py`): greedy decoding equals
 transformers' `generate` token for token (tests/genq_test.py).
@@ -288,6 +288,10 @@ def main(argv) -> None:
         cli.fail(f"error: {e}")
     if FLAGS.limit:
         corpus = dict(list(corpus.items())[: FLAGS.limit])
+    kept = {i: d for i, d in corpus.items() if d.title.strip() or d.text.strip()}
+    skipped, corpus = len(corpus) - len(kept), kept  # nothing to ask about an empty document
+    if not corpus:
+        cli.fail(f"error: {FLAGS.data}: every document is empty")
     texts = [f"{d.title} {d.text}".strip() for d in corpus.values()]
     t0 = time.perf_counter()
     queries = generate_queries(
@@ -307,6 +311,7 @@ def main(argv) -> None:
         write_beir, Path(FLAGS.output), corpus, queries, FLAGS.prefix, barrier_name="genq"
     )
     if counts is not None:
+        counts["skipped_empty_docs"] = skipped
         counts["seconds"] = round(secs, 1)
         print(json.dumps(counts), flush=True)
         print(f"wrote {FLAGS.output}", file=sys.stderr)

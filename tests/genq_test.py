@@ -210,6 +210,7 @@ def test_cli_writes_a_beir_training_set(tmp_path, tiny_t5_dir):
     assert p.returncode == 0, p.stderr[-2000:]
     counts = json.loads(p.stdout.strip().splitlines()[-1])
     assert counts["docs"] == 10 and counts["queries"] + counts["dropped_empty_or_duplicate"] == 30
+    assert counts["skipped_empty_docs"] == 0
     ds = load_beir(out, "train")
     assert len(ds.corpus) == 10 and len(ds.queries) == counts["queries"] > 0
     per_doc: dict[str, list[str]] = {}
@@ -229,6 +230,41 @@ def test_cli_writes_a_beir_training_set(tmp_path, tiny_t5_dir):
     )
     assert again.returncode == 0
     assert (tmp_path / "again" / "queries.jsonl").read_text() == (out / "queries.jsonl").read_text()
+
+
+def test_generated_set_trains_a_bi_encoder(tmp_path, tiny_t5_dir):
+    """GenQ's output is training data as it is: the bi-encoder trainer reads it (format beir,
+    BM25-mined negatives) and runs its steps."""
+    from dualenc import trainer
+    from tests.train_test import tiny_config
+
+    (tmp_path / "beir").mkdir()
+    beir = write_beir(tmp_path / "beir")
+    out = tmp_path / "genq"
+    p = _cli(
+        f"--model={tiny_t5_dir}",
+        f"--data={beir}",
+        f"--output={out}",
+        "--queries_per_doc=2",
+        "--batch_size=16",
+        "--max_query_length=8",
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["skipped_empty_docs"] == 1
+    c = tiny_config(
+        tmp_path,
+        **{
+            "data.train.path": str(out),
+            "data.train.format": "beir",
+            "data.train.split": "train",
+            "data.mine_negatives": "bm25",
+            "train.num_steps": 3,
+            "export.enabled": False,
+            "eval.every_steps": -1,
+        },
+    )
+    res = trainer.train_and_evaluate(c, tmp_path / "work")
+    assert res["step"] == 3 and all(np.isfinite(r["loss"]) for r in res["log"])
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, tiny_t5_dir, minilm_path):

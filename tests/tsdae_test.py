@@ -345,6 +345,20 @@ def test_resume_continues_exactly(tiny_run, tiny_st):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_a_non_bert_tower_is_a_config_error(tmp_path, minilm_path):
+    from tests.tiny_data import copy_minilm_tokenizer
+
+    cfg = transformers.DistilBertConfig(
+        vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64
+    )
+    transformers.DistilBertModel(cfg).save_pretrained(str(tmp_path / "distil"))
+    copy_minilm_tokenizer(minilm_path, tmp_path / "distil")
+    (tmp_path / "sentences.txt").write_text("\n".join(_sentences()) + "\n")
+    c = _cfg(tmp_path, tmp_path / "distil", tmp_path)
+    with pytest.raises(config_lib.ConfigError, match="needs a BERT tower.*distilbert"):
+        trainer.train_and_evaluate(c, tmp_path / "w")
+
+
 @pytest.mark.parametrize(
     ("over", "match"),
     [
