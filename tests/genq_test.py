@@ -170,6 +170,20 @@ def test_top_p_keeps_what_transformers_keeps():
         np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
 
 
+def test_top_k_then_top_p_keeps_what_transformers_keeps():
+    """Sampling with top-k draws among the k best only (no sort of the vocabulary): the tokens
+    it can draw are those transformers' TopK then TopP warpers leave."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    logits = np.random.default_rng(1).standard_normal((6, 200)).astype(np.float32) * 2
+    for k, p in ((25, 0.95), (25, 0.5), (3, 1.0), (40, 0.2)):
+        ref = TopPLogitsWarper(p)(None, TopKLogitsWarper(k)(None, torch.tensor(logits))).numpy()
+        vals, idx = genq.top_k_candidates(jnp.asarray(logits), 1.0, k, p)
+        for row in range(6):
+            got = set(np.asarray(idx)[row][np.isfinite(np.asarray(vals)[row])].tolist())
+            assert got == set(np.flatnonzero(np.isfinite(ref[row])).tolist()), (k, p, row)
+
+
 # ----------------------------------------------------------------------------- command line
 
 

@@ -239,7 +239,8 @@ def decode(params, cfg: T5Config, ids, start, cache, cross, enc_mask):
     if "lm_head" in params:
         logits = x @ params["lm_head"]["kernel"]
     else:
-        logits = (x * cfg.d_model**-0.5) @ params["shared"]["embedding"].T
+        emb = params["shared"]["embedding"]  # contracted on its minor axis: no transposed copy
+        logits = jnp.einsum("bld,vd->blv", x * cfg.d_model**-0.5, emb)
     return logits.astype(jnp.float32), new_cache
 
 
