@@ -1,7 +1,8 @@
 """Peak memory of one train step, plain vs GradCache: does a big contrastive batch fit?
 
 all-MiniLM-L6-v2 (real weights), 1 hard negative, q 32 / p 128 tokens (every token real), dropout
-on, AdamW: the trainer's own step (`steps.make_train_step` + `jit_train_step`) on one CPU device.
+on, AdamW: the trainer's own step (`biencoder.step.make_train_step` +
+`training.state.jit_train_step`) on one CPU device.
 Each (mode, batch) runs in its own subprocess, which compiles the step once and reports XLA's
 planned buffers (`compiled.memory_analysis()`: temp + arguments + outputs); if that plan is under
 `--run_limit_gib` it also runs one step, and the parent reads the child's peak RSS
@@ -33,19 +34,25 @@ def child(mode: str, batch: int, chunk: int, run_limit: float, q_len: int, p_len
     import jax
     import numpy as np
 
-    from dualenc import optim, sharding, steps
-    from dualenc.config import base_config, minilm_path
+    from dualenc import sharding
+    from dualenc.biencoder import model as bi_model
+    from dualenc.biencoder import step as bi_step
+    from dualenc.training import optim
+    from dualenc.training import state as state_lib
+    from dualenc.training.config import base_config, minilm_path
 
     c = base_config()
     c.model.name_or_path = minilm_path()
     c.data.num_negatives, c.data.q_max_length, c.data.p_max_length = 1, q_len, p_len
     c.train.batch_size, c.train.dropout = batch, True
     c.train.cache_chunk_size = chunk if mode == "cache" else 0
-    base = steps.load_base_encoder(c.model)
+    base = bi_model.load_base_encoder(c.model)
     tx, schedule = optim.make_optimizer(c.train, 10)
     mesh = sharding.make_mesh((1, 1), devices=jax.devices()[:1])
-    state, state_sh = steps.create_state(steps.init_dual_params(base, True), tx, mesh, [])
-    step = steps.jit_train_step(steps.make_train_step(c, base.spec, tx, schedule), state_sh, mesh)
+    state, state_sh = state_lib.create_state(bi_model.init_dual_params(base, True), tx, mesh, [])
+    step = state_lib.jit_train_step(
+        bi_step.make_train_step(c, base.spec, tx, schedule), state_sh, mesh
+    )
     r = np.random.default_rng(0)
     pid = np.arange(batch * 2, dtype=np.int32).reshape(batch, 2)
     host = {

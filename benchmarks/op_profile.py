@@ -203,9 +203,13 @@ def jax_workloads(model_dir: str, repeats: int) -> dict:
     import jax
 
     from benchmarks.train_step import dualenc_config
-    from dualenc import optim, sharding, steps
+    from dualenc import sharding
+    from dualenc.biencoder import model as bi_model
+    from dualenc.biencoder import step as bi_step
     from dualenc.encode import encode_step
     from dualenc.models.loading import load_encoder
+    from dualenc.training import optim
+    from dualenc.training import state as state_lib
 
     rng = np.random.RandomState(0)
     enc = load_encoder(model_dir)
@@ -215,13 +219,13 @@ def jax_workloads(model_dir: str, repeats: int) -> dict:
     ids = rng.randint(1000, 20000, (32, 256)).astype(np.int32)
     fwd = profile_jax(encode_step(enc.spec), (enc.params, ids, np.ones_like(ids)), repeats, pshapes)
     c = dualenc_config(model_dir, 32, 128)
-    base = steps.load_base_encoder(c.model)
+    base = bi_model.load_base_encoder(c.model)
     tx, schedule = optim.make_optimizer(c.train, 1000)
-    mesh = steps.build_mesh(c)
-    state, sh = steps.create_state(
-        steps.init_dual_params(base, True), tx, mesh, steps.mesh_rules(c)
+    mesh = state_lib.build_mesh(c)
+    state, sh = state_lib.create_state(
+        bi_model.init_dual_params(base, True), tx, mesh, state_lib.mesh_rules(c)
     )
-    step = steps.jit_train_step(steps.make_train_step(c, base.spec, tx, schedule), sh, mesh)
+    step = state_lib.jit_train_step(bi_step.make_train_step(c, base.spec, tx, schedule), sh, mesh)
     b = {
         "q_input_ids": rng.randint(1000, 20000, (32, 32)).astype(np.int32),
         "p_input_ids": rng.randint(1000, 20000, (32, 1, 128)).astype(np.int32),

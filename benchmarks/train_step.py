@@ -111,12 +111,16 @@ def bench_dualenc(
     import jax
 
     num_steps = steps  # the import below shadows the argument
-    from dualenc import optim, sharding, steps
+    from dualenc import sharding
+    from dualenc.biencoder import model as bi_model
+    from dualenc.biencoder import step as bi_step
     from dualenc.packing import pack_batch
+    from dualenc.training import optim
+    from dualenc.training import state as state_lib
 
     c = dualenc_config(model_dir, batch, max_length, **train)
     c.data.packing = packing
-    base = steps.load_base_encoder(c.model)
+    base = bi_model.load_base_encoder(c.model)
     batches = _batches(base.tokenizer, pairs, batch, max_length)
     real = sum(int(b["q_attention_mask"].sum() + b["p_attention_mask"].sum()) for b in batches)
     padded = sum(b["q_input_ids"].size + b["p_input_ids"].size for b in batches)
@@ -130,11 +134,11 @@ def bench_dualenc(
         batches = [pack_batch(b, max_segments=segs, rows_multiple=4) for b in batches]
         padded = sum(b["q_input_ids"].size + b["p_input_ids"].size for b in batches)
     tx, schedule = optim.make_optimizer(c.train, 1000)
-    mesh = steps.build_mesh(c)
-    state, sh = steps.create_state(
-        steps.init_dual_params(base, True), tx, mesh, steps.mesh_rules(c)
+    mesh = state_lib.build_mesh(c)
+    state, sh = state_lib.create_state(
+        bi_model.init_dual_params(base, True), tx, mesh, state_lib.mesh_rules(c)
     )
-    step = steps.jit_train_step(steps.make_train_step(c, base.spec, tx, schedule), sh, mesh)
+    step = state_lib.jit_train_step(bi_step.make_train_step(c, base.spec, tx, schedule), sh, mesh)
     rng = jax.random.key(0, impl=c.train.rng_impl)
     shapes = set()
     for b in batches[: warmup + num_steps]:  # compile every shape the timed steps use

@@ -1,6 +1,6 @@
 """Experiment configs (`get_config()` per file) and the shared defaults they start from.
 
-The defaults and helpers live in the package (`dualenc/config.py`, so an installed wheel has
+The defaults and helpers live in the package (`dualenc/training/config.py`, so an installed wheel has
 them); this module re-exports them for the config files here, plus `repo_path` for paths inside
 the checkout.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ml_collections import config_dict
 
-from dualenc.config import FSDP_RULES, MINILM_HUB_ID, base_config, finalize, minilm_path
+from dualenc.training.config import FSDP_RULES, MINILM_HUB_ID, base_config, finalize, minilm_path
 
 
 def repo_path(*parts: str) -> str:

@@ -27,14 +27,15 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dualenc import config as config_lib
-from dualenc import corpus_cache, io, mine, runs, train_eval, trainer
-from dualenc.config import ConfigError
+from dualenc import corpus_cache, io, mine, runs, train_eval
 from dualenc.data import mining
 from dualenc.data.beir import load_qrels, qrels_path
 from dualenc.index.exact import ExactIndex
 from dualenc.io import InputError
 from dualenc.metrics import answer_accuracy, evaluate_run
+from dualenc.training import config as config_lib
+from dualenc.training import loop
+from dualenc.training.config import ConfigError
 
 NEGATIVES = ("", "bm25", "dense", "teacher")
 TRAIN_SPLIT, DEV_SPLIT = "train_carved", "dev_carved"
@@ -287,7 +288,7 @@ class Study:
             return json.loads((d / "result.json").read_text())
         tc = self.train_config(strat, seed)
         t0 = time.time()
-        trainer.train_and_evaluate(tc, d / "train")
+        loop.train_and_evaluate(tc, d / "train")
         train_s = time.time() - t0
         from dualenc.models.loading import load_towers
 

@@ -16,9 +16,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from dualenc import cli, multihost, trainer
-from dualenc.config import ConfigError
+from dualenc import cli, multihost
 from dualenc.io import InputError
+from dualenc.training import loop
+from dualenc.training.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -35,11 +36,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     multihost.initialize()
     try:
-        metrics = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, InputError) as e:  # bad config or data: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except trainer.NonFiniteLossError as e:
+    except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if metrics.get("preempted"):

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from train_test import REPO, tiny_config, use_compile_cache
 
-from dualenc import steps, trainer
-from dualenc.checkpoint import Checkpointer, abstract_like
+from dualenc.biencoder import model as bi_model
+from dualenc.biencoder import task as bi_task
+from dualenc.training.checkpoint import Checkpointer, abstract_like
 
 NUM_STEPS = 8
 
@@ -141,8 +142,8 @@ def test_unfinalised_and_corrupt_steps_are_ignored(tmp_path):
 
 def test_iterator_state_roundtrip_gives_same_batches(tmp_path):
     c = tiny_config(tmp_path)
-    base = steps.load_base_encoder(c.model)
-    pipe = trainer.make_pipeline(c, base.tokenizer)
+    base = bi_model.load_base_encoder(c.model)
+    pipe = bi_task.make_pipeline(c, base.tokenizer)
     it = iter(pipe)
     for _ in range(3):
         next(it)
@@ -150,7 +151,7 @@ def test_iterator_state_roundtrip_gives_same_batches(tmp_path):
     ck.save(3, _small_state(), pipe.get_state())
     ck.wait()
     want = [next(it) for _ in range(4)]  # crosses the 6-batch epoch boundary
-    pipe2 = trainer.make_pipeline(c, base.tokenizer)
+    pipe2 = bi_task.make_pipeline(c, base.tokenizer)
     _, data, _ = ck.restore(abstract_like(_small_state()))
     pipe2.set_state(data)
     it2 = iter(pipe2)

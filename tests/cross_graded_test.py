@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dualenc import cross_losses, cross_model, metrics, rerank, trainer
-from dualenc.config import ConfigError
+from dualenc import metrics, rerank
+from dualenc.cross import losses as cross_losses
+from dualenc.cross import model as cross_model
 from dualenc.data import pairs as pairs_lib
 from dualenc.io import InputError, data_dir
+from dualenc.training import loop
+from dualenc.training.config import ConfigError
 from tests.cross_fixtures import pair_config
 from tests.tiny_data import WORDS
 
@@ -76,7 +79,7 @@ def test_bce_takes_graded_targets():
 
 
 def _xcfg():
-    from dualenc import config as config_lib
+    from dualenc.training import config as config_lib
 
     return config_lib.base_config().cross
 
@@ -118,7 +121,7 @@ def test_bad_sts_rows_name_file_line_field(tmp_path):
 def graded_run(tmp_path_factory, minilm_path):
     tmp = tmp_path_factory.mktemp("graded")
     c = graded_config(tmp, minilm_path)
-    return c, trainer.train_and_evaluate(c, tmp / "w"), tmp / "w"
+    return c, loop.train_and_evaluate(c, tmp / "w"), tmp / "w"
 
 
 def test_graded_pairs_train_to_a_high_spearman(graded_run):
@@ -177,14 +180,14 @@ def jax_leaves(tree):
 def test_graded_config_errors_name_the_key(tmp_path, minilm_path, over, key):
     c = graded_config(tmp_path, minilm_path, **over)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        trainer.train_and_evaluate(c, tmp_path / "w")
+        loop.train_and_evaluate(c, tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
 
 def test_class_metrics_refuse_spearman(tmp_path, minilm_path):
     c = pair_config(tmp_path, minilm_path, **{"cross.eval_metric": "spearman"})
     with pytest.raises(ConfigError, match=r"cross\.eval_metric"):
-        trainer.train_and_evaluate(c, tmp_path / "w")
+        loop.train_and_evaluate(c, tmp_path / "w")
 
 
 def test_pipeline_carries_graded_targets(tmp_path, minilm_path):

@@ -15,11 +15,16 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from dualenc import config as config_lib
-from dualenc import cross_losses, cross_model, cross_trainer, rerank, trainer
-from dualenc.config import ConfigError
+from dualenc import rerank
+from dualenc.cross import evaluation as cross_evaluation
+from dualenc.cross import losses as cross_losses
+from dualenc.cross import model as cross_model
+from dualenc.cross import task as cross_task
 from dualenc.data import cross_data
 from dualenc.io import InputError, data_dir
+from dualenc.training import config as config_lib
+from dualenc.training import loop
+from dualenc.training.config import ConfigError
 from tests import tiny_data
 from tests.cross_fixtures import pair_config, rerank_config
 
@@ -98,7 +103,7 @@ def test_loss_gradients_push_the_right_way(name):
 def pair_run(tmp_path_factory, minilm_path):
     tmp = tmp_path_factory.mktemp("pairs")
     c = pair_config(tmp, minilm_path)
-    return c, trainer.train_and_evaluate(c, tmp / "w"), tmp / "w"
+    return c, loop.train_and_evaluate(c, tmp / "w"), tmp / "w"
 
 
 def test_pair_classification_trains_and_exports(pair_run):
@@ -146,7 +151,7 @@ def test_export_is_the_best_step(pair_run):
 
 
 def test_early_stopping_record():
-    early = cross_trainer.Early()
+    early = loop.Early()
     for step, v in zip(range(2, 14, 2), [0.5, 0.8, 0.7, 0.8, 0.6, 0.9], strict=True):
         early.update(step, v, 3)
         if early.stopped:
@@ -157,15 +162,15 @@ def test_early_stopping_record():
 def test_early_stopping_in_the_loop(tmp_path, minilm_path, monkeypatch):
     """A forced dev-metric sequence: the best step is kept, training stops after `patience`."""
     seq = iter([0.5, 0.8, 0.7, 0.8, 0.6, 0.9, 0.95])
-    monkeypatch.setattr(cross_trainer.cross_eval, "metric_value", lambda m, name: next(seq))
+    monkeypatch.setattr(cross_evaluation, "metric_value", lambda m, name: next(seq))
     saved = []
-    monkeypatch.setattr(cross_trainer, "_save_best", lambda run, p, step, dev: saved.append(step))
-    monkeypatch.setattr(cross_trainer.cross_model, "load_params", lambda m, d: None)
-    monkeypatch.setattr(cross_trainer.cross_eval.PairEval, "test_metrics", lambda *a: {})
-    monkeypatch.setattr(cross_trainer.cross_eval.PairEval, "dev_metrics", lambda *a: {})
+    monkeypatch.setattr(cross_task, "save_best", lambda *a: saved.append(a[3]))  # (.., step, ..)
+    monkeypatch.setattr(cross_model, "load_params", lambda m, d: None)
+    monkeypatch.setattr(cross_evaluation.PairEval, "test_metrics", lambda *a: {})
+    monkeypatch.setattr(cross_evaluation.PairEval, "dev_metrics", lambda *a: {})
     over = {"eval.every_steps": 2, "cross.patience": 3, "train.num_steps": 20}
     c = pair_config(tmp_path, minilm_path, **over, **{"export.enabled": False})
-    r = trainer.train_and_evaluate(c, tmp_path / "w")
+    r = loop.train_and_evaluate(c, tmp_path / "w")
     assert r["step"] == 10 and r["early_stopped"] and r["best_step"] == 4
     assert [h["step"] for h in r["dev_history"]] == [2, 4, 6, 8, 10]
     assert saved == [2, 4]
@@ -174,13 +179,13 @@ def test_early_stopping_in_the_loop(tmp_path, minilm_path, monkeypatch):
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, minilm_path):
     over = {"checkpoint.every_steps": 4, "eval.every_steps": 4, "train.num_steps": 12}
     c = pair_config(tmp_path, minilm_path, **over)
-    full = trainer.train_and_evaluate(c, tmp_path / "a")
+    full = loop.train_and_evaluate(c, tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     # A kill after step 8's checkpoint: step 12 never happened (its best/ may have, replayed).
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "12")
     shutil.rmtree(tmp_path / "b" / "export")
     (tmp_path / "b" / "metrics.json").unlink()
-    resumed = trainer.train_and_evaluate(c, tmp_path / "b")
+    resumed = loop.train_and_evaluate(c, tmp_path / "b")
     assert resumed["dev_history"] == full["dev_history"]
     assert resumed["best_step"] == full["best_step"]
     assert [row["step"] for row in resumed["log"]] == [12]  # only steps 9..12 ran again
@@ -219,7 +224,7 @@ def test_deberta_v3_pair_classifier_trains_and_exports(tmp_path, minilm_path):
         shutil.copyfile(minilm_path / name, enc / name)
     over = {"model.init_random": False, "train.num_steps": 4, "eval.every_steps": -1}
     c = pair_config(tmp_path, enc, **over, **{"checkpoint.every_steps": 0})
-    r = trainer.train_and_evaluate(c, tmp_path / "w")
+    r = loop.train_and_evaluate(c, tmp_path / "w")
     assert r["step"] == 4 and np.isfinite(r["log"][-1]["loss"])
     out = tmp_path / "w" / "export"
     assert json.loads((out / "config.json").read_text())["architectures"] == [
@@ -258,7 +263,7 @@ def test_bad_pair_files_name_file_line_field_and_write_nothing(
 ):
     c = _bad(tmp_path, minilm_path, text)
     with pytest.raises(InputError) as e:
-        trainer.train_and_evaluate(c, tmp_path / "w")
+        loop.train_and_evaluate(c, tmp_path / "w")
     assert f"train.tsv{where}" in str(e.value)
     if field:
         assert field in str(e.value)
@@ -268,7 +273,7 @@ def test_bad_pair_files_name_file_line_field_and_write_nothing(
 def test_empty_dev_set_and_config_errors(tmp_path, minilm_path):
     c = _bad(tmp_path, minilm_path, "sentence1\tsentence2\tlabel\n", which="dev")
     with pytest.raises(InputError, match="dev.tsv"):
-        trainer.train_and_evaluate(c, tmp_path / "w")
+        loop.train_and_evaluate(c, tmp_path / "w")
     assert not (tmp_path / "w").exists()
     for over, key in [
         ({"cross.loss": "hinge"}, "cross.loss"),
@@ -279,7 +284,7 @@ def test_empty_dev_set_and_config_errors(tmp_path, minilm_path):
         ({"cross.fusion": "sum"}, "cross.fusion"),
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            trainer.train_and_evaluate(pair_config(tmp_path, minilm_path, **over), tmp_path / "x")
+            loop.train_and_evaluate(pair_config(tmp_path, minilm_path, **over), tmp_path / "x")
 
 
 def test_cli_exits_2_on_bad_input(tmp_path, minilm_path):
@@ -317,7 +322,7 @@ def test_mrpc_ci_sized_run_beats_the_majority_class(tmp_path):
     test = (root / "msr_paraphrase_test.txt").read_text(encoding="utf-8-sig").splitlines()
     (tmp_path / "test.tsv").write_text("\n".join(test[:401]) + "\n", encoding="utf-8")
     c = _mrpc_config(tmp_path, root)
-    r = trainer.train_and_evaluate(c, tmp_path / "w")
+    r = loop.train_and_evaluate(c, tmp_path / "w")
     t = r["test"]["argmax"]  # the dev-F1 threshold leans to 'equivalent'; argmax is fairer
     majority = max(np.bincount(np.asarray([int(x.split("\t")[0]) for x in test[1:401]])))
     assert t["accuracy"] > majority / 400 + 0.03, t  # the majority class: 0.655 (seen: 0.70)
@@ -358,7 +363,7 @@ def test_listwise_reranker_on_beir_with_held_out_dev(tmp_path, minilm_path, monk
     monkeypatch.setattr(
         cross_data.mining, "config_negatives", lambda ds, d: mined.append(real(ds, d)) or mined[-1]
     )
-    r = trainer.train_and_evaluate(c, tmp_path / "w")
+    r = loop.train_and_evaluate(c, tmp_path / "w")
     assert len(mined) == 1 and len(mined[0]) == 20  # every judged query, depth 5 each
     assert all(1 <= len(v) <= 5 for v in mined[0].values())
     assert [h["step"] for h in r["dev_history"]] == [2]
@@ -385,7 +390,8 @@ def test_fusion_weight_is_chosen_on_dev_and_applied_to_test(monkeypatch):
     tuning on test would pick w = 0."""
     from types import SimpleNamespace
 
-    from dualenc import cross_eval, metrics
+    from dualenc import metrics
+    from dualenc.cross import evaluation as cross_eval
     from dualenc.index import fusion
 
     def split(first, ce):
@@ -432,11 +438,11 @@ def test_symmetric_pair_training_data(tmp_path):
     c.data.dev.path = str(tmp_path / "dev.tsv")
     c.lock()
     model = cross_model.load_cross_model(c.model, 2)
-    plain, _ = cross_trainer.build_data(c, model)
+    plain, _ = cross_task.build_data(c, model)
     c.unlock()
     c.cross.symmetric = True
     c.lock()
-    sym, evaluator = cross_trainer.build_data(c, model)
+    sym, evaluator = cross_task.build_data(c, model)
     assert plain.n == 40 and sym.n == 80
     assert sym.pairs.text_a[40:] == plain.pairs.text_b
     assert len(evaluator.dev.labels) == 40  # dev and test stay as written: scored both ways

@@ -18,6 +18,7 @@ import transformers
 from dualenc import genq
 from dualenc.data.beir import load_beir
 from dualenc.models import convert, t5
+from dualenc.training import loop
 from tests.tiny_data import copy_minilm_tokenizer, write_beir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +250,6 @@ def test_cli_writes_a_beir_training_set(tmp_path, tiny_t5_dir):
 def test_generated_set_trains_a_bi_encoder(tmp_path, tiny_t5_dir):
     """GenQ's output is training data as it is: the bi-encoder trainer reads it (format beir,
     BM25-mined negatives) and runs its steps."""
-    from dualenc import trainer
     from tests.train_test import tiny_config
 
     (tmp_path / "beir").mkdir()
@@ -277,7 +277,7 @@ def test_generated_set_trains_a_bi_encoder(tmp_path, tiny_t5_dir):
             "eval.every_steps": -1,
         },
     )
-    res = trainer.train_and_evaluate(c, tmp_path / "work")
+    res = loop.train_and_evaluate(c, tmp_path / "work")
     assert res["step"] == 3 and all(np.isfinite(r["loss"]) for r in res["log"])
 
 

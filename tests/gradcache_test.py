@@ -19,11 +19,7 @@ import numpy as np
 import pytest
 
 from dualenc import sharding
-
-try:  # the trainer split moves the step helpers from train_lib to steps
-    from dualenc import steps as _steps
-except ImportError:  # pragma: no cover
-    from dualenc import train_lib as _steps
+from dualenc.biencoder import step as _steps
 
 REPO = Path(__file__).resolve().parents[1]
 B, K, LQ, LP, CHUNK = 16, 1, 8, 12, 8

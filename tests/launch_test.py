@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dualenc import multihost
+from dualenc.training import loop
 
 ROOT = Path(__file__).resolve().parent.parent
 # Stands in for `.venv/bin/python -m dualenc.train ...` on a worker: dualenc.train's real absl
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # cluster settings recorded, then removed so that no coordinator is contacted).
 RUNNER = r"""
 import json, os, runpy, sys
-from dualenc import multihost, trainer
+from dualenc import multihost
+from dualenc.training import loop
 env = {k: os.environ.pop(k) for k in multihost._ENV if k in os.environ}
 
 def record(config, workdir):
@@ -29,7 +31,7 @@ def record(config, workdir):
         f.write(json.dumps(rec) + "\n")
     return {}
 
-trainer.train_and_evaluate = record
+loop.train_and_evaluate = record
 assert sys.argv[1:3] == ["-m", "dualenc.train"], sys.argv
 sys.argv = ["dualenc.train", *sys.argv[3:]]
 runpy.run_module("dualenc.train", run_name="__main__", alter_sys=True)

@@ -1,4 +1,4 @@
-"""Hand-computed values and an independent numpy reference for dualenc.losses."""
+"""Hand-computed values and an independent numpy reference for dualenc.biencoder.losses."""
 
 import functools
 import math
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dualenc import losses, sharding
+from dualenc import sharding
+from dualenc.biencoder import loss_registry, losses
 
 E = math.e
 
@@ -250,14 +251,14 @@ def _mbatch():
 
 def test_other_rows_positive_of_the_query_is_not_a_negative():
     assert M_LOSS_UNMASKED - M_LOSS > 0.2  # counting p1+ as q0's negative is visible
-    fn = jax.jit(losses.make_loss(_cfg(scale=1.0)))
+    fn = jax.jit(loss_registry.make_loss(_cfg(scale=1.0)))
     loss, m = fn(jnp.asarray(MQ), jnp.asarray(MP), _mbatch())
     np.testing.assert_allclose(float(loss), M_LOSS, rtol=1e-6)
     np.testing.assert_allclose(float(m["hardest_neg_score"]), 0.0)  # q0's 1.0 was dropped
     # Without the query's positive set only exact duplicates of the sampled positive are masked.
     loss, _ = fn(jnp.asarray(MQ), jnp.asarray(MP), {"p_ids": jnp.asarray(M_IDS)})
     np.testing.assert_allclose(float(loss), M_LOSS_UNMASKED, rtol=1e-6)
-    sym, _ = losses.make_loss(_cfg(scale=1.0, symmetric=True))(MQ, MP, _mbatch())
+    sym, _ = loss_registry.make_loss(_cfg(scale=1.0, symmetric=True))(MQ, MP, _mbatch())
     np.testing.assert_allclose(float(sym), 0.5 * (M_LOSS + M_BACK), rtol=1e-6)
 
 
@@ -304,7 +305,7 @@ def _am_ref(q, p, ids, qpos, err="squared", in_batch=True, static=None):
 @pytest.mark.parametrize("err", ["squared", "softplus"])
 def test_adaptive_margin_in_batch_masks_other_positives(err):
     cfg = _cfg(name="adaptive_margin", margin_err=err, margin_in_batch=True)
-    fn = jax.jit(losses.make_loss(cfg))
+    fn = jax.jit(loss_registry.make_loss(cfg))
     loss, m = fn(jnp.asarray(MQ), jnp.asarray(MP), _mbatch())
     want = _am_ref(MQ, MP, M_IDS, M_QPOS, err)
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
@@ -326,7 +327,7 @@ def test_adaptive_margin_pairs_skip_a_negative_that_is_a_positive():
     ids = np.array([[0, 5, 1], [1, 6, 7], [2, 2, 8]], np.int32)  # row 0 mined q0's 2nd positive
     qpos = np.array([[0, 1], [1, -1], [2, -1]], np.int32)
     cfg = _cfg(name="adaptive_margin", margin_err="l1")
-    loss, _ = losses.make_loss(cfg)(q, p, {"p_ids": ids, "q_pos_ids": qpos})
+    loss, _ = loss_registry.make_loss(cfg)(q, p, {"p_ids": ids, "q_pos_ids": qpos})
     want = _am_ref(q, p, ids, qpos, "l1", in_batch=False)
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     plain, _ = losses.adaptive_margin_loss(q, p, err="l1")  # all 6 pairs
@@ -335,7 +336,9 @@ def test_adaptive_margin_pairs_skip_a_negative_that_is_a_positive():
 
 def test_adaptive_margin_static_target_and_stop_gradient():
     p = jnp.stack([AM_POS, AM_NEG], axis=1)
-    loss, m = losses.make_loss(_cfg(name="adaptive_margin", margin_target="static"))(AM_Q, p, {})
+    loss, m = loss_registry.make_loss(_cfg(name="adaptive_margin", margin_target="static"))(
+        AM_Q, p, {}
+    )
     np.testing.assert_allclose(float(loss), ((1 - 0.5) ** 2 + (1.6 - 0.5) ** 2) / 2, rtol=1e-5)
     np.testing.assert_allclose(float(m["target"]), 0.5)
     # stop_gradient: the gradient is that of err(m - t0) with t0 frozen at its current value.
@@ -356,7 +359,7 @@ def test_adaptive_margin_static_target_and_stop_gradient():
 def _cfg(**kw):
     import ml_collections
 
-    from dualenc.config import base_config
+    from dualenc.training.config import base_config
 
     c = base_config().loss
     c.update(kw)
@@ -364,18 +367,18 @@ def _cfg(**kw):
 
 
 def test_registry_names():
-    assert {"contrastive", "adaptive_margin", "margin_mse", "kl"} <= set(losses.LOSSES)
+    assert {"contrastive", "adaptive_margin", "margin_mse", "kl"} <= set(loss_registry.LOSSES)
 
 
 def test_margin_mse_and_kl_from_batch_hand_values():
     q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     p = jnp.array([[[2.0, 0.0], [1.0, 1.0]], [[0.0, 3.0], [0.0, -1.0]]])  # margins 1, 4
     t = jnp.array([[5.0, 3.0], [1.0, 0.0]])  # teacher margins 2, 1
-    loss, m = losses.make_loss(_cfg(name="margin_mse"))(q, p, {"teacher_scores": t})
+    loss, m = loss_registry.make_loss(_cfg(name="margin_mse"))(q, p, {"teacher_scores": t})
     np.testing.assert_allclose(float(loss), ((1 - 2) ** 2 + (4 - 1) ** 2) / 2)
     np.testing.assert_allclose(float(m["teacher_margin"]), 1.5)
     # kl: student scale * [2, 1] and [3, -1]; teacher [5, 3] / 2, [1, 0] / 2.
-    kl = losses.make_loss(_cfg(name="kl", scale=0.5, temperature=2.0))
+    kl = loss_registry.make_loss(_cfg(name="kl", scale=0.5, temperature=2.0))
     got, _ = kl(q, p, {"teacher_scores": t})
 
     def one(s, tt):
@@ -392,7 +395,7 @@ def test_margin_mse_and_kl_from_batch_hand_values():
 
 @pytest.mark.parametrize("name", ["margin_mse", "kl"])
 def test_distillation_without_teacher_scores_fails_at_trace_time(name):
-    fn = jax.jit(losses.make_loss(_cfg(name=name)))
+    fn = jax.jit(loss_registry.make_loss(_cfg(name=name)))
     with pytest.raises(ValueError, match="teacher_scores"):
         fn(jnp.asarray(MQ), jnp.asarray(MP), _mbatch())
 
@@ -413,16 +416,16 @@ def test_distillation_without_teacher_scores_fails_at_trace_time(name):
 )
 def test_validate_loss_config_names_the_key(kw, nneg, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        losses.validate_loss_config(_cfg(**kw), nneg)
+        loss_registry.validate_loss_config(_cfg(**kw), nneg)
     if nneg is None:  # make_loss validates too (it does not know data.num_negatives)
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-            losses.make_loss(_cfg(**kw))
+            loss_registry.make_loss(_cfg(**kw))
 
 
 def test_validate_accepts_defaults_and_in_batch_margin_without_negatives():
-    for name in losses.LOSSES:
-        losses.validate_loss_config(_cfg(name=name), 1)
-    losses.validate_loss_config(_cfg(name="adaptive_margin", margin_in_batch=True), 0)
+    for name in loss_registry.LOSSES:
+        loss_registry.validate_loss_config(_cfg(name=name), 1)
+    loss_registry.validate_loss_config(_cfg(name="adaptive_margin", margin_in_batch=True), 0)
 
 
 # ----------------------------------------------------------------------------- sharded == single
@@ -458,7 +461,7 @@ CONFIGS = [
 @pytest.mark.parametrize("kw", CONFIGS, ids=lambda kw: "-".join(map(str, kw.values())))
 @pytest.mark.parametrize("shape", [(8, 1), (4, 2)])
 def test_registry_losses_sharded_equal_single_device(kw, shape, shard_data):
-    fn = losses.make_loss(_cfg(**kw))
+    fn = loss_registry.make_loss(_cfg(**kw))
 
     def vg(q, p, batch):
         return jax.value_and_grad(lambda q, p: fn(q, p, batch), argnums=(0, 1), has_aux=True)(q, p)
@@ -517,7 +520,7 @@ def test_gradients_match_central_differences(kw, fd_data):
     x0 = np.concatenate([q.ravel(), p.ravel()])
 
     def loss_of(cfg_kw):
-        fn = losses.make_loss(_cfg(**cfg_kw))
+        fn = loss_registry.make_loss(_cfg(**cfg_kw))
         return lambda x: fn(x[: q.size].reshape(q.shape), x[q.size :].reshape(p.shape), data)[0]
 
     f = loss_of(kw)

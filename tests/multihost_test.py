@@ -292,7 +292,7 @@ def test_gs_workdir_reaches_orbax_intact(monkeypatch):
     that are not installed here, so its manager is replaced by a recorder)."""
     from etils import epath
 
-    from dualenc import checkpoint
+    from dualenc.training import checkpoint
 
     seen = {}
 
@@ -309,7 +309,7 @@ def test_gs_workdir_reaches_orbax_intact(monkeypatch):
 def test_file_url_workdir_checkpointer_round_trip(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
-    from dualenc.checkpoint import Checkpointer
+    from dualenc.training.checkpoint import Checkpointer
 
     monkeypatch.chdir(tmp_path)
     ckpt = Checkpointer(f"file://{tmp_path}/run", keep=1, async_save=False)
@@ -325,13 +325,13 @@ def test_file_url_workdir_checkpointer_round_trip(tmp_path, monkeypatch):
 
 
 def jax_abstract(tree):
-    from dualenc.checkpoint import abstract_like
+    from dualenc.training.checkpoint import abstract_like
 
     return abstract_like(tree)
 
 
 def test_should_stop_single_process():
-    from dualenc.checkpoint import PreemptionGuard
+    from dualenc.training.checkpoint import PreemptionGuard
 
     with PreemptionGuard() as guard:
         assert not guard.should_stop()
@@ -350,7 +350,7 @@ STEPS = 10
 def train_args(workdir: Path, train: Path, beir: Path, mesh: str) -> list[str]:
     """configs/tiny.py (random 1-layer BERT), global batch 8, dev eval every 3 steps and at the
     end, export on, no periodic checkpoint (only the final or the preemption one). Padded
-    batches in every run: two processes cannot pack (`trainer.use_packing`), and one process
+    batches in every run: two processes cannot pack (`bi_task.use_packing`), and one process
     must train on the same layout to give the same bits."""
     return [
         "--config=configs/tiny.py",

@@ -10,10 +10,14 @@ import optax
 import pytest
 
 from dualenc import encode, packing
+from dualenc.biencoder import model as bi_model
+from dualenc.biencoder import step as bi_step
+from dualenc.biencoder import task as bi_task
 from dualenc.models import dual_encoder, loading
 from dualenc.models.bert import BertConfig
 from dualenc.models.deberta import DebertaV2Config
 from dualenc.models.distilbert import DistilBertConfig
+from dualenc.training import state as state_lib
 
 TOL = 1e-5
 TINY_BERT = BertConfig(
@@ -257,14 +261,12 @@ def train_setup(tmp_path_factory):
     """(config, base encoder, params, padded batch, packed batch) from the trainer's pipeline."""
     from train_test import tiny_config
 
-    from dualenc import steps, trainer
-
     c = tiny_config(tmp_path_factory.mktemp("pack_train"))
-    base = steps.load_base_encoder(c.model)
-    batch = next(iter(trainer.make_pipeline(c, base.tokenizer, packing=False)))
+    base = bi_model.load_base_encoder(c.model)
+    batch = next(iter(bi_task.make_pipeline(c, base.tokenizer, packing=False)))
     c.data.packing, c.data.pack_max_segments = True, 4
-    packed = next(iter(trainer.make_pipeline(c, base.tokenizer)))
-    return c, base, steps.init_dual_params(base, True), batch, packed
+    packed = next(iter(bi_task.make_pipeline(c, base.tokenizer)))
+    return c, base, bi_model.init_dual_params(base, True), batch, packed
 
 
 def test_pipeline_packs_the_same_tokens(train_setup):
@@ -285,7 +287,8 @@ def test_pipeline_packs_the_same_tokens(train_setup):
 
 def test_packed_train_step_equals_padded(train_setup):
     """One jitted step, batch sharded over 8 devices: same loss, metrics, and updated params."""
-    from dualenc import optim, sharding, steps
+    from dualenc import sharding
+    from dualenc.training import optim
 
     c, base, params, batch, packed = train_setup
     mesh = sharding.make_mesh((8, 1), devices=jax.devices()[:8])
@@ -294,8 +297,10 @@ def test_packed_train_step_equals_padded(train_setup):
         cfg = c.copy_and_resolve_references()
         cfg.data.packing = on
         tx, schedule = optim.make_optimizer(cfg.train, 10)
-        state, sh = steps.create_state(params, tx, mesh, steps.mesh_rules(cfg))
-        step = steps.jit_train_step(steps.make_train_step(cfg, base.spec, tx, schedule), sh, mesh)
+        state, sh = state_lib.create_state(params, tx, mesh, state_lib.mesh_rules(cfg))
+        step = state_lib.jit_train_step(
+            bi_step.make_train_step(cfg, base.spec, tx, schedule), sh, mesh
+        )
         state, metrics = step(state, sharding.shard_batch(b, mesh), jax.random.key(0))
         out.append((jax.device_get(state["params"]), jax.device_get(metrics)))
     (p_ref, m_ref), (p_got, m_got) = out
@@ -308,29 +313,28 @@ def test_packed_train_step_equals_padded(train_setup):
 
 def test_packing_is_on_by_default_where_the_run_allows_it(train_setup):
     from configs import tiny
-    from dualenc import trainer
 
     c = tiny.get_config()
-    assert c.data.packing and trainer.use_packing(c, "bert", 1)
-    assert trainer.use_packing(c, "distilbert", 1)
-    assert not trainer.use_packing(c, "bert", 2)  # hosts would have to agree on row counts
-    assert not trainer.use_packing(c, "deberta-v2", 1)  # relative positions cross segments
+    assert c.data.packing and bi_task.use_packing(c, "bert", 1)
+    assert bi_task.use_packing(c, "distilbert", 1)
+    assert not bi_task.use_packing(c, "bert", 2)  # hosts would have to agree on row counts
+    assert not bi_task.use_packing(c, "deberta-v2", 1)  # relative positions cross segments
     c.data.packing = False
-    assert not trainer.use_packing(c, "bert", 1)
+    assert not bi_task.use_packing(c, "bert", 1)
 
 
 @pytest.mark.parametrize("key", ["train.cache_chunk_size", "train.grad_accum_steps"])
 def test_gradcache_and_accumulation_train_on_padded_batches(train_setup, key):
-    from dualenc import optim, steps, trainer
+    from dualenc.training import optim
 
     c, base, params, _, packed = train_setup
     c = c.copy_and_resolve_references()
     c.data.packing = True
     node, leaf = key.split(".")
     c[node][leaf] = 2
-    assert not trainer.use_packing(c, "bert", 1)
+    assert not bi_task.use_packing(c, "bert", 1)
     tx, schedule = optim.make_optimizer(c.train, 10)
-    step = steps.make_train_step(c, base.spec, tx, schedule)
+    step = bi_step.make_train_step(c, base.spec, tx, schedule)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     with pytest.raises(ValueError, match="packed batches need"):  # a packed batch is refused
         jax.eval_shape(step, state, jax.tree.map(jnp.asarray, packed), jax.random.key(0))

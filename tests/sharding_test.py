@@ -9,7 +9,8 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dualenc import losses, sharding
+from dualenc import sharding
+from dualenc.biencoder import losses
 
 B, K, D = 16, 2, 8
 MESHES = [(8, 1), (4, 2), (2, 4)]

@@ -115,7 +115,7 @@ def test_study_rows_and_resume(tiny_bert, beir, tmp_path, monkeypatch, compile_c
     def fail(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(study.trainer, "train_and_evaluate", fail)
+    monkeypatch.setattr(study.loop, "train_and_evaluate", fail)
     shutil.rmtree(tmp_path / "runs" / "margin_mse" / "s1")
     with pytest.raises(AssertionError, match="trained again"):
         study.Study(cfg, tmp_path).run_all()

@@ -13,7 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dualenc import steps, trainer
+from dualenc.biencoder import model as bi_model
+from dualenc.biencoder import step as bi_step
+from dualenc.biencoder import task as bi_task
+from dualenc.training import loop
+from dualenc.training import state as state_lib
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = (
@@ -116,7 +120,7 @@ def e2e(tmp_path_factory):
                 "eval.every_steps": 0,
             },
         )
-        out.append(trainer.train_and_evaluate(c, tmp / name))
+        out.append(loop.train_and_evaluate(c, tmp / name))
     return tmp, out
 
 
@@ -160,24 +164,24 @@ def test_same_seed_twice_is_bitwise_identical(e2e):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(config, base encoder, tx, schedule, params, one host batch of 8)."""
-    from dualenc import optim
+    from dualenc.training import optim
 
     c = tiny_config(tmp_path_factory.mktemp("tiny"))
-    base = steps.load_base_encoder(c.model)
-    batch = next(iter(trainer.make_pipeline(c, base.tokenizer, packing=False)))  # GradCache
+    base = bi_model.load_base_encoder(c.model)
+    batch = next(iter(bi_task.make_pipeline(c, base.tokenizer, packing=False)))  # GradCache
     tx, schedule = optim.make_optimizer(c.train, 10)
-    return c, base, tx, schedule, steps.init_dual_params(base, True), batch
+    return c, base, tx, schedule, bi_model.init_dual_params(base, True), batch
 
 
 def _grads(c, base, params, batch, chunk):
-    embed_q, embed_p = steps._embed_fns(base.spec, False)
-    loss_fn = steps.make_loss_fn(c.loss)
+    embed_q, embed_p = bi_step.embed_fns(base.spec, False)
+    loss_fn = bi_step.make_loss_fn(c.loss)
     b, rng = jax.tree.map(jnp.asarray, batch), jax.random.key(0)
     if chunk:
-        return jax.jit(lambda p: steps._cache_grads(embed_q, embed_p, loss_fn, p, b, rng, chunk))(
+        return jax.jit(lambda p: bi_step.cache_grads(embed_q, embed_p, loss_fn, p, b, rng, chunk))(
             params
         )
-    return jax.jit(lambda p: steps._plain_grads(embed_q, embed_p, loss_fn, p, b, rng))(params)
+    return jax.jit(lambda p: bi_step.plain_grads(embed_q, embed_p, loss_fn, p, b, rng))(params)
 
 
 def test_gradcache_equals_plain_step(tiny):
@@ -192,8 +196,8 @@ def test_gradcache_equals_plain_step(tiny):
 def _one_step(c, base, tx, schedule, params, batch, mesh):
     from dualenc import sharding
 
-    state, sh = steps.create_state(params, tx, mesh, steps.mesh_rules(c))
-    step = steps.jit_train_step(steps.make_train_step(c, base.spec, tx, schedule), sh, mesh)
+    state, sh = state_lib.create_state(params, tx, mesh, state_lib.mesh_rules(c))
+    step = state_lib.jit_train_step(bi_step.make_train_step(c, base.spec, tx, schedule), sh, mesh)
     state, metrics = step(state, sharding.shard_batch(batch, mesh), jax.random.key(0))
     return jax.device_get(state["params"]), jax.device_get(metrics)
 
@@ -237,14 +241,14 @@ def test_sharded_step_equals_single_device(tiny, single_device_step, shape):
 
 def test_bf16_runs(tmp_path):
     c = tiny_config(tmp_path, **{"model.dtype": "bfloat16", "train.num_steps": 2})
-    res = trainer.train_and_evaluate(c, tmp_path / "w")
+    res = loop.train_and_evaluate(c, tmp_path / "w")
     assert res["step"] == 2 and np.isfinite(res["train/loss"])
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     c = tiny_config(tmp_path, **{"loss.scale": float("nan"), "train.num_steps": 3})
-    with pytest.raises(trainer.NonFiniteLossError, match="at step 1"):
-        trainer.train_and_evaluate(c, tmp_path / "w")
+    with pytest.raises(loop.NonFiniteLossError, match="at step 1"):
+        loop.train_and_evaluate(c, tmp_path / "w")
 
 
 @pytest.mark.parametrize("flag", ["--config.train.num_stepz=3", "--config.train.num_steps=abc"])
@@ -300,14 +304,14 @@ def test_a_config_file_that_fails_to_load_is_one_line_exit_2(tmp_path):
     ],
 )
 def test_batch_divisibility_names_the_keys(args, message):
-    from dualenc.config import ConfigError, validate_batch
+    from dualenc.training.config import ConfigError, validate_batch
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         validate_batch(*args)
 
 
 def test_batch_divisibility_accepts_what_works():
-    from dualenc.config import validate_batch
+    from dualenc.training.config import validate_batch
 
     validate_batch(64, 8, 2, 2, 16)  # 32 rows per micro-batch, chunks of 16 over 8 devices
     validate_batch(8, 1, 1, 1, 0)
@@ -363,10 +367,10 @@ def test_resume_never_reads_the_pretrained_weights(tmp_path, monkeypatch):
 
     c = tiny_config(tmp_path, **{"train.num_steps": 4, "export.enabled": True})
     model_dir = tmp_path / "pretrained"
-    loading.save_sentence_transformers(steps.load_base_encoder(c.model), model_dir)
+    loading.save_sentence_transformers(bi_model.load_base_encoder(c.model), model_dir)
     c.model.init_random, c.model.name_or_path = False, str(model_dir)
     c.model.config_overrides = ConfigDict()
-    trainer.train_and_evaluate(c, tmp_path / "a")
+    loop.train_and_evaluate(c, tmp_path / "a")
     want = (tmp_path / "a" / "export" / "model.safetensors").read_bytes()
     shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")  # as if stopped after step 2
@@ -375,8 +379,8 @@ def test_resume_never_reads_the_pretrained_weights(tmp_path, monkeypatch):
         raise AssertionError("pretrained weights read on resume")
 
     monkeypatch.setattr(loading, "_read_state_dict", no_weights)
-    steps._load_pretrained.cache_clear()
-    res = trainer.train_and_evaluate(c, tmp_path / "b")
+    bi_model.load_pretrained.cache_clear()
+    res = loop.train_and_evaluate(c, tmp_path / "b")
     assert res["step"] == 4 and [r["step"] for r in res["log"]] == [3, 4]
     assert (tmp_path / "b" / "export" / "model.safetensors").read_bytes() == want
 
@@ -416,23 +420,23 @@ def test_progress_counts_only_completed_steps(tmp_path, monkeypatch):
         events.append(("ready", next(s for s, v in metrics.items() if v is m)))
 
     step_fn = FakeStep()
-    monkeypatch.setattr(trainer, "tqdm", FakeBar)
-    monkeypatch.setattr(trainer.sharding, "shard_batch", lambda b, mesh: b)
-    monkeypatch.setattr(trainer.jax, "block_until_ready", ready)
+    monkeypatch.setattr(loop, "tqdm", FakeBar)
+    monkeypatch.setattr(loop.sharding, "shard_batch", lambda b, mesh: b)
+    monkeypatch.setattr(loop.jax, "block_until_ready", ready)
     guard = types.SimpleNamespace(should_stop=lambda: False)
     ckpt = types.SimpleNamespace(should_save=lambda s: False)
     run = types.SimpleNamespace(
         config=c,
         start=0,
         num_steps=5,
-        pipeline=iter([{}] * 5),
+        task=types.SimpleNamespace(name="biencoder", pipeline=iter([{}] * 5), evaluate=None),
         mesh=None,
         step_fn=step_fn,
         rng=None,
         writer=None,
         ckpt=ckpt,
     )
-    state, last, logged, preempted = trainer._loop(run, 0, guard)
+    state, last, logged, preempted = loop.run_loop(run, 0, loop.Early(), guard)
     assert state == 5 and not preempted and [r["step"] for r in logged] == [2, 4, 5]
     bars = [s for e, s in events if e == "bar"]
     assert bars[-1] == 5
@@ -443,12 +447,12 @@ def test_progress_counts_only_completed_steps(tmp_path, monkeypatch):
 def test_init_from_a_workdir_starts_from_its_params(tmp_path):
     """`init_from` = a previous workdir: with learning rate 0 the new run exports its params."""
     c = tiny_config(tmp_path, **{"train.num_steps": 2, "export.enabled": True})
-    trainer.train_and_evaluate(c, tmp_path / "a")
+    loop.train_and_evaluate(c, tmp_path / "a")
     c2 = tiny_config(
         tmp_path, **{"train.num_steps": 1, "export.enabled": True, "train.learning_rate": 0.0}
     )
     c2.init_from = str(tmp_path / "a")
-    trainer.train_and_evaluate(c2, tmp_path / "b")
+    loop.train_and_evaluate(c2, tmp_path / "b")
     got = (tmp_path / "b" / "export" / "model.safetensors").read_bytes()
     assert got == (tmp_path / "a" / "export" / "model.safetensors").read_bytes()
 

@@ -13,13 +13,15 @@ import pytest
 import torch
 import transformers
 
-from dualenc import config as config_lib
-from dualenc import trainer, tsdae
 from dualenc.data import denoising
 from dualenc.io import InputError
 from dualenc.models import bert_decoder, convert
 from dualenc.models.bert import BertConfig
 from dualenc.models.loading import load_encoder
+from dualenc.training import config as config_lib
+from dualenc.training import loop
+from dualenc.tsdae import step as tsdae_step
+from dualenc.tsdae import task as tsdae_task
 from tests.tiny_data import save_tiny_bert, write_beir
 from tests.train_test import use_compile_cache
 
@@ -148,7 +150,7 @@ def test_loss_and_gradients_equal_sentence_transformers(tiny_st):
         "tgt_ids": jnp.asarray(tgt["input_ids"].numpy()),
         "tgt_mask": jnp.asarray(tgt["attention_mask"].numpy()),
     }
-    loss, grads = jax.value_and_grad(lambda p: tsdae.tsdae_loss(enc.spec, p, batch))(params)
+    loss, grads = jax.value_and_grad(lambda p: tsdae_step.tsdae_loss(enc.spec, p, batch))(params)
     assert float(loss) == pytest.approx(float(ref.detach()), abs=1e-5)
 
     hf = dict(loss_mod.decoder.named_parameters())
@@ -188,12 +190,14 @@ def test_initial_decoder_takes_the_lm_head_of_a_pretraining_checkpoint(tmp_path,
     mlm.save_pretrained(str(tmp_path))
     copy_minilm_tokenizer(minilm_path, tmp_path)
     base = load_encoder(tmp_path)
-    own = tsdae.initial_decoder(base, seed=0)
+    own = tsdae_task.initial_decoder(base, seed=0)
     pred = own["cls"]["predictions"]
     np.testing.assert_allclose(pred["bias"], mlm.cls.predictions.bias.detach().numpy())
     want = mlm.cls.predictions.transform.dense.weight.detach().numpy().T
     np.testing.assert_allclose(pred["transform"]["dense"]["kernel"], want)
-    fresh = tsdae.initial_decoder(load_encoder(minilm_path), seed=0)  # no head there: HF's init
+    fresh = tsdae_task.initial_decoder(
+        load_encoder(minilm_path), seed=0
+    )  # no head there: HF's init
     assert not np.asarray(fresh["cls"]["predictions"]["bias"]).any()
     assert set(own["crossattention"]) == {"0"}
 
@@ -311,7 +315,7 @@ def tiny_run(tmp_path_factory, tiny_st):
     (tmp / "beir").mkdir()
     beir = write_beir(tmp / "beir")
     work = tmp / "work"
-    return tmp, beir, work, trainer.train_and_evaluate(_cfg(tmp, tiny_st, beir), work)
+    return tmp, beir, work, loop.train_and_evaluate(_cfg(tmp, tiny_st, beir), work)
 
 
 def test_train_lowers_the_loss_and_exports_the_encoder(tiny_run, tiny_st):
@@ -336,9 +340,9 @@ def test_resume_continues_exactly(tiny_run, tiny_st):
     tmp, beir, work, _ = tiny_run
     w2 = tmp / "resumed"
     c4 = _cfg(tmp, tiny_st, beir, **{"train.num_steps": 4, "eval.before_after_split": ""})
-    trainer.train_and_evaluate(c4, w2)
+    loop.train_and_evaluate(c4, w2)
     c8 = _cfg(tmp, tiny_st, beir, **{"eval.before_after_split": ""})
-    res = trainer.train_and_evaluate(c8, w2)
+    res = loop.train_and_evaluate(c8, w2)
     assert res["step"] == 8 and res["log"][0]["step"] == 6
     a, b = load_encoder(work / "export"), load_encoder(w2 / "export")
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
@@ -356,7 +360,7 @@ def test_a_non_bert_tower_is_a_config_error(tmp_path, minilm_path):
     (tmp_path / "sentences.txt").write_text("\n".join(_sentences()) + "\n")
     c = _cfg(tmp_path, tmp_path / "distil", tmp_path)
     with pytest.raises(config_lib.ConfigError, match="needs a BERT tower.*distilbert"):
-        trainer.train_and_evaluate(c, tmp_path / "w")
+        loop.train_and_evaluate(c, tmp_path / "w")
 
 
 @pytest.mark.parametrize(
@@ -371,5 +375,5 @@ def test_a_non_bert_tower_is_a_config_error(tmp_path, minilm_path):
 )
 def test_config_errors_name_the_key(tmp_path, tiny_st, over, match):
     with pytest.raises(config_lib.ConfigError, match=match):
-        trainer.train_and_evaluate(_cfg(tmp_path, tiny_st, tmp_path, **over), tmp_path / "w")
+        loop.train_and_evaluate(_cfg(tmp_path, tiny_st, tmp_path, **over), tmp_path / "w")
     assert not (tmp_path / "w").exists()

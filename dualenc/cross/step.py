@@ -3,7 +3,7 @@
 The batch holds (B, G, L) token arrays (G = 1 for pairs, 1 + k for retrieval groups); the step
 flattens them to B*G pair rows, scores them with the `*ForSequenceClassification` module, and
 applies a `cross_losses` loss to the (B, G, num_labels) logits. State creation, shardings, jit
-(state donated) and ahead-of-time compilation are shared with the bi-encoder (`dualenc.steps`).
+(state donated) and ahead-of-time compilation are the training engine's (`dualenc.training.state`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dualenc import cross_losses
+from dualenc.cross import losses as cross_losses
 from dualenc.models.cross_encoder import CrossEncoder
 
 

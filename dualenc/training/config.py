@@ -13,10 +13,10 @@ from pathlib import Path
 
 import ml_collections
 
-from dualenc import losses
+from dualenc.biencoder import loss_registry
 from dualenc.index.fusion import METHODS as FUSION_METHODS
-from dualenc.optim import SCHEDULES
 from dualenc.sharding import DEFAULT_RULES
+from dualenc.training.optim import SCHEDULES
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Partition rules as data: the library defaults (big matrices split over the 'fsdp' mesh axis, a
@@ -25,7 +25,7 @@ FSDP_RULES = tuple(DEFAULT_RULES)
 DATA_FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir", "tfds")
 TASKS = ("biencoder", "cross", "tsdae")
 CROSS_FORMATS = ("pairs", "dpr", "st_jsonl", "st_tsv", "st", "beir")  # pairs: classification
-CROSS_LOSSES = ("bce", "listwise", "pair_ce")  # see dualenc.cross_losses
+CROSS_LOSSES = ("bce", "listwise", "pair_ce")  # see dualenc.cross.losses
 FIRST_STAGES = ("bm25", "dense", "hybrid")
 MINERS = ("", "bm25", "dense", "both")  # dense / both: dualenc.mine with data.mine_model
 
@@ -76,7 +76,7 @@ def _data() -> ml_collections.ConfigDict:
     d.p_max_length = 128
     d.pad_to_max_length = False  # True: one batch shape (one compile) instead of buckets
     d.buckets = ()  # padded batch lengths; () = tokenization.TRAIN_BUCKETS
-    d.packing = True  # texts share rows (dualenc.packing) where the run allows: trainer.use_packing
+    d.packing = True  # texts share rows where the run allows (biencoder.task.use_packing)
     d.pack_max_segments = 16  # most texts in one packed row
     d.test = ml_collections.ConfigDict({"path": "", "split": "test"})  # cross: final eval
     return d
@@ -146,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
     """Every trainer key with a conservative default (unlocked; get_config() locks)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "biencoder"  # one of TASKS; 'cross': dualenc.cross_trainer, 'tsdae': dualenc.tsdae
+    c.task = "biencoder"  # one of TASKS; 'cross': dualenc.cross.task, 'tsdae': dualenc.tsdae.task
     c.init_from = ""  # a previous workdir (its checkpoints) or a model dir; "" = pretrained
     c.model = _model()
     c.data = _data()
@@ -155,7 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tsdae = _tsdae()
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "contrastive"  # a key of dualenc.losses.LOSSES
+    c.loss.name = "contrastive"  # a key of dualenc.loss_registry.LOSSES
     c.loss.scale = 20.0  # 1 / temperature of the student logits (contrastive, kl)
     c.loss.symmetric = False  # contrastive: also passage -> query
     c.loss.mask_duplicates = True  # a positive of the query (by id) is never its negative
@@ -178,6 +178,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.max_length = 0  # token limit when encoding for eval; 0 = the model's max_length
     c.eval.max_queries = 0  # 0 = all judged queries
     c.eval.before_after_split = ""  # e.g. 'test': evaluate before and after training
+    c.eval.metric = "nDCG@10"  # bi-encoder / TSDAE dev figure for best step and early stopping
+    c.eval.patience = 0  # bi-encoder / TSDAE: evals without improvement before stopping; 0 = off
     c.log = ml_collections.ConfigDict({"every_steps": 10})
     c.export = ml_collections.ConfigDict({"enabled": True})
     return c
@@ -328,7 +330,7 @@ def validate_tsdae(c: ml_collections.ConfigDict, num_devices: int, process_count
         raise ConfigError(f"tsdae.del_ratio must be in [0, 1), got {s.del_ratio}")
     _positive(c, "train.batch_size", "tsdae.max_length", "log.every_steps")
     _positive(c, "tsdae.max_sentences", "tsdae.min_chars", "train.warmup_steps", allow_zero=True)
-    _positive(c, "checkpoint.every_steps", allow_zero=True)
+    _positive(c, "checkpoint.every_steps", "eval.patience", allow_zero=True)
     if int(c.train.num_steps) <= 0 and float(c.train.num_epochs) <= 0:
         raise ConfigError("set train.num_steps or train.num_epochs to a positive value")
     if int(c.tsdae.max_length) < 3:
@@ -351,6 +353,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int 
     _one_of("train.rng_impl", c.train.rng_impl, RNG_IMPLS)
     _positive(c, "train.batch_size", "train.grad_accum_steps", "data.q_max_length")
     _positive(c, "data.p_max_length", "log.every_steps")
+    _positive(c, "eval.patience", allow_zero=True)
     _positive(c, "data.num_negatives", "train.cache_chunk_size", allow_zero=True)
     buckets = tuple(c.data.get("buckets", ()))
     if any(not isinstance(b, int) or b <= 0 for b in buckets) or list(buckets) != sorted(buckets):
@@ -361,7 +364,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int 
     if c.model.config_overrides and len(c.model.config_overrides) and not c.model.init_random:
         raise ConfigError("model.config_overrides changes the architecture: set model.init_random")
     try:
-        losses.validate_loss_config(c.loss, int(c.data.num_negatives))
+        loss_registry.validate_loss_config(c.loss, int(c.data.num_negatives))
     except ConfigError:
         raise
     except ValueError as e:

@@ -21,12 +21,12 @@ import jax
 import numpy as np
 
 from dualenc import rerank
-from dualenc.config import ConfigError
 from dualenc.io import atomic_dir
 from dualenc.models import loading
 from dualenc.models.convert import state_dict_from_params
 from dualenc.models.cross_encoder import CrossEncoder
 from dualenc.models.registry import get_arch
+from dualenc.training.config import ConfigError
 
 
 @dataclasses.dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 
 from dualenc import classify, eval_config, evaluate, metrics, rerank, train_eval
@@ -192,6 +191,3 @@ class RerankEval:
             "after": after,
         }
 
-
-def as_host(params):
-    return jax.tree.map(np.asarray, params)

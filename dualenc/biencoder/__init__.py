@@ -1,0 +1,1 @@
+"""The bi-encoder task: step, losses (MNRL, margins, distillation), GradCache, model set-up."""

@@ -1,0 +1,175 @@
+"""The bi-encoder task (config.task == 'biencoder', the default): what it hands the loop.
+
+Its params (pretrained, `init_from` a workdir or model dir, or abstract on resume), its batches
+(`TrainPipeline`, hard negatives mined per `data.mine_negatives`, rows packed where the run
+allows), its step (`biencoder.step`), retrieval evaluation on `data.dev.path` and a
+sentence-transformers export (query/ and passage/ for separate towers). The loop does the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import jax
+
+from dualenc import multihost, tokenization, train_eval
+from dualenc.biencoder import loss_registry
+from dualenc.biencoder import model as model_lib
+from dualenc.biencoder.step import make_train_step
+from dualenc.data import mining
+from dualenc.data.pipeline import TrainPipeline
+from dualenc.models import dual_encoder
+from dualenc.models.loading import Encoder, load_encoder, save_sentence_transformers
+from dualenc.training import config as config_lib
+from dualenc.training.checkpoint import Checkpointer
+from dualenc.training.logs import log
+from dualenc.training.task import Task
+
+
+def build(config, resumed: bool) -> Task:
+    """The bi-encoder Task; on resume the pretrained weights are never read."""
+    base = model_lib.load_base_encoder(config.model, weights=not resumed)
+    packed = use_packing(config, base.spec.arch, jax.process_count())
+    pipeline = make_pipeline(config, base.tokenizer, packed)
+    if config.loss.name in loss_registry.DISTILLATION and not pipeline.data.has_scores:
+        raise config_lib.ConfigError(
+            f"loss.name={config.loss.name!r} distils teacher scores, but data.train.path="
+            f"{config.data.train.path!r} carries none (write them with dualenc.mine, or choose "
+            "loss.name='contrastive')"
+        )
+    shared = bool(config.model.shared_towers)
+    if resumed:
+        params, source = model_lib.init_dual_params(base, shared), "checkpoint"
+    else:
+        params, source = initial_params(config, base)
+    e, has_dev = config.eval, bool(config.data.dev.path)
+    return Task(
+        name="biencoder",
+        describe=f"model {config.model.name_or_path} from {source}",
+        params=params,
+        pipeline=pipeline,
+        make_step=functools.partial(make_train_step, config, base.spec),
+        evaluate=(lambda p: eval_split(config, base, p, config.data.dev.split))
+        if has_dev
+        else None,
+        eval_metric=str(e.metric),
+        dev_value=lambda dev: float(dev[str(e.metric)]),
+        patience=int(e.patience),
+        split_eval=lambda p, split: eval_split(config, base, p, split),
+        export=lambda p, out, step: export(base, p, out),
+        export_note="exported sentence-transformers model",
+    )
+
+
+def use_packing(config, arch: str, process_count: int) -> bool:
+    """`data.packing` where this run allows it: one process (hosts would have to agree on the
+    packed row count), no GradCache or accumulation (they slice padded rows), BERT / DistilBERT
+    towers (DeBERTa's relative positions would cross segments); padded batches otherwise, said
+    once in the log. Packed and padded give the same loss and gradients (tests/packing_test.py)."""
+    if not config.data.get("packing", False):
+        return False
+    t = config.train
+    why = [
+        *(["several processes"] if process_count > 1 else []),
+        *(["train.cache_chunk_size > 0"] if int(t.cache_chunk_size) > 0 else []),
+        *(["train.grad_accum_steps > 1"] if int(t.grad_accum_steps) > 1 else []),
+        *([f"a {arch} model"] if arch not in dual_encoder.PACKABLE_ARCHS else []),
+    ]
+    if why:
+        log(f"data.packing: padded batches instead ({', '.join(why)})")
+    return not why
+
+
+def make_pipeline(config, tokenizer, packing: bool | None = None) -> TrainPipeline:
+    """The TrainPipeline over `data.train` (global batch `train.batch_size`); for BEIR training
+    data, hard negatives are mined per `data.mine_negatives` (`mining.config_negatives`). Rows are
+    packed when `packing` (default: `data.packing` as set; `build` passes `use_packing`)."""
+    d = config.data
+    examples = None
+    if d.train.format == "beir" and d.mine_negatives:
+        examples = mining.config_examples(d)
+    return TrainPipeline(
+        examples,
+        tokenizer,
+        path=d.train.path,
+        format=d.train.format,
+        split=d.train.split,
+        global_batch_size=int(config.train.batch_size),
+        num_negatives=int(d.num_negatives),
+        q_max_length=int(d.q_max_length),
+        p_max_length=int(d.p_max_length),
+        seed=int(config.seed),
+        pad_multiple=max(int(d.q_max_length), int(d.p_max_length)) if d.pad_to_max_length else None,
+        buckets=tuple(int(b) for b in d.get("buckets", ())) or tokenization.TRAIN_BUCKETS,
+        packing=bool(d.get("packing", False)) if packing is None else packing,
+        pack_max_segments=int(d.get("pack_max_segments", 16)),
+    )
+
+
+def initial_params(config, base) -> tuple[dict, str]:
+    """(params, source) for a fresh run: `config.init_from` (a workdir or model dir), else the
+    base encoder's (pretrained or random) weights."""
+    shared = bool(config.model.shared_towers)
+    init_from = config.get("init_from") or ""
+    if not init_from:
+        return model_lib.init_dual_params(base, shared), base.source
+    if (multihost.epath(init_from) / "checkpoints").is_dir():
+        ck = Checkpointer(init_from, async_save=False)
+        step = ck.latest_step()
+        state, _, _ = ck.restore(None, step)
+        got = multihost.to_host(state["params"])
+        want = model_lib.init_dual_params(base, shared)
+        if jax.tree.structure(got) != jax.tree.structure(want):
+            raise ValueError(f"init_from {init_from}: params tree does not match the model")
+        ck.close()
+        return got, f"{init_from} (step {step})"
+    enc = load_encoder(init_from, dtype=config.model.dtype)
+    return model_lib.init_dual_params(enc, shared), init_from
+
+
+def eval_split(config, base: Encoder, host_params, split: str) -> dict[str, float]:
+    """Retrieval metrics of the towers holding `host_params` on split `split` of
+    `data.dev.path`, per `eval.*` (every process calls it)."""
+    q_enc, p_enc = model_lib.tower_encoders(base, host_params)
+    return eval_encoders(config, q_enc, p_enc, split)
+
+
+def eval_encoders(config, q_enc, p_enc, split: str) -> dict[str, float]:
+    """Retrieval metrics of (q_enc, p_enc) on split `split` of `data.dev.path`, per `eval.*`."""
+    e = config.eval
+    ds = train_eval.load_split(config.data.dev.path, split, int(e.max_queries))
+    return train_eval.evaluate_retrieval(
+        q_enc,
+        p_enc,
+        ds,
+        k_values=tuple(e.k_values),
+        batch_size=int(e.batch_size),
+        max_length=int(e.max_length) or None,
+    )
+
+
+def export(base: Encoder, host_params, out) -> None:
+    """sentence-transformers dir(s) at `out` (query/ + passage/ for separate towers); a `gs://`
+    workdir gets a local export copied up."""
+    if multihost.is_local(out):
+        save_towers(base, host_params, Path(out))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_towers(base, host_params, Path(tmp) / "export")
+        for f in sorted((Path(tmp) / "export").rglob("*")):
+            if f.is_file():
+                dst = out / str(f.relative_to(Path(tmp) / "export"))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(f.read_bytes())
+
+
+def save_towers(base: Encoder, host_params, out: Path) -> None:
+    """One sentence-transformers dir (tied towers) or query/ + passage/ (separate towers)."""
+    q_enc, p_enc = model_lib.tower_encoders(base, host_params)
+    if q_enc is p_enc:
+        save_sentence_transformers(p_enc, out)
+    else:
+        save_sentence_transformers(q_enc, out / "query")
+        save_sentence_transformers(p_enc, out / "passage")

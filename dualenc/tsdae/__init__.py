@@ -1,0 +1,1 @@
+"""The TSDAE task: denoising auto-encoder adaptation of a sentence encoder."""
