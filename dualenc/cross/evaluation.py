@@ -190,4 +190,3 @@ class RerankEval:
             "dev": {str(w): v for w, v in dev_scores.items()},
             "after": after,
         }
-
