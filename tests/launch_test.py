@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from dualenc import multihost
-from dualenc.training import loop
 
 ROOT = Path(__file__).resolve().parent.parent
 # Stands in for `.venv/bin/python -m dualenc.train ...` on a worker: dualenc.train's real absl
