@@ -1,8 +1,8 @@
 """Experiment configs (`get_config()` per file) and the shared defaults they start from.
 
 The defaults and helpers live in the package (`dualenc/training/config.py`, so an installed
-wheel has them); this module re-exports them for the config files here, plus `repo_path` for paths inside
-the checkout.
+wheel has them); this module re-exports them for the config files here, plus `repo_path` for
+paths inside the checkout.
 """
 
 from __future__ import annotations
