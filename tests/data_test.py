@@ -218,29 +218,6 @@ def test_examples_from_beir_skips_relevant_negatives(tmp_path):
     assert exs == [TrainExample("q1", "first?", ["T1 one"], ["two"])]  # q2 has no score ≥ 1
 
 
-# ----------------------------------------------------------------------------- TFDS
-
-
-def test_tfds_round_trip(tmp_path):
-    from dualenc.data import tfds_builders
-
-    train = [
-        TrainExample("a", "q a", ["p1", "p2"], [], ["ans"]),
-        TrainExample("b", "q b ü", ["p3"], ["n1", "n2"]),
-    ]
-    tfds_builders.build_from_examples({"train": train, "dev": train[:1]}, tmp_path)
-    src = tfds_builders.as_source(tmp_path, "train")
-    assert len(src) == 2
-    assert tfds_builders.load_source_examples(tmp_path, "train") == train
-    assert tfds_builders.load_source_examples(tmp_path, "dev") == train[:1]
-    with pytest.raises(FileExistsError):
-        tfds_builders.build_from_examples({"train": train}, tmp_path)
-    tfds_builders.build_from_examples({"train": train[1:]}, tmp_path, overwrite=True)
-    assert tfds_builders.load_source_examples(tmp_path, "train") == train[1:]
-    with pytest.raises(InputError):
-        tfds_builders.as_source(tmp_path / "nothing")
-
-
 # ----------------------------------------------------------------------------- real shared data
 
 
