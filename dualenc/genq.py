@@ -33,7 +33,7 @@ from dualenc import cli, multihost, tokenization
 from dualenc.data.beir import load_corpus
 from dualenc.io import InputError, atomic_write
 from dualenc.models import convert, t5
-from dualenc.models.loading import _read_json, _read_state_dict, _resolve
+from dualenc.models.loading import read_json, read_state_dict, resolve_model_dir
 
 # ----------------------------------------------------------------------------- model
 
@@ -42,15 +42,15 @@ class Generator:
     """A T5 query generator: config, params (on device), tokenizer."""
 
     def __init__(self, name_or_path: str):
-        root = _resolve(name_or_path)
-        hf = _read_json(root / "config.json", what="config.json")
+        root = resolve_model_dir(name_or_path)
+        hf = read_json(root / "config.json", what="config.json")
         if hf.get("model_type") != "t5":
             raise InputError(
                 f"expected a T5 query generator (model_type 't5'), got {hf.get('model_type')!r}",
                 path=root / "config.json",
             )
         self.config = t5.T5Config.from_hf(hf)
-        sd = _read_state_dict(root)
+        sd = read_state_dict(root)
         untied = "lm_head.weight" in sd and hf.get("tie_word_embeddings", True) is False
         self.config = t5.T5Config.from_hf({**hf, "tie_word_embeddings": not untied})
         ignore = [r"embed_tokens\.weight$", r"relative_attention_bias\.weight$"]

@@ -30,7 +30,8 @@ from dualenc.checkpoint import Checkpointer, PreemptionGuard
 from dualenc.data import mining
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.models import dual_encoder
-from dualenc.models.loading import Encoder, load_encoder, save_sentence_transformers
+from dualenc.models.loading import Encoder, load_encoder
+from dualenc.models.saving import save_sentence_transformers
 
 
 class NonFiniteLossError(FloatingPointError):

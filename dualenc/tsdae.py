@@ -34,7 +34,8 @@ from dualenc import multihost, optim, sharding, steps, train_eval, trainer
 from dualenc.checkpoint import Checkpointer, PreemptionGuard
 from dualenc.data.denoising import DenoisingPipeline, read_sentences
 from dualenc.models import bert_decoder, convert, dual_encoder
-from dualenc.models.loading import encoder_from_params, save_sentence_transformers
+from dualenc.models.loading import encoder_from_params, read_state_dict
+from dualenc.models.saving import save_sentence_transformers
 
 
 def tsdae_loss(spec, params, batch, rng=None, deterministic: bool = True):
@@ -102,10 +103,8 @@ def initial_decoder(base, seed: int) -> dict:
     own = jax.tree.map(np.asarray, own)
     if base.model_dir is None:
         return own
-    from dualenc.models.loading import _read_state_dict  # noqa: PLC0415 - one private reader
-
     try:
-        sd = _read_state_dict(Path(base.model_dir))
+        sd = read_state_dict(Path(base.model_dir))
     except Exception:  # noqa: BLE001 - no readable weights file: the random head stays
         return own
     head = {k: v for k, v in sd.items() if k.startswith("cls.predictions.")}

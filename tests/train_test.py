@@ -359,11 +359,11 @@ def test_resume_never_reads_the_pretrained_weights(tmp_path, monkeypatch):
 
     from ml_collections import ConfigDict
 
-    from dualenc.models import loading
+    from dualenc.models import loading, saving
 
     c = tiny_config(tmp_path, **{"train.num_steps": 4, "export.enabled": True})
     model_dir = tmp_path / "pretrained"
-    loading.save_sentence_transformers(steps.load_base_encoder(c.model), model_dir)
+    saving.save_sentence_transformers(steps.load_base_encoder(c.model), model_dir)
     c.model.init_random, c.model.name_or_path = False, str(model_dir)
     c.model.config_overrides = ConfigDict()
     trainer.train_and_evaluate(c, tmp_path / "a")
@@ -374,7 +374,7 @@ def test_resume_never_reads_the_pretrained_weights(tmp_path, monkeypatch):
     def no_weights(_):
         raise AssertionError("pretrained weights read on resume")
 
-    monkeypatch.setattr(loading, "_read_state_dict", no_weights)
+    monkeypatch.setattr(loading, "read_state_dict", no_weights)
     steps._load_pretrained.cache_clear()
     res = trainer.train_and_evaluate(c, tmp_path / "b")
     assert res["step"] == 4 and [r["step"] for r in res["log"]] == [3, 4]
