@@ -29,7 +29,7 @@ from absl import flags, logging
 
 from dualenc import multihost
 from dualenc.data import mining
-from dualenc.data.store import load_examples
+from dualenc.data.records import load_examples
 from dualenc.io import InputError, atomic_write, open_text
 
 FORMATS = ("auto", "dpr", "st_jsonl", "st_tsv", "beir")

@@ -21,8 +21,8 @@ from dualenc.data import mining
 from dualenc.data import pairs as pairs_lib
 from dualenc.data.beir import BeirDataset, load_beir
 from dualenc.data.examples import TrainExample
+from dualenc.data.records import load_examples
 from dualenc.data.st_format import examples_from_beir
-from dualenc.data.store import load_examples
 from dualenc.io import InputError
 
 BUCKET = 16  # batch pad lengths are multiples of this (see CrossPipeline._bucket)
