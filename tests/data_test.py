@@ -245,15 +245,15 @@ def test_real_other_beir_views(shared_data):
 
 @pytest.mark.data
 def test_nq_toy_is_reproducible_and_clean(shared_data, tmp_path):
-    from dualenc.data import build_nq_toy
+    from dualenc.data import nq_toy
 
-    files = build_nq_toy.build_files(shared_data / "nq-open-oracle")
-    build_nq_toy.write(tmp_path / "nq", files)
+    files = nq_toy.build_files(shared_data / "nq-open-oracle")
+    nq_toy.write(tmp_path / "nq", files)
     shipped = REPO / "data" / "nq-toy"
     for rel in files:
         got = hashlib.sha256((tmp_path / "nq" / rel).read_bytes()).hexdigest()
         assert got == hashlib.sha256((shipped / rel).read_bytes()).hexdigest(), rel
-    splits = {s: dpr.load_dpr(shipped / f"{s}.json") for s in build_nq_toy.SPLITS}
+    splits = {s: dpr.load_dpr(shipped / f"{s}.json") for s in nq_toy.SPLITS}
     assert [len(v) for v in splits.values()] == [2000, 300, 355]
     gold = {s: {e.positives[0] for e in v} for s, v in splits.items()}
     assert not (gold["train"] & gold["dev"]) and not (gold["train"] & gold["test"])

@@ -13,9 +13,9 @@ import pytest
 
 from dualenc import mine
 from dualenc.data import mining
-from dualenc.data.build_nq_toy import answer_pattern
 from dualenc.data.dpr import load_dpr
 from dualenc.data.examples import TrainExample
+from dualenc.data.nq_toy import answer_pattern
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.data.st_format import load_st_jsonl
 from dualenc.io import InputError

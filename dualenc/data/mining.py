@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from dualenc import multihost
 from dualenc.data.beir import load_beir
-from dualenc.data.build_nq_toy import answer_pattern
 from dualenc.data.examples import TrainExample, passage_text
+from dualenc.data.nq_toy import answer_pattern
 from dualenc.data.st_format import examples_from_beir
 from dualenc.index.bm25 import BM25Index, _tokenize
 from dualenc.io import InputError
