@@ -27,7 +27,7 @@ from tqdm import tqdm
 from dualenc import config as config_lib
 from dualenc import io, losses, multihost, optim, sharding, steps, tokenization, train_eval
 from dualenc.checkpoint import Checkpointer, PreemptionGuard
-from dualenc.data import mining
+from dualenc.data import negatives
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.models import dual_encoder
 from dualenc.models.loading import Encoder, load_encoder
@@ -79,12 +79,13 @@ def use_packing(config, arch: str, process_count: int) -> bool:
 
 def make_pipeline(config, tokenizer, packing: bool | None = None) -> TrainPipeline:
     """The TrainPipeline over `data.train` (global batch `train.batch_size`); for BEIR training
-    data, hard negatives are mined per `data.mine_negatives` (`mining.config_negatives`). Rows are
-    packed when `packing` (default: `data.packing` as set; `setup` passes `use_packing`)."""
+    data, hard negatives are mined per `data.mine_negatives` (`negatives.config_negatives`).
+    Rows are packed when `packing` (default: `data.packing` as set; `setup` passes
+    `use_packing`)."""
     d = config.data
     examples = None
     if d.train.format == "beir" and d.mine_negatives:
-        examples = mining.config_examples(d)
+        examples = negatives.config_examples(d)
     return TrainPipeline(
         examples,
         tokenizer,

@@ -456,15 +456,16 @@ def test_init_from_a_workdir_starts_from_its_params(tmp_path):
 def test_bm25_mining_never_returns_a_judged_positive(tmp_path):
     """Query i's own passage d{i} ranks first in BM25 (it shares every query word) but is judged
     relevant: never a negative."""
-    from dualenc.data import mining
+    from dualenc.data import negatives
     from dualenc.data.beir import load_beir
+    from dualenc.data.st_format import examples_from_beir
 
     _, beir = write_tiny_data(tmp_path)
     ds = load_beir(beir, "test")
-    negs = mining.bm25_negatives(ds, depth=3)
+    negs = negatives.bm25_negatives(ds, depth=3)
     assert set(negs) == set(ds.qrels)
     for q, ids in negs.items():
         i = q[1:]
         assert 0 < len(ids) <= 3 and f"d{i}" not in ids and set(ids) <= set(ds.corpus), (q, ids)
-    examples = mining.examples_from_beir(ds, mining.bm25_negatives(ds, depth=2, skip=1))
+    examples = examples_from_beir(ds, negatives.bm25_negatives(ds, depth=2, skip=1))
     assert examples and all(len(ex.negatives) <= 2 for ex in examples)
