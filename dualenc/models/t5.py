@@ -1,5 +1,5 @@
 """T5 (encoder-decoder) for inference, equal to transformers' `T5ForConditionalGeneration`: the
-query generator of GenQ (`dualenc.genq`, e.g. BeIR/query-gen-msmarco-t5-base-v1, doc2query).
+query generator of GenQ (`dualenc.data.genq`, e.g. BeIR/query-gen-msmarco-t5-base-v1, doc2query).
 
 Pure functions over a plain param tree whose paths mirror the HF state dict (`shared`,
 `encoder/block/0/layer/0/SelfAttention/q`, `.../layer_norm`, `decoder/block/0/layer/1/
