@@ -46,7 +46,8 @@ def main(argv) -> None:
     import torch
     import transformers
 
-    from dualenc import genq, tokenization
+    from dualenc import tokenization
+    from dualenc.data import genq
     from dualenc.data.beir import load_corpus
     from dualenc.io import data_dir
     from dualenc.models import convert, t5

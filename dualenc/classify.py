@@ -38,8 +38,8 @@ def label_names(model_dir: str | os.PathLike, num_labels: int) -> list[str]:
     one-logit model is a binary classifier with classes '0' and '1'."""
     if num_labels == 1:
         return ["0", "1"]
-    root = loading._resolve(model_dir)
-    cfg = loading._read_json(root / "config.json", what="config.json (the model config)")
+    root = loading.resolve_model_dir(model_dir)
+    cfg = loading.read_json(root / "config.json", what="config.json (the model config)")
     id2label = {int(k): str(v) for k, v in (cfg.get("id2label") or {}).items()}
     return [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
 

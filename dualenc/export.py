@@ -76,7 +76,7 @@ def detect_kind(root: Path) -> str:
     """'cross' for a transformers *ForSequenceClassification dir, else 'bi'."""
     if (root / "modules.json").exists() or not (root / "config.json").exists():
         return "bi"
-    cfg = loading._read_json(root / "config.json", what="config.json (the model config)")
+    cfg = loading.read_json(root / "config.json", what="config.json (the model config)")
     archs = cfg.get("architectures") or []
     return "cross" if any(str(a).endswith("ForSequenceClassification") for a in archs) else "bi"
 
@@ -85,7 +85,7 @@ def load_exportable(model: str | Path, *, kind: str = "auto", max_length: int | 
     """Loads a bi-encoder (dualenc.models.loading) or a cross-encoder (dualenc.rerank)."""
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; expected one of {list(KINDS)}", field="kind")
-    root = loading._resolve(model)
+    root = loading.resolve_model_dir(model)
     kind = detect_kind(root) if kind == "auto" else kind
     if kind == "cross":
         from dualenc.rerank import load_reranker

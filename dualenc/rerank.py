@@ -77,7 +77,9 @@ class Reranker:
         """sha256 over weights, tokenizer, architecture config, labels and max_length."""
         if self._hash is None:
             h = hashlib.sha256()
-            for path, leaf in sorted(loading._flatten(multihost.to_host(self.params)).items()):
+            for path, leaf in sorted(
+                loading.flatten_params(multihost.to_host(self.params)).items()
+            ):
                 a = np.ascontiguousarray(np.asarray(leaf))
                 h.update(f"{path}:{a.dtype}:{a.shape};".encode())
                 h.update(a.tobytes())
@@ -92,15 +94,15 @@ def load_reranker(
     name_or_path: str | Path, *, dtype: str = "float32", max_length: int | None = None
 ) -> Reranker:
     """Loads a transformers `*ForSequenceClassification` dir (or hub id) as a Reranker."""
-    root = loading._resolve(name_or_path)
+    root = loading.resolve_model_dir(name_or_path)
     cfg_path = root / "config.json"
-    hf_cfg = loading._read_json(cfg_path, what="config.json (the model config)")
+    hf_cfg = loading.read_json(cfg_path, what="config.json (the model config)")
     try:
         arch = get_arch(hf_cfg.get("model_type"))
     except ValueError as e:
         raise InputError(str(e), path=cfg_path, field="model_type") from None
     config = dataclasses.replace(arch.config_cls.from_hf(hf_cfg), dtype=dtype)
-    sd = loading._read_state_dict(root)
+    sd = loading.read_state_dict(root)
     # transformers 5 writes neither num_labels nor id2label for its default of 2 labels: the
     # head's bias says how many there are.
     head = sd.get("classifier.bias")
@@ -120,7 +122,7 @@ def load_reranker(
     return Reranker(
         ce,
         params,
-        loading._load_tokenizer(root),
+        loading.read_tokenizer(root),
         min(int(max_length or limit), limit),
         str(name_or_path),
     )

@@ -27,8 +27,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dualenc import corpus_cache, io, mine, runs, train_eval
-from dualenc.data import mining
+from dualenc import corpus_cache, io, runs, train_eval
+from dualenc.data import mining, negatives
 from dualenc.data.beir import load_qrels, qrels_path
 from dualenc.index.exact import ExactIndex
 from dualenc.io import InputError
@@ -341,13 +341,13 @@ class Study:
                 seed=int(m.seed),
             )
             data = self._mining_data()
-            mined, summary = mine.run_mining(
+            mined, summary = negatives.run_mining(
                 data, mcfg, model=model, cross_encoder=ce, max_length=int(m.max_length) or None
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            mine.write_output(path, mine.to_records(data, mined, "st_jsonl"), "st_jsonl")
+            negatives.write_output(path, negatives.to_records(data, mined, "st_jsonl"), "st_jsonl")
             io.write_json(path.with_suffix(".summary.json"), {"model": model, "ce": ce, **summary})
-            logging.info("mined %s:\n%s", path, mine.format_summary(summary))
+            logging.info("mined %s:\n%s", path, negatives.format_summary(summary))
         self.mined[kind] = str(path)
         return str(path)
 
@@ -355,7 +355,7 @@ class Study:
         t = self.train_data
         if t["format"] == "beir":
             return mining.data_from_beir(t["path"], t["split"])
-        return mine.load_data(t["path"], t["format"], t.get("split", "train"))
+        return negatives.load_data(t["path"], t["format"], t.get("split", "train"))
 
     def _teacher(self) -> tuple[str | None, str, str]:
         """(cross-encoder, dense model, method): the configured cross-encoder re-scoring dense

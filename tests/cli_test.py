@@ -21,7 +21,7 @@ from dualenc.evaluate import default_config, run_evaluation
 from dualenc.index import Index
 from dualenc.index.bm25 import BM25Index
 from dualenc.io import InputError
-from dualenc.models import loading
+from dualenc.models import loading, saving
 from dualenc.search import Searcher, build_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,10 +46,8 @@ def two_towers(tmp_path_factory, tiny_model):
         lambda x: np.asarray(x) + rng.normal(0, 0.5 * (np.std(x) + 0.01), np.shape(x)), base.params
     )
     root = tmp_path_factory.mktemp("export")
-    loading.save_sentence_transformers(base, root / "query")
-    loading.save_sentence_transformers(
-        loading.encoder_from_params(base, p_params), root / "passage"
-    )
+    saving.save_sentence_transformers(base, root / "query")
+    saving.save_sentence_transformers(loading.encoder_from_params(base, p_params), root / "passage")
     return root
 
 

@@ -198,7 +198,7 @@ def test_pipeline_carries_graded_targets(tmp_path, minilm_path):
     data = cross_data.read_pair_data(c.data.train.path, c.cross)
     assert data.labels.dtype == np.float32
     np.testing.assert_allclose(np.unique(data.labels) * 3, [0, 1, 2, 3], rtol=1e-6)
-    tok = loading._load_tokenizer(Path(minilm_path))
+    tok = loading.read_tokenizer(Path(minilm_path))
     pipe = cross_data.CrossPipeline(tok, pairs=data, global_batch_size=16, max_length=16, seed=0)
     for step in (0, 7):
         _, rows = pipe.rows_at(step)

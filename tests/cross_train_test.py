@@ -359,9 +359,11 @@ def test_listwise_reranker_on_beir_with_held_out_dev(tmp_path, minilm_path, monk
     over = {"cross.fusion": "zscore", "data.mine_negatives": "both"}  # BM25 + dense, in the run
     c = rerank_config(tmp_path, minilm_path, beir, **over, **{"data.mine_model": str(minilm_path)})
     mined = []
-    real = cross_data.mining.config_negatives
+    real = cross_data.negatives.config_negatives
     monkeypatch.setattr(
-        cross_data.mining, "config_negatives", lambda ds, d: mined.append(real(ds, d)) or mined[-1]
+        cross_data.negatives,
+        "config_negatives",
+        lambda ds, d: mined.append(real(ds, d)) or mined[-1],
     )
     r = loop.train_and_evaluate(c, tmp_path / "w")
     assert len(mined) == 1 and len(mined[0]) == 20  # every judged query, depth 5 each

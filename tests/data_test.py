@@ -218,29 +218,6 @@ def test_examples_from_beir_skips_relevant_negatives(tmp_path):
     assert exs == [TrainExample("q1", "first?", ["T1 one"], ["two"])]  # q2 has no score ≥ 1
 
 
-# ----------------------------------------------------------------------------- TFDS
-
-
-def test_tfds_round_trip(tmp_path):
-    from dualenc.data import tfds_builders
-
-    train = [
-        TrainExample("a", "q a", ["p1", "p2"], [], ["ans"]),
-        TrainExample("b", "q b ü", ["p3"], ["n1", "n2"]),
-    ]
-    tfds_builders.build_from_examples({"train": train, "dev": train[:1]}, tmp_path)
-    src = tfds_builders.as_source(tmp_path, "train")
-    assert len(src) == 2
-    assert tfds_builders.load_source_examples(tmp_path, "train") == train
-    assert tfds_builders.load_source_examples(tmp_path, "dev") == train[:1]
-    with pytest.raises(FileExistsError):
-        tfds_builders.build_from_examples({"train": train}, tmp_path)
-    tfds_builders.build_from_examples({"train": train[1:]}, tmp_path, overwrite=True)
-    assert tfds_builders.load_source_examples(tmp_path, "train") == train[1:]
-    with pytest.raises(InputError):
-        tfds_builders.as_source(tmp_path / "nothing")
-
-
 # ----------------------------------------------------------------------------- real shared data
 
 
@@ -268,15 +245,15 @@ def test_real_other_beir_views(shared_data):
 
 @pytest.mark.data
 def test_nq_toy_is_reproducible_and_clean(shared_data, tmp_path):
-    from dualenc.data import build_nq_toy
+    from dualenc.data import nq_toy
 
-    files = build_nq_toy.build_files(shared_data / "nq-open-oracle")
-    build_nq_toy.write(tmp_path / "nq", files)
+    files = nq_toy.build_files(shared_data / "nq-open-oracle")
+    nq_toy.write(tmp_path / "nq", files)
     shipped = REPO / "data" / "nq-toy"
     for rel in files:
         got = hashlib.sha256((tmp_path / "nq" / rel).read_bytes()).hexdigest()
         assert got == hashlib.sha256((shipped / rel).read_bytes()).hexdigest(), rel
-    splits = {s: dpr.load_dpr(shipped / f"{s}.json") for s in build_nq_toy.SPLITS}
+    splits = {s: dpr.load_dpr(shipped / f"{s}.json") for s in nq_toy.SPLITS}
     assert [len(v) for v in splits.values()] == [2000, 300, 355]
     gold = {s: {e.positives[0] for e in v} for s, v in splits.items()}
     assert not (gold["train"] & gold["dev"]) and not (gold["train"] & gold["test"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from dualenc import genq
+from dualenc.data import genq
 from dualenc.data.beir import load_beir
 from dualenc.models import convert, t5
 from dualenc.training import loop

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from dualenc.encode import encode_texts
 from dualenc.io import InputError
-from dualenc.models import loading
+from dualenc.models import loading, saving
 from dualenc.models.convert import WeightsError
 
 TOKENIZER_FILES = (
@@ -150,7 +150,7 @@ def test_tiny_sentence_transformers_export_round_trip(tiny_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     enc = loading.load_encoder(tiny_dir, pooling="mean", normalize=True, max_length=64)
-    out = loading.save_sentence_transformers(enc, tmp_path / "st")
+    out = saving.save_sentence_transformers(enc, tmp_path / "st")
     for name in (
         "config.json",
         "model.safetensors",
@@ -177,7 +177,7 @@ def test_tiny_save_hf_loads_in_automodel(tiny_dir, tmp_path):
     from transformers import AutoModel
 
     enc = loading.load_encoder(tiny_dir, pooling="mean")
-    out = loading.save_hf(enc, tmp_path / "hf")
+    out = saving.save_hf(enc, tmp_path / "hf")
     _, info = AutoModel.from_pretrained(str(out), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert not info["mismatched_keys"], info
@@ -193,7 +193,7 @@ def test_tiny_save_hf_loads_in_automodel(tiny_dir, tmp_path):
 def test_pooler_pooling_cannot_export_to_sentence_transformers(tiny_dir, tmp_path):
     enc = loading.load_encoder(tiny_dir, pooling="pooler")
     with pytest.raises(ValueError, match="pooler"):
-        loading.save_sentence_transformers(enc, tmp_path / "st")
+        saving.save_sentence_transformers(enc, tmp_path / "st")
     assert not (tmp_path / "st").exists()
 
 
@@ -417,7 +417,7 @@ def test_minilm_matches_sentence_transformers(minilm, st_reference):
 def test_minilm_sentence_transformers_export(minilm, st_reference, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    out = loading.save_sentence_transformers(minilm, tmp_path / "export")
+    out = saving.save_sentence_transformers(minilm, tmp_path / "export")
     texts, ref = st_reference
     got = SentenceTransformer(str(out), device="cpu").encode(texts, batch_size=16)
     assert np.abs(got - ref).max() <= 1e-5
@@ -430,7 +430,7 @@ def test_minilm_sentence_transformers_export(minilm, st_reference, tmp_path):
 def test_minilm_save_hf_automodel(minilm, tmp_path):
     from transformers import AutoModel
 
-    out = loading.save_hf(minilm, tmp_path / "hf")
+    out = saving.save_hf(minilm, tmp_path / "hf")
     _, info = AutoModel.from_pretrained(str(out), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert loading.load_encoder(out).weights_hash() == minilm.weights_hash()

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualenc import mine
-from dualenc.data import mining
-from dualenc.data.build_nq_toy import answer_pattern
+from dualenc.data import mining, negatives
+from dualenc.data.beir import load_beir
 from dualenc.data.dpr import load_dpr
 from dualenc.data.examples import TrainExample
+from dualenc.data.nq_toy import answer_pattern
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.data.st_format import load_st_jsonl
 from dualenc.io import InputError
@@ -50,7 +50,7 @@ def _examples():
 
 def _bm25(data, **kw):
     cfg = mining.MineConfig(method="bm25", num_negatives=10, **kw)
-    mined, summary = mine.run_mining(data, cfg, progress=False)
+    mined, summary = negatives.run_mining(data, cfg, progress=False)
     return {m.query.qid: m for m in mined}, summary
 
 
@@ -117,7 +117,7 @@ def test_random_sampling_is_seeded_subset():
     runs = []
     for seed in (0, 0, 1):
         cfg = mining.MineConfig(num_negatives=2, sampling="random", seed=seed, answer_filter=False)
-        mined, summary = mine.run_mining(data, cfg, progress=False)
+        mined, summary = negatives.run_mining(data, cfg, progress=False)
         runs.append({m.query.qid: m.neg_rows for m in mined})
         assert summary["dropped_not_sampled"] > 0
     assert runs[0] == runs[1]
@@ -129,7 +129,9 @@ def test_st_output_round_trips_with_teacher_scores(tmp_path, minilm_path):
     data = mining.data_from_examples(_examples())
     by_q, _ = _bm25(data, answer_filter=False)
     out = tmp_path / "mined.jsonl"
-    mine.write_output(out, mine.to_records(data, list(by_q.values()), "st_jsonl"), "st_jsonl")
+    negatives.write_output(
+        out, negatives.to_records(data, list(by_q.values()), "st_jsonl"), "st_jsonl"
+    )
     back = {ex.qid: ex for ex in load_st_jsonl(out)}
     m = by_q["q0"]
     assert back["q0"].negatives == _neg_texts(data, m)
@@ -156,7 +158,7 @@ def test_dpr_output_round_trips(tmp_path):
     data = mining.data_from_examples(_examples())
     by_q, _ = _bm25(data)
     out = tmp_path / "mined.json"
-    mine.write_output(out, mine.to_records(data, list(by_q.values()), "dpr"), "dpr")
+    negatives.write_output(out, negatives.to_records(data, list(by_q.values()), "dpr"), "dpr")
     back = {ex.qid: ex for ex in load_dpr(out)}
     assert back["q0"].negatives == _neg_texts(data, by_q["q0"])
     assert back["q0"].answers == ["sign they"] and back["q0"].positives == [P_A, P_B]
@@ -182,7 +184,7 @@ def _beir(tmp_path):
 
 
 def test_beir_pool_with_empty_doc(tmp_path):
-    data = mine.load_data(_beir(tmp_path), "auto", "train")
+    data = negatives.load_data(_beir(tmp_path), "auto", "train")
     assert len(data.texts) == 10 and "" in data.texts
     by_q, _ = _bm25(data)
     negs = _neg_texts(data, by_q["q0"])
@@ -230,7 +232,7 @@ def test_dense_and_both_methods(tiny_dirs, tmp_path):
     q, p = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, p))
     for method in ("dense", "both"):
         cfg = mining.MineConfig(method=method, num_negatives=3, answer_filter=False)
-        mined, summary = mine.run_mining(data, cfg, model=str(enc_dir), progress=False)
+        mined, summary = negatives.run_mining(data, cfg, model=str(enc_dir), progress=False)
         assert summary["negatives"] > 0
         for m in mined:
             i = data.queries.index(m.query)
@@ -240,13 +242,13 @@ def test_dense_and_both_methods(tiny_dirs, tmp_path):
             if method == "dense":  # top sampling keeps the dense ranking order
                 assert m.neg_scores == sorted(m.neg_scores, reverse=True)
     # dense search ranks the whole pool, so the empty BEIR document is retrieved, then dropped
-    data = mine.load_data(_beir(tmp_path), "beir", "train")
+    data = negatives.load_data(_beir(tmp_path), "beir", "train")
     cfg = mining.MineConfig(method="dense", num_negatives=3)
-    mined, summary = mine.run_mining(data, cfg, model=str(enc_dir), progress=False)
+    mined, summary = negatives.run_mining(data, cfg, model=str(enc_dir), progress=False)
     assert summary["dropped_empty"] == 2 and summary["dropped_positive"] == 3
     assert all("" not in _neg_texts(data, m) for m in mined)
     with pytest.raises(InputError, match="needs --model"):
-        mine.run_mining(data, mining.MineConfig(method="dense"), progress=False)
+        negatives.run_mining(data, mining.MineConfig(method="dense"), progress=False)
 
 
 def test_cross_encoder_rescoring(tiny_dirs):
@@ -255,7 +257,7 @@ def test_cross_encoder_rescoring(tiny_dirs):
     _, ce_dir = tiny_dirs
     data = mining.data_from_examples(_examples())
     cfg = mining.MineConfig(num_negatives=10, answer_filter=False)
-    mined, _ = mine.run_mining(data, cfg, cross_encoder=str(ce_dir), progress=False)
+    mined, _ = negatives.run_mining(data, cfg, cross_encoder=str(ce_dir), progress=False)
     rr = rerank.load_reranker(ce_dir)
     for m in mined:
         texts = [data.texts[r] for r in m.neg_rows]
@@ -265,7 +267,7 @@ def test_cross_encoder_rescoring(tiny_dirs):
     scores = sorted(s for m in mined for s in m.neg_scores)
     cap = (scores[0] + scores[-1]) / 2
     cfg = mining.MineConfig(num_negatives=10, answer_filter=False, max_score=cap)
-    capped, summary = mine.run_mining(data, cfg, cross_encoder=str(ce_dir), progress=False)
+    capped, summary = negatives.run_mining(data, cfg, cross_encoder=str(ce_dir), progress=False)
     assert all(s <= cap for m in capped for s in m.neg_scores)
     assert summary["dropped_max_score"] == sum(s > cap for s in scores)
 
@@ -315,7 +317,7 @@ def test_nq_toy_never_mines_an_answer_or_a_positive():
     examples = load_dpr(REPO / "data" / "nq-toy" / "train.json")[:600]
     data = mining.data_from_examples(examples)
     cfg = mining.MineConfig(num_negatives=5, range_max=30)
-    mined, summary = mine.run_mining(data, cfg, progress=False)
+    mined, summary = negatives.run_mining(data, cfg, progress=False)
     assert summary["dropped_answer"] > 0 and summary["dropped_positive"] > 0
     assert len(mined) > 500
     for m in mined:
@@ -354,7 +356,7 @@ def test_config_negatives_mine_the_window_of_each_retriever(minilm_path, tmp_pat
 
     enc_dir = minilm_path  # real weights: distinct scores (a tiny random tower ties them all)
     root = _beir(tmp_path)
-    data = mine.load_data(root, "beir", "train")
+    data = negatives.load_data(root, "beir", "train")
     enc = load_encoder(enc_dir)
     q = encode_texts(enc, [x.text for x in data.queries], progress=False)
     p = encode_texts(enc, data.texts, progress=False)
@@ -371,10 +373,10 @@ def test_config_negatives_mine_the_window_of_each_retriever(minilm_path, tmp_pat
             "mine_max_relative_score": 0.0,
         }
     )
-    ds = mining.load_beir(root, "train", allow_empty_docs=True)
+    ds = load_beir(root, "train", allow_empty_docs=True)
     for method in ("dense", "both"):
         d.mine_negatives = method
-        got = mining.config_negatives(ds, d)
+        got = negatives.config_negatives(ds, d)
         for i, mq in enumerate(data.queries):
             dense_w = [int(r) for r in np.argsort(-(p @ q[i]), kind="stable")[skip : skip + depth]]
             bm25_w = [int(r) for r in bm25[i][skip : skip + depth] if r >= 0]
@@ -385,6 +387,6 @@ def test_config_negatives_mine_the_window_of_each_retriever(minilm_path, tmp_pat
             assert got.get(mq.qid, []) == [data.ids[r] for r in keep[:depth]], (method, mq.qid)
     assert got["q0"] and not {"d0", "d1"} & set(got["q0"])  # q0's judged positives
     d.mine_negatives = "bm25"
-    assert mining.config_negatives(ds, d) == mining.bm25_negatives(ds, depth, skip)
+    assert negatives.config_negatives(ds, d) == negatives.bm25_negatives(ds, depth, skip)
     d.mine_negatives = ""
-    assert mining.config_negatives(ds, d) is None
+    assert negatives.config_negatives(ds, d) is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualenc.data import st_format, store
+from dualenc.data import records, st_format
 from dualenc.data.examples import TrainExample
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.io import InputError
@@ -67,10 +67,10 @@ def _assert_same(a, b):
 
 def test_store_round_trip_equals_in_memory(tok, tmp_path):
     exs = _examples(scores=True)
-    root = store.build_store({"train": exs, "dev": exs[:8]}, tmp_path / "s")
-    split = store.open_split(root, "train")
+    root = records.build_store({"train": exs, "dev": exs[:8]}, tmp_path / "s")
+    split = records.open_split(root, "train")
     assert not isinstance(split.examples, list) and not isinstance(split.passages, list)
-    mem = store.memory_split(exs)
+    mem = records.memory_split(exs)
     assert list(split.passages) == mem.passages  # each passage once, ids in first-seen order
     assert len(mem.passages) < sum(len(e.positives) + len(e.negatives) for e in exs)
     assert [split.examples[i] for i in range(len(exs))] == mem.examples
@@ -80,17 +80,17 @@ def test_store_round_trip_equals_in_memory(tok, tmp_path):
     _assert_same(got, ref)
     assert len(list(root.glob("train.lengths-*.npz"))) == 1  # computed once, cached per tokenizer
     _assert_same(_take(_pipe(tok, path=root, format="tfds"), 5), ref)
-    assert store.open_split(root, "dev").examples[7] == mem.examples[7]
+    assert records.open_split(root, "dev").examples[7] == mem.examples[7]
     with pytest.raises(FileExistsError):
-        store.build_store({"train": exs}, root)
+        records.build_store({"train": exs}, root)
     with pytest.raises(InputError, match="split 'test'"):
-        store.open_split(root, "test")
+        records.open_split(root, "test")
     with pytest.raises(InputError, match="meta.json"):
-        store.open_split(tmp_path)
+        records.open_split(tmp_path)
 
 
 def test_two_hosts_are_disjoint_and_cover_the_global_batch(tok, tmp_path, monkeypatch):
-    root = store.build_store({"train": _examples()}, tmp_path / "s")
+    root = records.build_store({"train": _examples()}, tmp_path / "s")
     kw = dict(path=root, format="tfds", pad_multiple=2)  # fine shapes: hosts' rows differ
     encoded = []
     orig = TrainPipeline._encode
@@ -147,7 +147,7 @@ def test_teacher_scores_follow_the_sampled_candidates(tok):
 
 
 def test_resume_mid_epoch_with_worker_threads(tok, tmp_path):
-    root = store.build_store({"train": _examples()}, tmp_path / "s")
+    root = records.build_store({"train": _examples()}, tmp_path / "s")
     kw = dict(path=root, format="tfds", num_threads=2, prefetch=3)
     expected = _take(_pipe(tok, **kw), 5)
     first = _pipe(tok, **kw)
@@ -189,11 +189,11 @@ def test_store_cli(tmp_path, minilm_path, tok):
     lens = [f"--tokenizer={minilm_path}", "--q_max_length=8", "--p_max_length=4"]
     done = subprocess.run([*cmd, f"--output={out}", *lens], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    split = store.open_split(out)
+    split = records.open_split(out)
     assert len(split.examples) == 2 and split.max_positives == 2  # q0's lines grouped
     assert sorted(split.passages) == ["n0", "p0", "p1", "p2"]
     (cached,) = out.glob("train.lengths-*.npz")  # precomputed for the run's tokenizer
-    q, p = store.token_lengths(split, tok, 8, 4)
+    q, p = records.token_lengths(split, tok, 8, 4)
     assert q.tolist() == [4, 4] and p.tolist() == [4] * 4  # "p0" is 4 tokens, truncated at 4
     assert list(out.glob("train.lengths-*.npz")) == [cached]
     src.write_text("q0\n")
@@ -204,9 +204,9 @@ def test_store_cli(tmp_path, minilm_path, tok):
 
 def test_nq_toy_store_stores_each_passage_once(tok, tmp_path):
     path = REPO / "data" / "nq-toy" / "train.json"
-    exs = store.load_examples(path, "dpr")
-    root = store.build_store({"train": exs}, tmp_path / "s")
-    split = store.open_split(root)
+    exs = records.load_examples(path, "dpr")
+    root = records.build_store({"train": exs}, tmp_path / "s")
+    split = records.open_split(root)
     texts = sum((len(e.positives) + len(e.negatives) for e in exs), 0)
     assert (len(split.examples), len(split.passages)) == (2000, 1965) and texts > 2 * 1965
     kw = dict(global_batch_size=32, num_negatives=1, q_max_length=32, p_max_length=64)

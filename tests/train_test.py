@@ -363,11 +363,11 @@ def test_resume_never_reads_the_pretrained_weights(tmp_path, monkeypatch):
 
     from ml_collections import ConfigDict
 
-    from dualenc.models import loading
+    from dualenc.models import loading, saving
 
     c = tiny_config(tmp_path, **{"train.num_steps": 4, "export.enabled": True})
     model_dir = tmp_path / "pretrained"
-    loading.save_sentence_transformers(bi_model.load_base_encoder(c.model), model_dir)
+    saving.save_sentence_transformers(bi_model.load_base_encoder(c.model), model_dir)
     c.model.init_random, c.model.name_or_path = False, str(model_dir)
     c.model.config_overrides = ConfigDict()
     loop.train_and_evaluate(c, tmp_path / "a")
@@ -378,7 +378,7 @@ def test_resume_never_reads_the_pretrained_weights(tmp_path, monkeypatch):
     def no_weights(_):
         raise AssertionError("pretrained weights read on resume")
 
-    monkeypatch.setattr(loading, "_read_state_dict", no_weights)
+    monkeypatch.setattr(loading, "read_state_dict", no_weights)
     bi_model.load_pretrained.cache_clear()
     res = loop.train_and_evaluate(c, tmp_path / "b")
     assert res["step"] == 4 and [r["step"] for r in res["log"]] == [3, 4]
@@ -460,15 +460,16 @@ def test_init_from_a_workdir_starts_from_its_params(tmp_path):
 def test_bm25_mining_never_returns_a_judged_positive(tmp_path):
     """Query i's own passage d{i} ranks first in BM25 (it shares every query word) but is judged
     relevant: never a negative."""
-    from dualenc.data import mining
+    from dualenc.data import negatives
     from dualenc.data.beir import load_beir
+    from dualenc.data.st_format import examples_from_beir
 
     _, beir = write_tiny_data(tmp_path)
     ds = load_beir(beir, "test")
-    negs = mining.bm25_negatives(ds, depth=3)
+    negs = negatives.bm25_negatives(ds, depth=3)
     assert set(negs) == set(ds.qrels)
     for q, ids in negs.items():
         i = q[1:]
         assert 0 < len(ids) <= 3 and f"d{i}" not in ids and set(ids) <= set(ds.corpus), (q, ids)
-    examples = mining.examples_from_beir(ds, mining.bm25_negatives(ds, depth=2, skip=1))
+    examples = examples_from_beir(ds, negatives.bm25_negatives(ds, depth=2, skip=1))
     assert examples and all(len(ex.negatives) <= 2 for ex in examples)

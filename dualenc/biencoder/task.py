@@ -18,10 +18,11 @@ from dualenc import multihost, tokenization, train_eval
 from dualenc.biencoder import loss_registry
 from dualenc.biencoder import model as model_lib
 from dualenc.biencoder.step import make_train_step
-from dualenc.data import mining
+from dualenc.data import negatives
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.models import dual_encoder
-from dualenc.models.loading import Encoder, load_encoder, save_sentence_transformers
+from dualenc.models.loading import Encoder, load_encoder
+from dualenc.models.saving import save_sentence_transformers
 from dualenc.training import config as config_lib
 from dualenc.training.checkpoint import Checkpointer
 from dualenc.training.logs import log
@@ -84,12 +85,13 @@ def use_packing(config, arch: str, process_count: int) -> bool:
 
 def make_pipeline(config, tokenizer, packing: bool | None = None) -> TrainPipeline:
     """The TrainPipeline over `data.train` (global batch `train.batch_size`); for BEIR training
-    data, hard negatives are mined per `data.mine_negatives` (`mining.config_negatives`). Rows are
-    packed when `packing` (default: `data.packing` as set; `build` passes `use_packing`)."""
+    data, hard negatives are mined per `data.mine_negatives` (`negatives.config_negatives`).
+    Rows are packed when `packing` (default: `data.packing` as set; `build` passes
+    `use_packing`)."""
     d = config.data
     examples = None
     if d.train.format == "beir" and d.mine_negatives:
-        examples = mining.config_examples(d)
+        examples = negatives.config_examples(d)
     return TrainPipeline(
         examples,
         tokenizer,

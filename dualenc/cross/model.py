@@ -58,7 +58,7 @@ def load_cross_model(mcfg, num_labels: int) -> CrossModel:
     rng = jax.random.key(int(mcfg.init_seed))
     if mcfg.init_random:
         root = Path(mcfg.name_or_path)
-        hf = loading._read_json(root / "config.json", what="config.json (the model config)")
+        hf = loading.read_json(root / "config.json", what="config.json (the model config)")
         arch = get_arch(hf["model_type"])
         cfg = arch.config_cls.from_hf(hf)
         overrides = dict(mcfg.config_overrides)
@@ -68,9 +68,9 @@ def load_cross_model(mcfg, num_labels: int) -> CrossModel:
         ce = CrossEncoder(arch.model_type, dataclasses.replace(cfg, **overrides), num_labels)
         ce = _with_dtype(ce, mcfg)
         params = jax.tree.map(np.asarray, ce.init(rng))
-        tok = loading._load_tokenizer(root)
+        tok = loading.read_tokenizer(root)
         return CrossModel(ce, params, tok, root, "random init")
-    root = loading._resolve(mcfg.name_or_path)
+    root = loading.resolve_model_dir(mcfg.name_or_path)
     if _is_seq_cls(root):
         rr = rerank.load_reranker(root, dtype=mcfg.dtype)
         if mcfg.fresh_head:  # intermediate-task transfer, e.g. an STS-B reranker -> MRPC
@@ -125,7 +125,7 @@ def save_seq_cls(
         _dump(tmp / "config.json", hf_cfg)
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if model.model_dir is not None:
-            for name in loading._TOKENIZER_FILES:
+            for name in loading.TOKENIZER_FILES:
                 if (Path(model.model_dir) / name).exists():
                     shutil.copyfile(Path(model.model_dir) / name, tmp / name)
         model.tokenizer.save(str(tmp / "tokenizer.json"))

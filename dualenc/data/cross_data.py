@@ -17,12 +17,12 @@ import jax
 import numpy as np
 
 from dualenc import tokenization
-from dualenc.data import mining
+from dualenc.data import negatives
 from dualenc.data import pairs as pairs_lib
 from dualenc.data.beir import BeirDataset, load_beir
 from dualenc.data.examples import TrainExample
+from dualenc.data.records import load_examples
 from dualenc.data.st_format import examples_from_beir
-from dualenc.data.store import load_examples
 from dualenc.io import InputError
 
 BUCKET = 16  # batch pad lengths are multiples of this (see CrossPipeline._bucket)
@@ -79,11 +79,11 @@ def holdout_qids(qids: Sequence[str], n: int, seed: int) -> set[str]:
 
 def retrieval_examples(config) -> tuple[list[TrainExample], BeirDataset | None]:
     """(training examples, dev BEIR dataset held out of train or None). BEIR training data gets
-    negatives mined per `data.mine_negatives` (`mining.config_negatives`)."""
+    negatives mined per `data.mine_negatives` (`negatives.config_negatives`)."""
     d, x = config.data, config.cross
     if d.train.format == "beir":
         ds = load_beir(d.train.path, d.train.split, allow_empty_docs=True)
-        examples = examples_from_beir(ds, mining.config_negatives(ds, d))
+        examples = examples_from_beir(ds, negatives.config_negatives(ds, d))
     else:
         ds, examples = None, list(load_examples(d.train.path, d.train.format, split=d.train.split))
     n_dev = int(x.dev_queries)

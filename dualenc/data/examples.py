@@ -105,17 +105,6 @@ def group_by_query(examples: Sequence[TrainExample]) -> list[TrainExample]:
     return out
 
 
-def check_unique_qids(examples: Sequence[TrainExample], *, path=None) -> None:
-    """Duplicate qids would silently merge queries in qrels-style views; refuse them."""
-    seen: dict[str, int] = {}
-    for i, ex in enumerate(examples):
-        if ex.qid in seen:
-            raise InputError(
-                f"duplicate qid {ex.qid!r} (examples {seen[ex.qid]} and {i})", path=path
-            )
-        seen[ex.qid] = i
-
-
 def passage_ids(examples: Iterable[TrainExample]) -> dict[str, int]:
     """A dataset-global text → id map in first-seen order, so equal texts share one id."""
     ids: dict[str, int] = {}

@@ -1,8 +1,7 @@
 """Hard-negative mining: BM25 and/or dense candidates, filtered against false negatives.
 
-The trainers' BEIR path (`config_negatives`, `data.mine_negatives`) uses `bm25_negatives` (top hits
-minus the judged positives) or, for 'dense' / 'both', the general miner. `mine` is the
-general miner behind `python -m dualenc.mine`: per query it takes the retriever's ranks
+The miner itself (what `data.negatives` runs for `python -m dualenc.mine` and the trainers'
+in-run dense mining): per query `mine` takes the retriever's ranks
 [range_min, range_max) over the candidate pool, drops the query's positives, empty passages and
 passages holding an answer (whole word, any case), scores what is left (the retriever, or a
 cross-encoder), drops candidates too close to the positive's score (likely unjudged positives:
@@ -17,15 +16,13 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from absl import logging
 from tqdm.auto import tqdm
 
 from dualenc import multihost
 from dualenc.data.beir import load_beir
-from dualenc.data.build_nq_toy import answer_pattern
 from dualenc.data.examples import TrainExample, passage_text
-from dualenc.data.st_format import examples_from_beir
-from dualenc.index.bm25 import BM25Index, _tokenize
+from dualenc.data.nq_toy import answer_pattern
+from dualenc.index.bm25 import BM25Index, tokenize
 from dualenc.io import InputError
 
 METHODS = ("bm25", "dense", "both")
@@ -41,55 +38,6 @@ FILTERS = (
     "max_relative_score",
     "not_sampled",
 )
-
-
-def bm25_negatives(ds, depth: int, skip: int = 0) -> dict[str, list[str]]:
-    """{query id: up to `depth` BM25-ranked doc ids, after `skip`, never a judged positive}.
-
-    Documents with no title and no text are never retrieved (they share no term) and are counted
-    in one warning.
-    """
-    doc_ids = list(ds.corpus)
-    texts = [passage_text(ds.corpus[d].title, ds.corpus[d].text) for d in doc_ids]
-    empty = sum(not t.strip() for t in texts)
-    if empty:
-        logging.warning("mining: %d of %d documents are empty (never negatives)", empty, len(texts))
-    index = BM25Index.build(texts)
-    qids = [q for q in ds.qrels if q in ds.queries]
-    _, rows = index.search_texts([ds.queries[q] for q in qids], depth + skip + 10)
-    out = {}
-    for q, r in zip(qids, rows, strict=True):
-        judged = ds.qrels[q]
-        cand = [doc_ids[i] for i in r if i >= 0 and judged.get(doc_ids[i], 0) <= 0]
-        out[q] = cand[skip : skip + depth]
-    return out
-
-
-def config_negatives(ds, d) -> dict[str, list[str]] | None:
-    """The trainers' in-run mining of BEIR training split `ds` per `data.mine_*` (config `d`);
-    None when off. 'dense' / 'both' run `dualenc.mine` with `data.mine_model`, so a reranker can
-    train on the candidates it will rerank (a hybrid first stage: 'both')."""
-    if d.mine_negatives == "bm25":
-        return bm25_negatives(ds, int(d.mine_depth), int(d.mine_skip))
-    if d.mine_negatives in ("dense", "both"):
-        from dualenc import mine  # the CLI owns the encoder + retriever orchestration
-
-        return mine.beir_negatives(
-            ds,
-            source=f"{d.train.path}:{d.train.split}",
-            method=d.mine_negatives,
-            depth=int(d.mine_depth),
-            skip=int(d.mine_skip),
-            model=str(d.mine_model),
-            max_relative_score=float(d.get("mine_max_relative_score", 0.0)) or None,
-        )
-    return None
-
-
-def config_examples(d) -> list[TrainExample]:
-    """TrainExamples of BEIR training data `d.train` with `config_negatives`."""
-    ds = load_beir(d.train.path, d.train.split)
-    return examples_from_beir(ds, config_negatives(ds, d))
 
 
 # --------------------------------------------------------------------------- the general miner
@@ -204,7 +152,7 @@ class BM25Scorer:
     def score(self, queries: Sequence[str], rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """BM25 score of each listed row for its query (what `search` would rank it by)."""
         params = self.index.manifest.params
-        toks = _tokenize(list(queries), params.get("stopwords", "en"))
+        toks = tokenize(list(queries), params.get("stopwords", "en"))
         out = []
         for q_toks, q_rows in zip(toks, rows, strict=True):
             q_rows = np.asarray(q_rows, np.int64)
@@ -226,10 +174,10 @@ class DenseScorer:
     """Exact search (sharded over the mesh) and dot / cosine scores from query/pool embeddings."""
 
     def __init__(self, q_emb: np.ndarray, p_emb: np.ndarray, similarity: str = "cos"):
-        from dualenc.index.exact import ExactIndex, _l2n
+        from dualenc.index.exact import ExactIndex, l2_normalize
 
         if similarity == "cos":
-            q_emb, p_emb = _l2n(q_emb), _l2n(p_emb)
+            q_emb, p_emb = l2_normalize(q_emb), l2_normalize(p_emb)
         self.q_emb, self.p_emb = q_emb.astype(np.float32), p_emb.astype(np.float32)
         self.index = ExactIndex(self.p_emb, similarity="dot")
 

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from dualenc import packing, tokenization
-from dualenc.data import store
-from dualenc.data.store import TEXT_FORMATS, Record, Split, load_examples
+from dualenc.data import records
+from dualenc.data.records import TEXT_FORMATS, Record, Split, load_examples
 from dualenc.io import InputError
 
 FORMATS = (*TEXT_FORMATS, "tfds", "arrayrecord")
@@ -32,14 +32,14 @@ __all__ = ["FORMATS", "TrainPipeline", "load_examples", "open_data"]
 def open_data(examples=None, path=None, format: str = "dpr", split: str = "train") -> Split:
     """The random-access Split to train on: given examples (in memory), a store dir, or a file."""
     if examples is not None:
-        return examples if isinstance(examples, Split) else store.memory_split(list(examples))
+        return examples if isinstance(examples, Split) else records.memory_split(list(examples))
     if path is None:
         raise ValueError("TrainPipeline needs `examples` or `path`")
     if format in STORE_FORMATS:
-        return store.open_split(path, split)
+        return records.open_split(path, split)
     if format not in FORMATS:
         raise InputError(f"unknown training data format {format!r}; expected one of {FORMATS}")
-    return store.memory_split(load_examples(path, format, split=split))
+    return records.memory_split(load_examples(path, format, split=split))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -247,8 +247,8 @@ class TrainPipeline:
         """Per-thread tokenizer copies with truncation set once (worker threads share nothing)."""
         t = self._local
         if not hasattr(t, "q"):
-            t.q = store.truncating_copy(self.tokenizer, self.q_max_length)
-            t.p = store.truncating_copy(self.tokenizer, self.p_max_length)
+            t.q = records.truncating_copy(self.tokenizer, self.q_max_length)
+            t.p = records.truncating_copy(self.tokenizer, self.p_max_length)
         return t
 
     def _fixed_length(self, max_length: int) -> int | None:
@@ -266,7 +266,7 @@ class TrainPipeline:
         a store) so that every host derives the same padded shapes without tokenising them."""
         with self._lock:
             if self._lengths is None:
-                self._lengths = store.token_lengths(
+                self._lengths = records.token_lengths(
                     self.data, self.tokenizer, self.q_max_length, self.p_max_length
                 )
         return self._lengths

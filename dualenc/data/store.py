@@ -1,260 +1,19 @@
-"""Training data stored once as ArrayRecord: a passages table, and examples holding passage ids.
+"""Stores training files once as ArrayRecord for training (the library is `dualenc.data.records`).
 
-A store dir holds, per split, `<split>.passages.array_record` (record i = the UTF-8 text of
-passage id i), `<split>.examples.array_record` (one JSON record per query: qid, query, positive
-and negative passage ids, teacher scores) and `meta.json` (counts, max positives per query).
-Passages shared by many queries are stored once; the grain pipeline reads both tables by random
-access, so nothing is copied into Python lists. Ids are assigned in first-seen order, exactly as
-the in-memory path does, so both give the same batches.
-
-Build from DPR / sentence-transformers / BEIR training files:
   python -m dualenc.data.store --input=train.jsonl --format=st --output=/data/mystore
-and train with data.train.format='tfds', data.train.path=/data/mystore.
+
+then train with data.train.format='tfds', data.train.path=/data/mystore. `--tokenizer` also caches
+the token lengths the pipeline pads by (keyed by tokenizer and max lengths).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
-import numpy as np
-import tokenizers
 from absl import flags, logging
-from array_record.python.array_record_module import ArrayRecordWriter
-from grain.sources import ArrayRecordDataSource
 
-from dualenc import tokenization
-from dualenc.data import dpr, st_format
-from dualenc.data.beir import load_beir
-from dualenc.data.examples import TrainExample, passage_ids
-from dualenc.io import InputError, atomic_dir
-
-TEXT_FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir")
-
-META = "meta.json"
-VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One query of a split: passage ids of its positives and of its own negatives (sorted, no
-    positive among the negatives) and optional teacher scores per candidate id."""
-
-    qid: str
-    query: str
-    pos: tuple[int, ...]
-    neg: tuple[int, ...]
-    scores: dict[int, float] | None = None
-
-    def to_json(self) -> dict:
-        d = {"qid": self.qid, "query": self.query, "pos": list(self.pos), "neg": list(self.neg)}
-        if self.scores is not None:
-            d["scores"] = [[k, v] for k, v in sorted(self.scores.items())]
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping) -> Record:
-        scores = d.get("scores")
-        return cls(
-            qid=d["qid"],
-            query=d["query"],
-            pos=tuple(d["pos"]),
-            neg=tuple(d["neg"]),
-            scores={int(k): float(v) for k, v in scores} if scores is not None else None,
-        )
-
-
-@dataclasses.dataclass
-class Split:
-    """A random-access view of one split: `examples[i]` → Record, `passages[j]` → text."""
-
-    examples: Sequence[Record]
-    passages: Sequence[str]
-    max_positives: int
-    has_scores: bool
-    path: Path | None = None  # the store dir, None in memory
-    name: str = "train"
-
-
-def records_from_examples(examples: Sequence[TrainExample]) -> tuple[list[Record], list[str]]:
-    """(records, passage texts by id); ids in first-seen order over positives then negatives."""
-    if not examples:
-        raise InputError("no training examples")
-    ids = passage_ids(examples)
-    records = []
-    for ex in examples:
-        if not ex.positives:
-            raise InputError(f"query {ex.qid!r} has no positive passage")
-        pos = sorted({ids[t] for t in ex.positives})
-        neg = sorted({ids[t] for t in ex.negatives} - set(pos))
-        scores = None
-        if ex.scores is not None:
-            scores = {ids[t]: float(s) for t, s in ex.scores.items() if t in ids}
-            missing = [i for i in (*pos, *neg) if i not in scores]
-            if missing:
-                raise InputError(f"query {ex.qid!r}: no teacher score for {len(missing)} passages")
-        records.append(Record(ex.qid, ex.query, tuple(pos), tuple(neg), scores))
-    return records, list(ids)
-
-
-def load_examples(path: str | os.PathLike, format: str, *, split: str = "train"):
-    """Reads training examples from a file in one of TEXT_FORMATS (beir: `path` is the dir)."""
-    loaders = {
-        "dpr": dpr.load_dpr,
-        "st_jsonl": st_format.load_st_jsonl,
-        "st_tsv": st_format.load_st_tsv,
-        "st": st_format.load_st,
-        "beir": lambda p: st_format.examples_from_beir(load_beir(p, split)),
-    }
-    if format not in loaders:
-        raise InputError(f"unknown training file format {format!r}; expected one of {TEXT_FORMATS}")
-    return loaders[format](path)
-
-
-def _has_scores(records: Sequence[Record]) -> bool:
-    flags_ = {r.scores is not None for r in records}
-    if len(flags_) > 1:
-        raise InputError("teacher scores on some training examples only")
-    return flags_ == {True}
-
-
-def memory_split(examples: Sequence[TrainExample]) -> Split:
-    """The in-memory path (small files, mined examples): the same view as a store split."""
-    records, passages = records_from_examples(examples)
-    max_pos = max(len(r.pos) for r in records)
-    return Split(records, passages, max_pos, _has_scores(records))
-
-
-def _write(path: Path, items) -> None:
-    # group_size:1 makes each record one chunk: fast random access (what TFDS sources use).
-    w = ArrayRecordWriter(str(path), "group_size:1")
-    try:
-        for item in items:
-            w.write(item)
-    finally:
-        w.close()
-
-
-def build_store(
-    examples_by_split: Mapping[str, Sequence[TrainExample]],
-    out_dir: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Writes every split (its own passage table and examples) under out_dir, atomically."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to rebuild")
-    meta = {"version": VERSION, "splits": {}}
-    with atomic_dir(out) as tmp:
-        for split, examples in examples_by_split.items():
-            if not examples:
-                raise InputError(f"split {split!r} has no examples")
-            records, passages = records_from_examples(examples)
-            _write(tmp / f"{split}.passages.array_record", (t.encode() for t in passages))
-            _write(
-                tmp / f"{split}.examples.array_record",
-                (json.dumps(r.to_json(), ensure_ascii=False).encode() for r in records),
-            )
-            meta["splits"][split] = {
-                "num_examples": len(records),
-                "num_passages": len(passages),
-                "max_positives": max(len(r.pos) for r in records),
-                "has_scores": _has_scores(records),
-            }
-        (tmp / META).write_text(json.dumps(meta, indent=1))
-    return out
-
-
-class _Decoded(Sequence):
-    """A lazy, decoding view of a random-access source (no copy)."""
-
-    def __init__(self, source, decode: Callable):
-        self.source, self.decode = source, decode
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i):
-        if not 0 <= i < len(self.source):
-            raise IndexError(i)
-        return self.decode(self.source[i])
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-
-def is_store(path: str | os.PathLike) -> bool:
-    return (Path(path) / META).is_file()
-
-
-def open_split(path: str | os.PathLike, split: str = "train") -> Split:
-    """Opens one split of a store for random access (reads only meta.json up front)."""
-    path = Path(path)
-    if not is_store(path):
-        raise InputError(f"no {META}: not a store built by dualenc.data.store", path=path)
-    meta = json.loads((path / META).read_text())
-    if split not in meta["splits"]:
-        raise InputError(f"no split {split!r} (has {sorted(meta['splits'])})", path=path)
-    m = meta["splits"][split]
-    ex = ArrayRecordDataSource([str(path / f"{split}.examples.array_record")])
-    ps = ArrayRecordDataSource([str(path / f"{split}.passages.array_record")])
-    if (len(ex), len(ps)) != (m["num_examples"], m["num_passages"]):
-        raise InputError(f"split {split!r} does not match {META}", path=path)
-    return Split(
-        examples=_Decoded(ex, lambda b: Record.from_json(json.loads(b))),
-        passages=_Decoded(ps, bytes.decode),
-        max_positives=int(m["max_positives"]),
-        has_scores=bool(m["has_scores"]),
-        path=path,
-        name=split,
-    )
-
-
-# ----------------------------------------------------------------------------- token lengths
-
-
-def truncating_copy(tok: tokenizers.Tokenizer, max_length: int) -> tokenizers.Tokenizer:
-    """A private tokenizer copy that truncates at max_length (the original is left untouched)."""
-    out = tokenizers.Tokenizer.from_str(tok.to_str())
-    out.no_padding()
-    out.enable_truncation(max_length)
-    return out
-
-
-def _lengths_of(texts: Sequence[str], tok, chunk: int = 4096) -> np.ndarray:
-    out = np.empty(len(texts), np.int32)
-    for lo in range(0, len(texts), chunk):
-        batch = [texts[i] for i in range(lo, min(lo + chunk, len(texts)))]
-        out[lo : lo + len(batch)] = [len(e.ids) for e in tok.encode_batch(batch)]
-    return out
-
-
-def token_lengths(split: Split, tok, q_max_length: int, p_max_length: int):
-    """(query lengths by example, passage lengths by id) in tokens, truncated: what the pipeline
-    pads by. Cached in a store dir by tokenizer and max lengths (`--tokenizer` at build time)."""
-    key = f"{tok.to_str()}|{q_max_length}|{p_max_length}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = split.path / f"{split.name}.lengths-{digest}.npz" if split.path else None
-    if cache is not None and cache.exists():
-        with np.load(cache) as z:
-            return z["q"], z["p"]
-    queries = _Decoded(split.examples, lambda r: r.query)
-    q = _lengths_of(queries, truncating_copy(tok, q_max_length))
-    p = _lengths_of(split.passages, truncating_copy(tok, p_max_length))
-    if cache is not None and os.access(split.path, os.W_OK):
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.npz")
-        np.savez(tmp, q=q, p=p)
-        os.replace(tmp, cache)  # several hosts may write it: each write is whole
-    return q, p
-
-
-# ----------------------------------------------------------------------------- CLI
+from dualenc.data import records
+from dualenc.io import InputError
 
 FLAGS = flags.FLAGS
 
@@ -277,20 +36,20 @@ def main(argv) -> None:
         print("error: give one --split per --input", file=sys.stderr)
         sys.exit(2)
     try:
-        by_split = {
-            s: load_examples(p, FLAGS.format, split=s)
-            for s, p in zip(FLAGS.split, FLAGS.input, strict=True)
-        }
-        out = build_store(by_split, FLAGS.output, overwrite=FLAGS.overwrite)
-        if FLAGS.tokenizer:
-            tok = tokenization.load_tokenizer(FLAGS.tokenizer)
-            for s in by_split:
-                token_lengths(open_split(out, s), tok, FLAGS.q_max_length, FLAGS.p_max_length)
+        out, counts = records.build_from_files(
+            dict(zip(FLAGS.split, FLAGS.input, strict=True)),
+            FLAGS.format,
+            FLAGS.output,
+            overwrite=FLAGS.overwrite,
+            tokenizer=FLAGS.tokenizer,
+            q_max_length=FLAGS.q_max_length,
+            p_max_length=FLAGS.p_max_length,
+        )
     except (InputError, FileExistsError) as e:  # bad user input: one line, exit code 2
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    for s, exs in by_split.items():
-        logging.info("%s: %d examples", s, len(exs))
+    for s, n in counts.items():
+        logging.info("%s: %d examples", s, n)
     print(out)
 
 

@@ -23,7 +23,8 @@ def bm25_defaults() -> dict[str, Any]:
     return dict(_DEFAULTS)
 
 
-def _tokenize(texts: list[str], stopwords: str):
+def tokenize(texts: list[str], stopwords: str):
+    """bm25s tokens of each text (no stemming), as the index is built and searched with."""
     import bm25s
 
     return bm25s.tokenize(
@@ -59,7 +60,7 @@ class BM25Index:
 
             raise InputError("empty corpus: nothing to index")
         retriever = bm25s.BM25(k1=k1, b=b, method=method)
-        retriever.index(_tokenize(list(texts), stopwords), show_progress=False)
+        retriever.index(tokenize(list(texts), stopwords), show_progress=False)
         m = manifest or IndexManifest(kind="bm25", count=len(texts))
         m.kind, m.count, m.dim, m.similarity = "bm25", len(texts), 0, "bm25"
         m.params = {"k1": k1, "b": b, "method": method, "stopwords": stopwords, "stemmer": None}
@@ -73,7 +74,7 @@ class BM25Index:
         k = min(int(k), self.manifest.count)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
-        toks = _tokenize(list(queries), self.manifest.params.get("stopwords", "en"))
+        toks = tokenize(list(queries), self.manifest.params.get("stopwords", "en"))
         vocab = self.retriever.vocab_dict
         toks = [[t for t in q if t in vocab] for q in toks]
         rows = np.full((len(toks), k), -1, np.int64)

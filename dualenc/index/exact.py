@@ -34,7 +34,8 @@ from dualenc.index.base import (
 EMBEDDINGS = "embeddings.npy"
 
 
-def _l2n(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero): cosine similarity as a dot product."""
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(n, 1e-12)
 
@@ -113,7 +114,7 @@ class ExactIndex:
             raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
         p = check_corpus(embeddings)
         if similarity == "cos":
-            p = _l2n(p)
+            p = l2_normalize(p)
         self.embeddings = p  # (N, D), normalised if cosine
         self.similarity = similarity
         self.manifest = manifest or IndexManifest(kind="exact", count=p.shape[0])
@@ -143,7 +144,7 @@ class ExactIndex:
         """q (Q, D) -> (scores (Q, k') float32, rows (Q, k') int64), k' = min(k, N)."""
         q = check_queries(q, self.manifest)
         if self.similarity == "cos":
-            q = _l2n(q)
+            q = l2_normalize(q)
         k = min(int(k), self.manifest.count)
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")

@@ -124,10 +124,6 @@ def tower(params: Mapping[str, Any], side: str):
     return params[key]
 
 
-def is_shared(params: Mapping[str, Any]) -> bool:
-    return "encoder" in params
-
-
 def embed_queries(spec: EncoderSpec, params, input_ids, attention_mask, **kwargs):
     """Query embeddings (..., D) with the query (or shared) tower."""
     return embed(spec, tower(params, "q"), input_ids, attention_mask, **kwargs)

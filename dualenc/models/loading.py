@@ -1,8 +1,9 @@
-"""Pretrained encoders in, trained encoders out: Hugging Face and sentence-transformers layouts.
+"""Pretrained encoders in: Hugging Face and sentence-transformers model dirs, or hub ids.
 
 `load_encoder` reads a Hugging Face model dir, a sentence-transformers dir or a hub id into an
-`Encoder` (Flax params + tokenizer + pooling); `save_sentence_transformers` / `save_hf` write dirs
-that PyTorch loads unchanged, and `load_encoder` reads them back (round trip).
+`Encoder` (Flax params + tokenizer + pooling); `models.saving` writes the same layouts back. The
+readers of one model dir (`resolve_model_dir`, `read_json`, `read_state_dict`, `read_tokenizer`)
+are public: the cross-encoder, classifier, reranker, GenQ and TSDAE read their models with them.
 """
 
 from __future__ import annotations
@@ -10,24 +11,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import tokenizers
 
-from dualenc import multihost
-from dualenc.io import InputError, atomic_dir
-from dualenc.models.convert import WeightsError, params_from_state_dict, state_dict_from_params
+from dualenc.io import InputError
+from dualenc.models.convert import WeightsError, params_from_state_dict
 from dualenc.models.dual_encoder import EncoderSpec
 from dualenc.models.registry import get_arch, init_abstract
 
 POOLINGS = ("cls", "mean", "max", "pooler")
 # sentence-transformers pooling names → dualenc pooling kinds (the rest are unsupported).
-_ST_POOLING = {"cls": "cls", "mean": "mean", "max": "max"}
+ST_POOLING = {"cls": "cls", "mean": "mean", "max": "max"}
 _ST_LEGACY_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
@@ -36,7 +33,8 @@ _ST_LEGACY_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-_TOKENIZER_FILES = (
+# Tokenizer companion files copied beside tokenizer.json when a model dir is written.
+TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
@@ -46,7 +44,7 @@ _TOKENIZER_FILES = (
     "spm.model",
     "sentencepiece.bpe.model",
 )
-_DUALENC_META = "dualenc.json"  # pooling / normalize / max_length of a save_hf dir
+DUALENC_META = "dualenc.json"  # pooling / normalize / max_length of a save_hf dir
 _BIG = 1_000_000  # tokenizer_config model_max_length above this means "unset"
 
 
@@ -74,7 +72,7 @@ class Encoder:
         """Short sha256 over every param's path, dtype, shape and bytes (identifies weights)."""
         if self._hash is None:
             h = hashlib.sha256()
-            for path, leaf in sorted(_flatten(self.params).items()):
+            for path, leaf in sorted(flatten_params(self.params).items()):
                 a = np.ascontiguousarray(np.asarray(leaf))
                 h.update(f"{path}:{a.dtype}:{a.shape};".encode())
                 h.update(a.tobytes())
@@ -82,11 +80,12 @@ class Encoder:
         return self._hash
 
 
-def _flatten(tree, prefix: str = "") -> dict[str, Any]:
+def flatten_params(tree, prefix: str = "") -> dict[str, Any]:
+    """{'a/b/c': leaf} of a nested params dict (what weight hashes iterate over, sorted)."""
     out = {}
     for k, v in tree.items():
         key = f"{prefix}/{k}" if prefix else str(k)
-        out.update(_flatten(v, key) if isinstance(v, dict) else {key: v})
+        out.update(flatten_params(v, key) if isinstance(v, dict) else {key: v})
     return out
 
 
@@ -113,14 +112,14 @@ def load_encoder(
     their modules.json. `pooling` / `normalize` / `max_length` override what the dir says.
     `weights=False`: params are ShapeDtypeStructs (a resume restores the real ones).
     """
-    root = _resolve(name_or_path)
+    root = resolve_model_dir(name_or_path)
     if is_two_tower_dir(root):
         msg = "a separate-tower export (query/ + passage/): use load_towers or name one tower"
         raise InputError(msg, path=root)
     model_dir, meta = root, _hf_meta(root)
     if (root / "modules.json").exists():
         model_dir, meta = _read_st_layout(root)
-    hf_cfg = _read_json(model_dir / "config.json", what="config.json (the model config)")
+    hf_cfg = read_json(model_dir / "config.json", what="config.json (the model config)")
     model_type = hf_cfg.get("model_type")
     try:
         arch = get_arch(model_type)
@@ -133,7 +132,7 @@ def load_encoder(
     except (ValueError, TypeError) as e:
         raise InputError(f"unsupported model config: {e}", path=model_dir / "config.json") from None
     params, config = _load_params(model_dir, arch, config, weights)
-    tok = _load_tokenizer(model_dir)
+    tok = read_tokenizer(model_dir)
     pooling = pooling or meta.get("pooling") or "cls"
     if pooling not in POOLINGS:
         raise InputError(
@@ -182,7 +181,7 @@ def load_towers(name_or_path: str | Path, **kwargs) -> tuple[Encoder, Encoder]:
     return enc, enc
 
 
-def _resolve(name_or_path: str | Path) -> Path:
+def resolve_model_dir(name_or_path: str | Path) -> Path:
     """A local dir, or the snapshot of a hub id; otherwise an InputError saying it is neither."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -205,7 +204,9 @@ def _resolve(name_or_path: str | Path) -> Path:
     raise InputError("model directory not found (and not a hub id)", path=name)
 
 
-def _read_json(path: Path, *, what: str) -> dict:
+def read_json(path: Path, *, what: str) -> dict:
+    """A JSON object from a model dir file; an InputError naming the file (and `what` it is) if
+    it is missing, malformed or not an object."""
     if not path.exists():
         raise InputError(f"missing {what}", path=path)
     try:
@@ -219,8 +220,8 @@ def _read_json(path: Path, *, what: str) -> dict:
 
 def _hf_meta(root: Path) -> dict:
     """The pooling / normalize / max_length that `save_hf` recorded, if any."""
-    path = root / _DUALENC_META
-    return _read_json(path, what=_DUALENC_META) if path.exists() else {}
+    path = root / DUALENC_META
+    return read_json(path, what=DUALENC_META) if path.exists() else {}
 
 
 def _read_st_layout(root: Path) -> tuple[Path, dict]:
@@ -259,27 +260,27 @@ def _read_st_layout(root: Path) -> tuple[Path, dict]:
 
 def _st_pooling(path: Path) -> str:
     """dualenc pooling kind from 1_Pooling/config.json (new `pooling_mode` or legacy booleans)."""
-    cfg = _read_json(path, what="pooling config")
+    cfg = read_json(path, what="pooling config")
     mode = cfg.get("pooling_mode")
     if mode is None:
         mode = [name for key, name in _ST_LEGACY_KEYS.items() if cfg.get(key)] or ["mean"]
     modes = [mode] if isinstance(mode, str) else list(mode)
-    if len(modes) != 1 or modes[0] not in _ST_POOLING:
+    if len(modes) != 1 or modes[0] not in ST_POOLING:
         raise InputError(
             f"unsupported pooling mode {'+'.join(map(str, modes))!r}; dualenc supports "
-            f"{sorted(_ST_POOLING)}",
+            f"{sorted(ST_POOLING)}",
             path=path,
             field="pooling_mode",
         )
     if cfg.get("include_prompt") is False:
         raise InputError("include_prompt=false is not supported", path=path, field="include_prompt")
-    return _ST_POOLING[modes[0]]
+    return ST_POOLING[modes[0]]
 
 
 def _st_max_length(model_dir: Path) -> int | None:
     path = model_dir / "sentence_bert_config.json"
     if path.exists():
-        n = _read_json(path, what="sentence_bert_config.json").get("max_seq_length")
+        n = read_json(path, what="sentence_bert_config.json").get("max_seq_length")
         if n:
             return int(n)
     return None
@@ -290,7 +291,7 @@ def _default_max_length(model_dir: Path, config) -> int:
     limit = int(getattr(config, "max_position_embeddings", 512) or 512)
     path = model_dir / "tokenizer_config.json"
     if path.exists():
-        n = _read_json(path, what="tokenizer_config.json").get("model_max_length")
+        n = read_json(path, what="tokenizer_config.json").get("model_max_length")
         if isinstance(n, int | float) and 0 < n < _BIG:
             return min(int(n), limit)
     return limit
@@ -309,7 +310,7 @@ def _load_params(model_dir: Path, arch, config, weights: bool = True):
         with safe_open(str(single), "np") as f:
             sd = dict.fromkeys(f.keys())
     else:
-        sd = _read_state_dict(model_dir)
+        sd = read_state_dict(model_dir)
     if getattr(config, "add_pooling_layer", False) and not any("pooler." in k for k in sd):
         config = dataclasses.replace(config, add_pooling_layer=False)
     abstract = init_abstract(arch, config)
@@ -322,7 +323,9 @@ def _load_params(model_dir: Path, arch, config, weights: bool = True):
     return params, config
 
 
-def _read_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
+def read_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
+    """{PyTorch name: array} of a model dir: model.safetensors, its sharded index, or
+    pytorch_model.bin (needs torch); an InputError when there are no weights."""
     from safetensors.numpy import load_file
 
     single = model_dir / "model.safetensors"
@@ -330,7 +333,7 @@ def _read_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
     if single.exists():
         return dict(load_file(str(single)))
     if index.exists():
-        shards = sorted(set(_read_json(index, what="safetensors index")["weight_map"].values()))
+        shards = sorted(set(read_json(index, what="safetensors index")["weight_map"].values()))
         sd = {}
         for shard in shards:
             sd.update(load_file(str(model_dir / shard)))
@@ -349,149 +352,11 @@ def _read_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
     raise InputError("no weights: expected model.safetensors or pytorch_model.bin", path=model_dir)
 
 
-def _load_tokenizer(model_dir: Path) -> tokenizers.Tokenizer:
+def read_tokenizer(model_dir: Path) -> tokenizers.Tokenizer:
+    """The tokenizer of a model dir; an InputError naming the dir when it has no tokenizer files."""
     from dualenc.tokenization import load_tokenizer
 
     names = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model")
     if not any((model_dir / n).exists() for n in names):
         raise InputError("missing tokenizer: no tokenizer.json (or vocab files)", path=model_dir)
     return load_tokenizer(model_dir)
-
-
-# ----------------------------------------------------------------------------- saving
-
-
-def save_hf(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
-    """Writes a Hugging Face model dir (config, safetensors, tokenizer) for AutoModel.
-
-    dualenc.json records pooling / normalize / max_length so `load_encoder` round-trips it.
-    """
-    out_dir = multihost.epath(out_dir)  # local or gs://; built locally, then moved in
-    with atomic_dir(out_dir) as tmp:
-        _write_model_files(encoder, tmp)
-        meta = {
-            "pooling": encoder.pooling,
-            "normalize": bool(encoder.normalize),
-            "max_length": int(encoder.max_length),
-            "weights_hash": encoder.weights_hash(),
-        }
-        _dump(tmp / _DUALENC_META, meta)
-    return out_dir
-
-
-def save_sentence_transformers(encoder: Encoder, out_dir: str | os.PathLike) -> Path:
-    """Writes a sentence-transformers dir (Transformer + Pooling [+ Normalize]) for PyTorch."""
-    if encoder.pooling not in _ST_POOLING:
-        raise ValueError(
-            f"pooling {encoder.pooling!r} has no sentence-transformers equivalent; "
-            f"use one of {sorted(_ST_POOLING)} (or save_hf)"
-        )
-    out_dir = multihost.epath(out_dir)  # local or gs://; built locally, then moved in
-    with atomic_dir(out_dir) as tmp:
-        _write_model_files(encoder, tmp)
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {
-                "idx": 1,
-                "name": "1",
-                "path": "1_Pooling",
-                "type": "sentence_transformers.models.Pooling",
-            },
-        ]
-        if encoder.normalize:
-            modules.append(
-                {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
-                }
-            )
-            (tmp / "2_Normalize").mkdir()
-            _dump(tmp / "2_Normalize" / "config.json", {})
-        _dump(tmp / "modules.json", modules)
-        (tmp / "1_Pooling").mkdir()
-        _dump(tmp / "1_Pooling" / "config.json", _st_pooling_config(encoder))
-        _dump(
-            tmp / "sentence_bert_config.json",
-            {"max_seq_length": int(encoder.max_length), "do_lower_case": False},
-        )
-        _dump(
-            tmp / "config_sentence_transformers.json",
-            {
-                "__version__": {"dualenc": _version()},
-                "prompts": {},
-                "default_prompt_name": None,
-                "similarity_fn_name": "cosine" if encoder.normalize else "dot",
-            },
-        )
-        (tmp / "README.md").write_text(_readme(encoder), encoding="utf-8")
-    return out_dir
-
-
-def _st_pooling_config(encoder: Encoder) -> dict:
-    return {
-        "word_embedding_dimension": encoder.dim,
-        "pooling_mode_cls_token": encoder.pooling == "cls",
-        "pooling_mode_mean_tokens": encoder.pooling == "mean",
-        "pooling_mode_max_tokens": encoder.pooling == "max",
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False,
-        "include_prompt": True,
-    }
-
-
-def _write_model_files(encoder: Encoder, out: Path) -> None:
-    """config.json + model.safetensors (base-model names, no prefix) + tokenizer files."""
-    from safetensors.numpy import save_file
-
-    arch = get_arch(encoder.arch)
-    hf_cfg = dict(encoder.config.to_hf())
-    hf_cfg["model_type"] = encoder.arch
-    hf_cfg["architectures"] = [arch.hf_model_class_name]
-    hf_cfg.pop("dtype", None)
-    hf_cfg.pop("torch_dtype", None)
-    _dump(out / "config.json", hf_cfg)
-    # Params must be host values or addressable here (the trainer gathers sharded ones first).
-    host = jax.tree.map(lambda x: np.asarray(x, np.float32), multihost.to_host(encoder.params))
-    sd = state_dict_from_params(host, prefix="")
-    sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
-    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    _write_tokenizer(encoder, out)
-
-
-def _write_tokenizer(encoder: Encoder, out: Path) -> None:
-    """tokenizer.json (no baked-in padding/truncation) + the source dir's companion files."""
-    src = encoder.model_dir
-    if src is not None:
-        for name in _TOKENIZER_FILES:
-            if (src / name).exists():
-                shutil.copyfile(src / name, out / name)
-    encoder.tokenizer.save(str(out / "tokenizer.json"))
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
-    cfg["model_max_length"] = int(encoder.max_length)
-    _dump(cfg_path, cfg)
-
-
-def _dump(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("dualenc")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "unknown"
-
-
-def _readme(encoder: Encoder) -> str:
-    return (
-        f"# dualenc export\n\nExported by dualenc from `{encoder.source}` "
-        f"(weights {encoder.weights_hash()}).\n\n- architecture: {encoder.arch}\n"
-        f"- pooling: {encoder.pooling}, normalize: {encoder.normalize}\n"
-        f"- max_seq_length: {encoder.max_length}\n"
-    )

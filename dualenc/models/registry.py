@@ -91,14 +91,6 @@ def get_arch(model_type: str) -> ArchSpec:
         ) from None
 
 
-def arch_of_config(config: Any) -> ArchSpec:
-    """The ArchSpec whose config class `config` is an instance of."""
-    for spec in ARCHS.values():
-        if type(config).__name__ == spec.config_name and type(config).__module__ == spec.module:
-            return spec
-    raise ValueError(f"no registered architecture uses config class {type(config).__name__}")
-
-
 def build_model(spec: ArchSpec, config: Any, *, seq_cls: bool = False, num_labels: int = 1):
     """The Linen module: base model, or `*ForSequenceClassification` with `num_labels`."""
     if seq_cls:

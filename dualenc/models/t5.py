@@ -1,5 +1,5 @@
 """T5 (encoder-decoder) for inference, equal to transformers' `T5ForConditionalGeneration`: the
-query generator of GenQ (`dualenc.genq`, e.g. BeIR/query-gen-msmarco-t5-base-v1, doc2query).
+query generator of GenQ (`dualenc.data.genq`, e.g. BeIR/query-gen-msmarco-t5-base-v1, doc2query).
 
 Pure functions over a plain param tree whose paths mirror the HF state dict (`shared`,
 `encoder/block/0/layer/0/SelfAttention/q`, `.../layer_norm`, `decoder/block/0/layer/1/
@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dualenc.models.bert import ACTIVATIONS
 
@@ -252,11 +251,3 @@ def forward(params, cfg: T5Config, input_ids, attention_mask, decoder_input_ids)
         params, cfg, decoder_input_ids, 0, cache, cross_kv(params, cfg, enc), attention_mask
     )
     return logits
-
-
-def shift_right(labels: np.ndarray, cfg: T5Config) -> np.ndarray:
-    """Decoder inputs of target `labels`: the start token, then labels[:-1] (as HF's)."""
-    out = np.full_like(labels, cfg.pad_token_id)
-    out[:, 0] = cfg.decoder_start_token_id
-    out[:, 1:] = labels[:, :-1]
-    return out

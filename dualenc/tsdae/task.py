@@ -26,7 +26,8 @@ from dualenc.biencoder import model as model_lib
 from dualenc.biencoder.task import eval_encoders
 from dualenc.data.denoising import DenoisingPipeline, read_sentences
 from dualenc.models import bert_decoder, convert
-from dualenc.models.loading import encoder_from_params, save_sentence_transformers
+from dualenc.models.loading import encoder_from_params, read_state_dict
+from dualenc.models.saving import save_sentence_transformers
 from dualenc.training import config as config_lib
 from dualenc.training.logs import log
 from dualenc.training.task import Task
@@ -87,10 +88,8 @@ def initial_decoder(base, seed: int) -> dict:
     own = jax.tree.map(np.asarray, own)
     if base.model_dir is None:
         return own
-    from dualenc.models.loading import _read_state_dict  # noqa: PLC0415 - one private reader
-
     try:
-        sd = _read_state_dict(Path(base.model_dir))
+        sd = read_state_dict(Path(base.model_dir))
     except Exception:  # noqa: BLE001 - no readable weights file: the random head stays
         return own
     head = {k: v for k, v in sd.items() if k.startswith("cls.predictions.")}
