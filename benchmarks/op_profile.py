@@ -204,7 +204,7 @@ def jax_workloads(model_dir: str, repeats: int) -> dict:
 
     from benchmarks.train_step import dualenc_config
     from dualenc import optim, sharding, steps
-    from dualenc.encode import encode_step
+    from dualenc.inference.encode import encode_step
     from dualenc.models.loading import load_encoder
 
     rng = np.random.RandomState(0)

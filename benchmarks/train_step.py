@@ -36,7 +36,7 @@ def load_pairs(n: int, source: str = "nq") -> list[tuple[str, str]]:
         import random
 
         from dualenc.data.beir import load_corpus, load_qrels, load_queries
-        from dualenc.encode import beir_doc_text
+        from dualenc.inference.encode import beir_doc_text
 
         root = data_dir() / "agentset-msmarco-subset"
         corpus = {k: beir_doc_text(d) for k, d in load_corpus(root / "corpus.jsonl.gz").items()}
@@ -112,7 +112,7 @@ def bench_dualenc(
 
     num_steps = steps  # the import below shadows the argument
     from dualenc import optim, sharding, steps
-    from dualenc.packing import pack_batch
+    from dualenc.inference.packing import pack_batch
 
     c = dualenc_config(model_dir, batch, max_length, **train)
     c.data.packing = packing

@@ -76,7 +76,7 @@ def _data() -> ml_collections.ConfigDict:
     d.p_max_length = 128
     d.pad_to_max_length = False  # True: one batch shape (one compile) instead of buckets
     d.buckets = ()  # padded batch lengths; () = tokenization.TRAIN_BUCKETS
-    d.packing = True  # texts share rows (dualenc.packing) where the run allows: trainer.use_packing
+    d.packing = True  # texts share rows (inference.packing) where allowed: trainer.use_packing
     d.pack_max_segments = 16  # most texts in one packed row
     d.test = ml_collections.ConfigDict({"path": "", "split": "test"})  # cross: final eval
     return d

@@ -3,7 +3,7 @@
 Pair classification: accuracy, binary and macro P/R/F1 and the confusion matrix (`classify`
 helpers); for two classes the decision threshold maximising F1 on dev is applied to test. Graded
 pairs (`cross.label_scale`, STS): Pearson and Spearman x 100 of sigmoid(logit) vs the gold score.
-Reranking: a first-stage run (BM25, dense or hybrid via `dualenc.evaluate.retrieve`) is computed
+Reranking: a first-stage run (BM25, dense or hybrid via `retrieval.evaluate.retrieve`) is computed
 once per split, then its top `cross.rerank_top` docs are rescored with the current params;
 nDCG@10 etc. before (first stage) and after. With `cross.fusion`, test also reports the first
 stage fused with the cross-encoder (first + w * CE after per-query normalisation, the
@@ -18,11 +18,14 @@ import dataclasses
 import jax
 import numpy as np
 
-from dualenc import classify, eval_config, evaluate, metrics, rerank, train_eval
+from dualenc import metrics
 from dualenc.data.beir import BeirDataset
 from dualenc.data.cross_data import PairData, label_names
 from dualenc.index import fusion
+from dualenc.inference import classify, rerank
 from dualenc.io import InputError
+from dualenc.retrieval import engine as train_eval
+from dualenc.retrieval import eval_config, evaluate
 
 
 def metric_value(m: dict, name: str) -> float:

@@ -25,7 +25,8 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dualenc import losses, packing, sharding
+from dualenc import losses, sharding
+from dualenc.inference import packing
 from dualenc.models import dual_encoder, loading
 from dualenc.models.registry import get_arch
 from dualenc.tokenization import load_tokenizer

@@ -28,13 +28,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dualenc import config as config_lib
-from dualenc import corpus_cache, io, mine, runs, train_eval, trainer
+from dualenc import io, mine, runs, trainer
 from dualenc.config import ConfigError
 from dualenc.data import mining
 from dualenc.data.beir import load_qrels, qrels_path
 from dualenc.index.exact import ExactIndex
+from dualenc.inference import corpus_cache
 from dualenc.io import InputError
 from dualenc.metrics import answer_accuracy, evaluate_run
+from dualenc.retrieval import engine as train_eval
 
 NEGATIVES = ("", "bm25", "dense", "teacher")
 TRAIN_SPLIT, DEV_SPLIT = "train_carved", "dev_carved"
@@ -143,7 +145,7 @@ def evaluate_model(q_enc, p_enc, splits: dict, out_dir: Path, cfg, *, cache_dir=
 
 
 def _load_splits(cfg, root: str) -> dict:
-    from dualenc.evaluate import load_answers
+    from dualenc.retrieval.evaluate import load_answers
 
     out = {}
     for name, split in (("dev", cfg.dev_split), ("test", cfg.test_split)):

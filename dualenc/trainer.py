@@ -25,12 +25,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from dualenc import config as config_lib
-from dualenc import io, losses, multihost, optim, sharding, steps, tokenization, train_eval
+from dualenc import io, losses, multihost, optim, sharding, steps, tokenization
 from dualenc.checkpoint import Checkpointer, PreemptionGuard
 from dualenc.data import mining
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.models import dual_encoder
 from dualenc.models.loading import Encoder, load_encoder, save_sentence_transformers
+from dualenc.retrieval import engine as train_eval
 
 
 class NonFiniteLossError(FloatingPointError):

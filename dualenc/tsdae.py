@@ -30,11 +30,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dualenc import config as config_lib
-from dualenc import multihost, optim, sharding, steps, train_eval, trainer
+from dualenc import multihost, optim, sharding, steps, trainer
 from dualenc.checkpoint import Checkpointer, PreemptionGuard
 from dualenc.data.denoising import DenoisingPipeline, read_sentences
 from dualenc.models import bert_decoder, convert, dual_encoder
 from dualenc.models.loading import encoder_from_params, save_sentence_transformers
+from dualenc.retrieval import engine as train_eval
 
 
 def tsdae_loss(spec, params, batch, rng=None, deterministic: bool = True):

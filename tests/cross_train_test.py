@@ -16,9 +16,10 @@ import transformers
 from safetensors.numpy import load_file
 
 from dualenc import config as config_lib
-from dualenc import cross_losses, cross_model, cross_trainer, rerank, trainer
+from dualenc import cross_losses, cross_model, cross_trainer, trainer
 from dualenc.config import ConfigError
 from dualenc.data import cross_data
+from dualenc.inference import rerank
 from dualenc.io import InputError, data_dir
 from tests import tiny_data
 from tests.cross_fixtures import pair_config, rerank_config

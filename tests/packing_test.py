@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from dualenc import encode, packing
+from dualenc.inference import encode, packing
 from dualenc.models import dual_encoder, loading
 from dualenc.models.bert import BertConfig
 from dualenc.models.deberta import DebertaV2Config

@@ -3,6 +3,6 @@
 Usage: python -m dualenc.evaluate --config configs/eval/default.py --config.model=M ...
 """
 
-from dualenc.eval_config import get_config
+from dualenc.retrieval.eval_config import get_config
 
 __all__ = ["get_config"]
