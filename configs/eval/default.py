@@ -1,4 +1,4 @@
-"""Default evaluation config (defined in dualenc/eval_config.py, so wheel installs have it).
+"""Default evaluation config (defined in dualenc/retrieval/eval_config.py: wheels have it).
 
 Usage: python -m dualenc.evaluate --config configs/eval/default.py --config.model=M ...
 """

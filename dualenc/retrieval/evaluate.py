@@ -344,7 +344,7 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The package's default eval config (dualenc/eval_config.py; works from a wheel)."""
+    """The package's default eval config (retrieval/eval_config.py; works from a wheel)."""
     from dualenc.retrieval import eval_config
 
     return eval_config.get_config()
