@@ -7,7 +7,7 @@ Workloads: 'scifact', the 5,183 SciFact docs (title + ' ' + text, max_length 256
 short texts of very different lengths: the 5,000 MS MARCO subset passages and the 2,655 NQ
 questions, shuffled together (seed 0). Both encode with all-MiniLM-L6-v2; dualenc is timed on
 a second pass (compilation excluded, reported separately), sentence-transformers after a
-warm-up batch. `--packing` packs several texts per row (`dualenc.packing`). Prints one JSON.
+warm-up batch. `--packing` packs several texts per row (`inference.packing`). Prints one JSON.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def flop_per_token(cfg, seq_len: int) -> float:
 
 def scifact_texts(limit: int) -> list[str]:
     from dualenc.data.beir import load_corpus
-    from dualenc.encode import beir_doc_text
+    from dualenc.inference.encode import beir_doc_text
     from dualenc.io import data_dir
 
     corpus = load_corpus(data_dir() / "scifact" / "corpus.jsonl.gz")
@@ -68,7 +68,7 @@ def mixed_texts(limit: int) -> list[str]:
     import random
 
     from dualenc.data.beir import load_corpus
-    from dualenc.encode import beir_doc_text
+    from dualenc.inference.encode import beir_doc_text
     from dualenc.io import data_dir
 
     root = data_dir()
@@ -101,9 +101,10 @@ def bench_dualenc(model: str, texts: list[str]) -> tuple[dict, object, object]:
     """Loads, compiles every shape on a warm-up sample, then times one full pass."""
     import jax
 
-    from dualenc.encode import _Placer, encode_texts
+    from dualenc.inference.batching import Placer
+    from dualenc.inference.encode import encode_texts
+    from dualenc.inference.packing import encode_packed, pack_tiers
     from dualenc.models.loading import load_encoder
-    from dualenc.packing import encode_packed, pack_tiers
     from dualenc.tokenization import bucket_batches, bucket_length, tokenize
 
     enc = load_encoder(model)
@@ -116,7 +117,7 @@ def bench_dualenc(model: str, texts: list[str]) -> tuple[dict, object, object]:
     if FLAGS.packing:
         top = bucket_length(max(lengths), buckets, FLAGS.max_length)
         tiers = pack_tiers(seqs, FLAGS.row_length, top, FLAGS.max_segments)
-        rows, padded = _Placer(None, None).rows, 0
+        rows, padded = Placer(None, None).rows, 0
         for _, p in tiers:  # as encode_packed batches them, filler rows included
             (n, length), short = p.input_ids.shape, min(FLAGS.row_length, top)
             step = max(1, bs * short // length)
@@ -126,7 +127,7 @@ def bench_dualenc(model: str, texts: list[str]) -> tuple[dict, object, object]:
         encode = functools.partial(encode_packed, enc, texts, **kw)
     else:
         batches = bucket_batches(lengths, bs, buckets, max_length=FLAGS.max_length)
-        rows = _Placer(None, None).rows
+        rows = Placer(None, None).rows
         padded = sum(rows(len(i), bs) * pl for i, pl in batches)
         kw = dict(kw, packing=False)  # the padded path (encode_texts packs by default)
         encode_texts(enc, warmup_texts(texts, lengths, batches), **kw)

@@ -206,7 +206,7 @@ def jax_workloads(model_dir: str, repeats: int) -> dict:
     from dualenc import sharding
     from dualenc.biencoder import model as bi_model
     from dualenc.biencoder import step as bi_step
-    from dualenc.encode import encode_step
+    from dualenc.inference.encode import encode_step
     from dualenc.models.loading import load_encoder
     from dualenc.training import optim
     from dualenc.training import state as state_lib

@@ -66,15 +66,15 @@ def default_model(work_dir: str) -> str:
 
 def scifact_pairs(n: int) -> list[tuple[str, str]]:
     """The first n (query, doc text) pairs of SciFact test queries × their BM25 top docs."""
-    from dualenc import eval_config, evaluate
     from dualenc.index.bm25 import bm25_run
     from dualenc.io import data_dir
+    from dualenc.retrieval import eval_config, evaluate
 
     cfg = eval_config.get_config()
     with cfg.unlocked():
         cfg.data = str(data_dir() / "scifact")
     doc_ids, texts, qids, queries, _ = evaluate.load_split(cfg, "test")
-    bm25, _ = evaluate._bm25(cfg, doc_ids, texts)
+    bm25, _ = evaluate.bm25_index(cfg, doc_ids, texts)
     per_query = math.ceil(n / len(qids))
     run = bm25_run(bm25, qids, queries, doc_ids, per_query)
     docs, qmap = dict(zip(doc_ids, texts, strict=True)), dict(zip(qids, queries, strict=True))
@@ -85,12 +85,13 @@ def scifact_pairs(n: int) -> list[tuple[str, str]]:
 def bench_dualenc(model: str, pairs) -> tuple[dict, object]:
     import jax
 
-    from dualenc import rerank, tokenization
+    from dualenc import tokenization
+    from dualenc.inference import rerank
 
     rr = rerank.load_reranker(model, max_length=FLAGS.max_length)
     qs, ps = [q for q, _ in pairs], [p for _, p in pairs]
     ids, _ = tokenization.tokenize_pairs(rr.tokenizer, qs, ps, rr.max_length)
-    rows = rerank.batch_rows(FLAGS.batch_size, rerank._mesh(rr))
+    rows = rerank.batch_rows(FLAGS.batch_size, rerank.scoring_mesh(rr))
     batches = tokenization.bucket_batches([len(s) for s in ids], rows, rr.buckets(), rr.max_length)
     first = {}
     for idx, padded in batches:  # one batch per bucket used: compiles every timed shape

@@ -45,8 +45,8 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
 def main(argv):
     del argv
     from configs.eval import beir_minilm
-    from dualenc.evaluate import run_evaluation
     from dualenc.io import atomic_write
+    from dualenc.retrieval.evaluate import run_evaluation
 
     out = Path(FLAGS.out)
     results: dict[str, dict[str, dict]] = {}

@@ -24,8 +24,8 @@ from absl import app, flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs.eval import scifact_minilm  # noqa: E402
-from dualenc.evaluate import run_evaluation  # noqa: E402
 from dualenc.io import write_json  # noqa: E402
+from dualenc.retrieval.evaluate import run_evaluation  # noqa: E402
 
 flags.DEFINE_string("out", "/tmp/dualenc_eval/scifact_reference", "Where the runs and JSON go.")
 flags.DEFINE_string("cache_dir", "", "Corpus-embedding cache to reuse ('' = a fresh one).")

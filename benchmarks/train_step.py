@@ -36,7 +36,7 @@ def load_pairs(n: int, source: str = "nq") -> list[tuple[str, str]]:
         import random
 
         from dualenc.data.beir import load_corpus, load_qrels, load_queries
-        from dualenc.encode import beir_doc_text
+        from dualenc.inference.encode import beir_doc_text
 
         root = data_dir() / "agentset-msmarco-subset"
         corpus = {k: beir_doc_text(d) for k, d in load_corpus(root / "corpus.jsonl.gz").items()}
@@ -114,7 +114,7 @@ def bench_dualenc(
     from dualenc import sharding
     from dualenc.biencoder import model as bi_model
     from dualenc.biencoder import step as bi_step
-    from dualenc.packing import pack_batch
+    from dualenc.inference.packing import pack_batch
     from dualenc.training import optim
     from dualenc.training import state as state_lib
 

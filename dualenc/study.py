@@ -27,12 +27,14 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dualenc import corpus_cache, io, runs, train_eval
+from dualenc import io, runs
 from dualenc.data import mining, negatives
 from dualenc.data.beir import load_qrels, qrels_path
 from dualenc.index.exact import ExactIndex
+from dualenc.inference import corpus_cache
 from dualenc.io import InputError
 from dualenc.metrics import answer_accuracy, evaluate_run
+from dualenc.retrieval import engine
 from dualenc.training import config as config_lib
 from dualenc.training import loop
 from dualenc.training.config import ConfigError
@@ -124,19 +126,19 @@ def evaluate_model(q_enc, p_enc, splits: dict, out_dir: Path, cfg, *, cache_dir=
     split's run is written to out_dir/<split>.trec. `splits` maps name -> (dataset, answers)."""
     e = cfg.eval
     first = next(iter(splits.values()))[0]
-    doc_ids, texts = train_eval.corpus_texts(first)
+    doc_ids, texts = engine.corpus_texts(first)
     kw = {"batch_size": int(e.batch_size), "max_length": int(e.max_length) or None}
-    p_emb, _ = train_eval.encode_corpus(p_enc, doc_ids, texts, cache_dir=cache_dir, **kw)
+    p_emb, _ = engine.encode_corpus(p_enc, doc_ids, texts, cache_dir=cache_dir, **kw)
     index = ExactIndex(p_emb, similarity="dot")
     k = min(max(max(int(x) for x in e.k_values), 10), len(doc_ids))
     out, by_id = {}, None
     for split, (ds, answers) in splits.items():
         if list(ds.corpus) != doc_ids:
             raise ValueError(f"split {split!r} has another corpus than the first split")
-        qids, q_texts = train_eval.judged_queries(ds)
-        run = train_eval.dense_run(q_enc, index, qids, q_texts, doc_ids, k, **kw)
+        qids, q_texts = engine.judged_queries(ds)
+        run = engine.dense_run(q_enc, index, qids, q_texts, doc_ids, k, **kw)
         runs.write_trec(out_dir / f"{split}.trec", run, tag=out_dir.parent.name or "study")
-        out[split], _ = evaluate_run(run, ds.qrels, train_eval.measures_for(e.k_values))
+        out[split], _ = evaluate_run(run, ds.qrels, engine.measures_for(e.k_values))
         if answers:
             by_id = by_id or dict(zip(doc_ids, texts, strict=True))
             out[split].update(answer_accuracy(run, by_id, answers, tuple(e.answer_ks)))
@@ -144,11 +146,11 @@ def evaluate_model(q_enc, p_enc, splits: dict, out_dir: Path, cfg, *, cache_dir=
 
 
 def _load_splits(cfg, root: str) -> dict:
-    from dualenc.evaluate import load_answers
+    from dualenc.retrieval.evaluate import load_answers
 
     out = {}
     for name, split in (("dev", cfg.dev_split), ("test", cfg.test_split)):
-        ds = train_eval.load_split(root, split)
+        ds = engine.load_split(root, split)
         answers = load_answers(Path(root), ds.qrels) if cfg.eval.answers else {}
         out[name] = (ds, answers)
     return out

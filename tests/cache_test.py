@@ -11,10 +11,11 @@ import tokenizers
 from multihost_test import run_pair, run_single
 from tiny_data import save_tiny_bert, write_beir
 
-from dualenc import corpus_cache, train_eval
-from dualenc.evaluate import default_config, run_evaluation
 from dualenc.index.base import IndexManifest
+from dualenc.inference import corpus_cache
 from dualenc.models.loading import encoder_from_params, load_encoder, load_towers
+from dualenc.retrieval import engine
+from dualenc.retrieval.evaluate import default_config, run_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,13 @@ def beir(tmp_path_factory) -> Path:
 def count_encodes(monkeypatch):
     """Lists the number of texts of every encode_texts call made by the evaluation engine."""
     calls = []
-    real = train_eval.encode_texts
+    real = engine.encode_texts
 
     def counted(encoder, texts, **kw):
         calls.append(len(texts))
         return real(encoder, texts, **kw)
 
-    monkeypatch.setattr(train_eval, "encode_texts", counted)
+    monkeypatch.setattr(engine, "encode_texts", counted)
     return calls
 
 
@@ -83,12 +84,12 @@ def test_default_dir_resolution(monkeypatch, tmp_path):
 def test_key_changes_miss(beir, tiny_model, tmp_path, monkeypatch):
     """max_length, weights, tokenizer, code version and corpus text each miss; the same hits."""
     enc = load_encoder(tiny_model, pooling="mean")
-    ds = train_eval.load_split(str(beir), "dev")
-    ids, texts = train_eval.corpus_texts(ds)
+    ds = engine.load_split(str(beir), "dev")
+    ids, texts = engine.corpus_texts(ds)
     kw = {"batch_size": 16, "cache_dir": tmp_path}
 
     def reused(encoder=enc, t=texts, max_length=32):
-        return train_eval.encode_corpus(encoder, ids, t, max_length=max_length, **kw)[1]
+        return engine.encode_corpus(encoder, ids, t, max_length=max_length, **kw)[1]
 
     assert not reused() and reused()
     assert not reused(max_length=16)
@@ -133,9 +134,9 @@ def test_nocache_cli_writes_nothing(beir, tiny_model, tmp_path):
 @pytest.mark.parametrize("damage", ["truncate_npy", "bad_json", "missing_npy"])
 def test_corrupt_entry_is_recomputed(beir, tiny_model, tmp_path, damage):
     enc = load_encoder(tiny_model, pooling="mean")
-    ids, texts = train_eval.corpus_texts(train_eval.load_split(str(beir), "dev"))
+    ids, texts = engine.corpus_texts(engine.load_split(str(beir), "dev"))
     kw = {"batch_size": 16, "max_length": 32, "cache_dir": tmp_path}
-    ref, _ = train_eval.encode_corpus(enc, ids, texts, **kw)
+    ref, _ = engine.encode_corpus(enc, ids, texts, **kw)
     (entry,) = tmp_path.glob("emb-*")
     if damage == "truncate_npy":
         data = (entry / "embeddings.npy").read_bytes()
@@ -144,14 +145,14 @@ def test_corrupt_entry_is_recomputed(beir, tiny_model, tmp_path, damage):
         (entry / "manifest.json").write_text('{"weights_hash": ')
     else:
         (entry / "embeddings.npy").unlink()
-    emb, reused = train_eval.encode_corpus(enc, ids, texts, **kw)
+    emb, reused = engine.encode_corpus(enc, ids, texts, **kw)
     assert not reused
     np.testing.assert_array_equal(emb, ref)
-    assert train_eval.encode_corpus(enc, ids, texts, **kw)[1]  # the entry was rewritten
+    assert engine.encode_corpus(enc, ids, texts, **kw)[1]  # the entry was rewritten
 
 
 def test_bm25_cache(beir, tmp_path):
-    ids, texts = train_eval.corpus_texts(train_eval.load_split(str(beir), "dev"))
+    ids, texts = engine.corpus_texts(engine.load_split(str(beir), "dev"))
     queries = ["apple river", "violin 12", "tiger"]
 
     def build(t=texts, **kw):
@@ -176,8 +177,8 @@ def test_two_processes_agree_and_only_process_0_writes(beir, tiny_model, tmp_pat
     agree on the miss) and process 1 writes nothing."""
     c0, c1 = tmp_path / "c0", tmp_path / "c1"
     _, p_enc = load_towers(str(tiny_model))
-    ids, texts = train_eval.corpus_texts(train_eval.load_split(str(beir), "dev"))
-    assert not train_eval.encode_corpus(p_enc, ids, texts, max_length=32, cache_dir=c0)[1]
+    ids, texts = engine.corpus_texts(engine.load_split(str(beir), "dev"))
+    assert not engine.encode_corpus(p_enc, ids, texts, max_length=32, cache_dir=c0)[1]
     (entry,) = c0.glob("emb-*")
     common = ["--model", str(tiny_model), "--data", str(beir), "--split", "dev"]
     common += ["--index", "exact", "--batch_size", "16", "--max_length", "32"]

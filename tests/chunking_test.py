@@ -1,4 +1,4 @@
-"""Chunking long documents (`dualenc.chunking`, `evaluate --chunk_size`): windows cover the text
+"""Chunking long documents (`inference.chunking`, `evaluate --chunk_size`): windows cover the text
 with the asked overlap, MaxP at `chunk_depth` is the exact document top-k, and a fact past the
 truncation point is found only with chunks."""
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from dualenc import chunking
-from dualenc.evaluate import default_config, run_evaluation
+from dualenc.inference import chunking
 from dualenc.io import InputError
+from dualenc.retrieval.evaluate import default_config, run_evaluation
 from dualenc.tokenization import load_tokenizer
 
 TEXT = " ".join(f"word{i} alpha-beta, (gamma) delta" for i in range(60))  # 300+ tokens

@@ -11,8 +11,9 @@ import torch
 import transformers
 from sklearn import metrics as skm
 
-from dualenc import classify, metrics
+from dualenc import metrics
 from dualenc.data import pairs
+from dualenc.inference import classify, rerank
 from dualenc.io import InputError
 
 Y_TRUE = [0, 1, 2, 2, 1, 0, 1, 2, 2, 0, 1, 1]
@@ -223,10 +224,10 @@ def test_cli_bad_label_exits_2_and_writes_nothing(clf_dir, tmp_path):
 
 
 def test_predict_logits_sharded_equals_single_device(clf_dir):
-    rr = classify.rerank.load_reranker(clf_dir[0])
+    rr = rerank.load_reranker(clf_dir[0])
     a, b = ["a cat", "the dog ran far away " * 5, "x"], ["sat", "on a mat", "y z"]
     sharded = classify.predict_logits(rr, a, b, batch_size=8)  # 8-device mesh by default
-    single = classify.rerank.score_pairs(rr, a, b, batch_size=2)
+    single = rerank.score_pairs(rr, a, b, batch_size=2)
     np.testing.assert_allclose(sharded, single, atol=1e-5)
 
 
@@ -265,7 +266,7 @@ def test_nli_three_labels_argmax_and_string_labels(tmp_path, minilm_path):
 def test_symmetric_scoring_is_the_mean_of_both_orders(clf_dir):
     """`symmetric`: the mean of the (a, b) and (b, a) logits, the same for either order; the
     random classifier scores the two orders differently, so the option changes the logits."""
-    rr = classify.rerank.load_reranker(clf_dir[0])
+    rr = rerank.load_reranker(clf_dir[0])
     a, b = ["a cat sat", "the dog ran far away " * 5, "x"], ["on a mat", "it did", "y z w"]
     ab = classify.predict_logits(rr, a, b, batch_size=4)
     ba = classify.predict_logits(rr, b, a, batch_size=4)

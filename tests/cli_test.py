@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from tiny_data import save_tiny_bert, write_beir
 
-from dualenc import train_eval
-from dualenc.evaluate import default_config, run_evaluation
 from dualenc.index import Index
 from dualenc.index.bm25 import BM25Index
 from dualenc.io import InputError
 from dualenc.models import loading, saving
-from dualenc.search import Searcher, build_index
+from dualenc.retrieval import engine
+from dualenc.retrieval.evaluate import default_config, run_evaluation
+from dualenc.retrieval.search import Searcher, build_index
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,14 +62,14 @@ def _cfg(beir, model, **kw):
 def test_two_tower_export_evaluates_with_both_towers(two_towers, beir, tmp_path):
     q_enc, p_enc = loading.load_towers(two_towers)
     assert q_enc.weights_hash() != p_enc.weights_hash()
-    ds = train_eval.load_split(str(beir), "dev")
+    ds = engine.load_split(str(beir), "dev")
     kw = {"k_values": (10, 20), "batch_size": 8, "max_length": 32}
-    want = train_eval.evaluate_retrieval(q_enc, p_enc, ds, **kw)
+    want = engine.evaluate_retrieval(q_enc, p_enc, ds, **kw)
     got = run_evaluation(_cfg(beir, two_towers, output=str(tmp_path / "out")))
     for m in ("nDCG@10", "RR@10", "R@10"):
         assert got[m] == pytest.approx(want[m], abs=1e-9), m
     # Using one tower for both sides gives other figures, so the test sees which tower is used.
-    same = train_eval.evaluate_retrieval(p_enc, p_enc, ds, **kw)
+    same = engine.evaluate_retrieval(p_enc, p_enc, ds, **kw)
     assert any(abs(same[m] - want[m]) > 1e-6 for m in ("nDCG@10", "RR@10"))
     with pytest.raises(InputError, match="separate-tower export"):
         loading.load_encoder(two_towers)
@@ -81,7 +81,7 @@ def test_two_tower_search(two_towers, beir, tmp_path):
     hits = s.search("apple river", k=3)
     q_enc, p_enc = loading.load_towers(two_towers)
     from dualenc.data.beir import load_corpus
-    from dualenc.encode import beir_doc_text, encode_texts
+    from dualenc.inference.encode import beir_doc_text, encode_texts
 
     corpus = load_corpus(beir / "corpus.jsonl", allow_empty=True)
     q = encode_texts(q_enc, ["apple river"], progress=False)[0]

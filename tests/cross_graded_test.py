@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dualenc import metrics, rerank
+from dualenc import metrics
 from dualenc.cross import losses as cross_losses
 from dualenc.cross import model as cross_model
 from dualenc.data import pairs as pairs_lib
+from dualenc.inference import rerank
 from dualenc.io import InputError, data_dir
 from dualenc.training import loop
 from dualenc.training.config import ConfigError
@@ -64,7 +65,7 @@ def test_correlations_match_scipy_with_ties():
 
 
 def test_graded_scores_are_the_sigmoid_of_the_logit():
-    from dualenc import classify
+    from dualenc.inference import classify
 
     z = np.array([[-800.0], [-2.0], [0.0], [3.0], [800.0]], np.float32)
     want = [0.0, 1 / (1 + np.exp(2.0)), 0.5, 1 / (1 + np.exp(-3.0)), 1.0]

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from dualenc import encode
+from dualenc.inference import batching, encode
 from dualenc.io import InputError
 from dualenc.models import loading
 
@@ -72,7 +72,7 @@ def test_sharded_equals_single_device(tiny):
     sharded = encode.encode_texts(tiny, texts, batch_size=16, progress=False)
     single = encode.encode_texts(tiny, texts, batch_size=3, progress=False)  # 3 < 8: one device
     np.testing.assert_allclose(sharded, single, atol=1e-5, rtol=0)
-    placer = encode._Placer(tiny.params, encode._default_mesh())
+    placer = batching.Placer(tiny.params, batching.default_mesh())
     assert placer.rows(16, 16) == 16 and placer.rows(5, 16) == 8 and placer.rows(3, 3) == 3
     _, ids, _ = placer.put(np.zeros((16, 16), np.int32), np.ones((16, 16), np.int32))
     assert len(ids.sharding.device_set) == 8

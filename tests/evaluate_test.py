@@ -13,12 +13,12 @@ import torch
 import transformers
 from sentence_transformers import SentenceTransformer
 
-from dualenc.evaluate import default_config, run_evaluation
 from dualenc.index.fusion import fuse
 from dualenc.io import InputError
 from dualenc.metrics import evaluate_run
-from dualenc.report import compare
-from dualenc.search import Searcher
+from dualenc.retrieval.evaluate import default_config, run_evaluation
+from dualenc.retrieval.report import compare
+from dualenc.retrieval.search import Searcher
 
 DOCS = [
     ("d1", "Paris", "Paris is the capital and largest city of France."),

@@ -16,13 +16,14 @@ import pytest
 import torch
 import transformers
 
-from dualenc import export, export_onnx
-from dualenc.encode import encode_texts
+from dualenc.export import onnx as export_onnx
+from dualenc.export import portable, runtime
+from dualenc.inference.encode import encode_texts
+from dualenc.inference.rerank import load_reranker, score_pairs
 from dualenc.io import InputError
 from dualenc.models.bert import BertConfig
 from dualenc.models.dual_encoder import EncoderSpec, embed, init_tower
 from dualenc.models.loading import load_encoder
-from dualenc.rerank import load_reranker, score_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_FILES = (
@@ -140,8 +141,8 @@ def _dualenc_bi(model_dir: Path, texts) -> np.ndarray:
 
 @pytest.mark.parametrize("fmt", ["onnx", "jax"])
 def test_bi_encoder_export_matches_dualenc(bi_dir, fmt, tmp_path):
-    out = export.export(bi_dir, fmt, tmp_path / "out")
-    run = export.load_onnx(out) if fmt == "onnx" else export.load_jax(out)
+    out = portable.export(bi_dir, fmt, tmp_path / "out")
+    run = runtime.load_onnx(out) if fmt == "onnx" else runtime.load_jax(out)
     man = json.loads((out / "manifest.json").read_text())
     assert man["kind"] == "bi" and man["normalize"] is True and man["max_length"] == 48
     shapes = set()
@@ -157,8 +158,8 @@ def test_bi_encoder_export_matches_dualenc(bi_dir, fmt, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["onnx", "jax"])
 def test_cross_encoder_export_matches_dualenc(ce_dir, fmt, tmp_path):
-    out = export.export(ce_dir, fmt, tmp_path / "out")
-    run = export.load_onnx(out) if fmt == "onnx" else export.load_jax(out)
+    out = portable.export(ce_dir, fmt, tmp_path / "out")
+    run = runtime.load_onnx(out) if fmt == "onnx" else runtime.load_jax(out)
     rr = load_reranker(ce_dir)
     man = json.loads((out / "manifest.json").read_text())
     assert man["kind"] == "cross" and man["outputs"][0]["shape"] == ["batch", rr.ce.num_labels]
@@ -203,8 +204,8 @@ def test_jax_export_runs_without_dualenc_model_code(tmp_path, minilm_path):
     """A fresh process runs the artifact with jax alone, and through load_jax without ever
     importing dualenc.models; its outputs match dualenc's."""
     model_dir = _bi_dir(_Factory(tmp_path), minilm_path, "bert", "mean")
-    out = export.export(model_dir, "jax", tmp_path / "jax")
-    run = export.load_jax(out)
+    out = portable.export(model_dir, "jax", tmp_path / "jax")
+    run = runtime.load_jax(out)
     arrays = run.tokenize(TEXTS)
     np.save(tmp_path / "ids.npy", arrays[0])
     np.save(tmp_path / "mask.npy", arrays[1])
@@ -214,7 +215,7 @@ ids, mask = np.load({str(tmp_path / "ids.npy")!r}), np.load({str(tmp_path / "mas
 exp = jax.export.deserialize(bytearray(open({str(out / "model.jax")!r}, "rb").read()))
 plain = np.asarray(exp.call(ids.astype(np.int32), mask.astype(np.int32)))
 assert not any(m.startswith("dualenc") for m in sys.modules), "plain jax imported dualenc"
-from dualenc.export_runtime import load_jax
+from dualenc.export.runtime import load_jax
 via = load_jax({str(out)!r}).run_texts({TEXTS!r})
 bad = sorted(m for m in sys.modules if m.startswith("dualenc.models"))
 assert not bad, bad
@@ -248,8 +249,8 @@ class _Factory:
 
 def test_minilm_onnx_matches_dualenc_encode(minilm_path, tmp_path):
     """The real all-MiniLM-L6-v2 (mean pooling, normalised) through onnxruntime."""
-    out = export.export(minilm_path, "onnx", tmp_path / "onnx")
-    run = export.load_onnx(out)
+    out = portable.export(minilm_path, "onnx", tmp_path / "onnx")
+    run = runtime.load_onnx(out)
     want = encode_texts(load_encoder(minilm_path), TEXTS, batch_size=8, progress=False)
     got = run.run_texts(TEXTS)
     assert got.shape == (len(TEXTS), 384)
@@ -261,13 +262,13 @@ def test_minilm_onnx_matches_dualenc_encode(minilm_path, tmp_path):
 def test_deberta_exports_to_jax_and_onnx_names_the_arch(tmp_path, minilm_path):
     """DeBERTa-v3 goes through jax.export (same logits); ONNX refuses it by name."""
     ce = _ce_dir(_Factory(tmp_path), minilm_path, 3, arch="deberta")
-    out = export.export(ce, "jax", tmp_path / "jax")
-    run, rr = export.load_jax(out), load_reranker(ce)
+    out = portable.export(ce, "jax", tmp_path / "jax")
+    run, rr = runtime.load_jax(out), load_reranker(ce)
     a = ["what is a cat"] * len(TEXTS)
     want = score_pairs(rr, a, TEXTS, batch_size=8)
     np.testing.assert_allclose(run.run_texts(a, TEXTS), want, atol=1e-5)
     with pytest.raises(InputError, match="'deberta-v2'.*--format jax"):
-        export.export(ce, "onnx", tmp_path / "onnx")
+        portable.export(ce, "onnx", tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
     with pytest.raises(ValueError, match="'deberta-v2'"):
         export_onnx.check_arch("deberta-v2")

@@ -5,13 +5,13 @@ import jax
 import numpy as np
 import pytest
 
-from dualenc.corpus_cache import cached_embeddings, corpus_fingerprint
 from dualenc.index import Index, load_doc_ids, load_index, save_index_dir
 from dualenc.index.base import IndexManifest, IndexMismatchError, check_doc_ids, rows_to_run
 from dualenc.index.bm25 import BM25Index, bm25_run
 from dualenc.index.exact import ExactIndex
 from dualenc.index.fusion import fuse, fuse_head, tune_weight
 from dualenc.index.scann_index import ScannIndex, default_params
+from dualenc.inference.corpus_cache import cached_embeddings, corpus_fingerprint
 from dualenc.io import InputError
 from dualenc.runs import read_trec, write_trec
 

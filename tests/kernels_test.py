@@ -179,7 +179,7 @@ def test_attention_takes_the_kernel_on_one_f32_device(monkeypatch):
 _ENCODE = """
 import json, sys
 import numpy as np
-from dualenc.encode import encode_texts
+from dualenc.inference.encode import encode_texts
 from dualenc.models import kernels
 from dualenc.models.loading import load_encoder
 calls, dense = [], []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dualenc.encode import encode_texts
+from dualenc.inference.encode import encode_texts
 from dualenc.io import InputError
 from dualenc.models import loading, saving
 from dualenc.models.convert import WeightsError

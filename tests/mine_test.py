@@ -225,7 +225,7 @@ def test_dense_and_both_methods(tiny_dirs, tmp_path):
     enc_dir, _ = tiny_dirs
     data = mining.data_from_examples(_examples())
     enc = load_encoder(enc_dir)
-    from dualenc.encode import encode_texts
+    from dualenc.inference.encode import encode_texts
 
     q = encode_texts(enc, [x.text for x in data.queries], progress=False)
     p = encode_texts(enc, data.texts, progress=False)
@@ -252,7 +252,7 @@ def test_dense_and_both_methods(tiny_dirs, tmp_path):
 
 
 def test_cross_encoder_rescoring(tiny_dirs):
-    from dualenc import rerank
+    from dualenc.inference import rerank
 
     _, ce_dir = tiny_dirs
     data = mining.data_from_examples(_examples())
@@ -351,7 +351,7 @@ def test_config_negatives_mine_the_window_of_each_retriever(minilm_path, tmp_pat
     judged positives and empty docs dropped: re-derived here from the embeddings and BM25."""
     import ml_collections
 
-    from dualenc.encode import encode_texts
+    from dualenc.inference.encode import encode_texts
     from dualenc.models.loading import load_encoder
 
     enc_dir = minilm_path  # real weights: distinct scores (a tiny random tower ties them all)

@@ -61,7 +61,7 @@ def _env():
 
 def test_wheel_holds_the_package_and_its_defaults_only(installed):
     names = zipfile.ZipFile(installed[2]).namelist()
-    assert "dualenc/eval_config.py" in names and "dualenc/train.py" in names
+    assert "dualenc/retrieval/eval_config.py" in names and "dualenc/train.py" in names
     assert "dualenc/index/scann_index.py" in names and "dualenc/models/bert.py" in names
     assert "dualenc/kernels/attention.cc" in names  # the CPU attention kernel's source
     assert not [n for n in names if n.startswith(("configs/", "tests/", "benchmarks/"))]
@@ -71,7 +71,7 @@ def test_installed_package_comes_from_the_wheel(installed):
     py, elsewhere, _ = installed
     code = (
         "import importlib.util, dualenc\n"
-        "from dualenc.evaluate import default_config\n"
+        "from dualenc.retrieval.evaluate import default_config\n"
         "from dualenc.io import data_dir\n"
         "print(dualenc.__file__)\n"
         "print(importlib.util.find_spec('configs'))\n"

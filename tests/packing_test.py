@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from dualenc import encode, packing
 from dualenc.biencoder import model as bi_model
 from dualenc.biencoder import step as bi_step
 from dualenc.biencoder import task as bi_task
+from dualenc.inference import encode, packing
 from dualenc.models import dual_encoder, loading
 from dualenc.models.bert import BertConfig
 from dualenc.models.deberta import DebertaV2Config

@@ -11,9 +11,9 @@ import torch
 import transformers
 from tiny_data import save_tiny_bert, write_beir
 
-from dualenc import pipeline_report
 from dualenc.io import InputError
 from dualenc.metrics import answer_accuracy
+from dualenc.retrieval import pipeline_report
 
 DOCS = {"a": "the answer is paris", "b": "nothing here", "c": "berlin is big", "d": "rome"}
 ANSWERS = {"q1": ["Paris"], "q2": ["Berlin"], "q3": ["Madrid"]}

@@ -10,12 +10,12 @@ import torch
 import transformers
 from jax.sharding import Mesh
 
-from dualenc import rerank
-from dualenc.evaluate import default_config, load_split, run_evaluation
 from dualenc.index.base import top_k_run
+from dualenc.inference import rerank
 from dualenc.io import InputError
 from dualenc.metrics import evaluate_run
 from dualenc.models.convert import WeightsError
+from dualenc.retrieval.evaluate import default_config, load_split, run_evaluation
 from dualenc.runs import read_trec
 
 
@@ -137,7 +137,7 @@ def test_200_queries_compile_at_most_one_program_per_bucket(long_ce):
     run, queries, passages = _varied_run(200)
     rerank._STEPS.clear()
     out = rerank.rerank_run(rr, run, queries, passages, batch_size=12, progress=False)
-    step = rerank.score_step(rr.ce, rerank._mesh(rr))
+    step = rerank.score_step(rr.ce, rerank.scoring_mesh(rr))
     assert rr.buckets() == (64, 128, 192, 256, 384, 512)
     size = step._cache_size()
     assert 1 < size <= len(rr.buckets())
@@ -150,7 +150,7 @@ def test_200_queries_compile_at_most_one_program_per_bucket(long_ce):
 
 def test_sharded_scores_equal_single_device_scores(long_ce):
     rr = rerank.load_reranker(long_ce)
-    assert rerank._mesh(rr).size == 8
+    assert rerank.scoring_mesh(rr).size == 8
     run, queries, passages = _varied_run(8, seed=3, max_words=150)
     qs = [queries[q] for q, docs in run.items() for _ in docs]
     ps = [passages[d] for docs in run.values() for d in docs]

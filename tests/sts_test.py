@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dualenc.encode import encode_texts
+from dualenc.inference.encode import encode_texts
 from dualenc.io import data_dir
 from dualenc.models.loading import load_encoder
 

@@ -139,7 +139,7 @@ def test_end_to_end_loss_decreases_and_metrics(e2e):
 def test_export_loads_in_dualenc_and_sentence_transformers(e2e):
     from sentence_transformers import SentenceTransformer
 
-    from dualenc.encode import encode_texts
+    from dualenc.inference.encode import encode_texts
     from dualenc.models.loading import load_encoder
 
     _, (res, _) = e2e

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dualenc import packing
 from dualenc.biencoder import loss_registry
+from dualenc.inference import packing
 from dualenc.models import dual_encoder
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jax
 
-from dualenc import multihost, tokenization, train_eval
+from dualenc import multihost, tokenization
 from dualenc.biencoder import loss_registry
 from dualenc.biencoder import model as model_lib
 from dualenc.biencoder.step import make_train_step
@@ -23,6 +23,7 @@ from dualenc.data.pipeline import TrainPipeline
 from dualenc.models import dual_encoder
 from dualenc.models.loading import Encoder, load_encoder
 from dualenc.models.saving import save_sentence_transformers
+from dualenc.retrieval import engine
 from dualenc.training import config as config_lib
 from dualenc.training.checkpoint import Checkpointer
 from dualenc.training.logs import log
@@ -141,8 +142,8 @@ def eval_split(config, base: Encoder, host_params, split: str) -> dict[str, floa
 def eval_encoders(config, q_enc, p_enc, split: str) -> dict[str, float]:
     """Retrieval metrics of (q_enc, p_enc) on split `split` of `data.dev.path`, per `eval.*`."""
     e = config.eval
-    ds = train_eval.load_split(config.data.dev.path, split, int(e.max_queries))
-    return train_eval.evaluate_retrieval(
+    ds = engine.load_split(config.data.dev.path, split, int(e.max_queries))
+    return engine.evaluate_retrieval(
         q_enc,
         p_enc,
         ds,

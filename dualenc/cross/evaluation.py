@@ -3,7 +3,7 @@
 Pair classification: accuracy, binary and macro P/R/F1 and the confusion matrix (`classify`
 helpers); for two classes the decision threshold maximising F1 on dev is applied to test. Graded
 pairs (`cross.label_scale`, STS): Pearson and Spearman x 100 of sigmoid(logit) vs the gold score.
-Reranking: a first-stage run (BM25, dense or hybrid via `dualenc.evaluate.retrieve`) is computed
+Reranking: a first-stage run (BM25, dense or hybrid via `retrieval.evaluate.retrieve`) is computed
 once per split, then its top `cross.rerank_top` docs are rescored with the current params;
 nDCG@10 etc. before (first stage) and after. With `cross.fusion`, test also reports the first
 stage fused with the cross-encoder (first + w * CE after per-query normalisation, the
@@ -17,11 +17,13 @@ import dataclasses
 
 import numpy as np
 
-from dualenc import classify, eval_config, evaluate, metrics, rerank, train_eval
+from dualenc import metrics
 from dualenc.data.beir import BeirDataset
 from dualenc.data.cross_data import PairData, label_names
 from dualenc.index import fusion
+from dualenc.inference import classify, rerank
 from dualenc.io import InputError
+from dualenc.retrieval import engine, eval_config, evaluate
 
 
 def metric_value(m: dict, name: str) -> float:
@@ -111,7 +113,7 @@ class RerankEval:
     def __init__(self, rr: rerank.Reranker, config, dev: BeirDataset, dev_root: str, test=None):
         self.rr, self.config, self.x = rr, config, config.cross
         self.k_values = tuple(int(k) for k in config.eval.k_values)
-        self.measures = train_eval.measures_for(self.k_values)
+        self.measures = engine.measures_for(self.k_values)
         dev_top = int(self.x.dev_rerank_top) or int(self.x.rerank_top)
         self.dev = self._prepare(dev, dev_root, dev_top)
         self.test = self._prepare(*test, int(self.x.rerank_top)) if test else None
@@ -123,8 +125,8 @@ class RerankEval:
     def _prepare(self, ds: BeirDataset, root: str, top: int) -> dict:
         if not ds.qrels:
             raise InputError("empty dev set: no judged queries", path=root)
-        doc_ids, texts = train_eval.corpus_texts(ds)
-        qids, queries = train_eval.judged_queries(ds)
+        doc_ids, texts = engine.corpus_texts(ds)
+        qids, queries = engine.judged_queries(ds)
         info: dict = {}
         run, _, _ = evaluate.retrieve(
             _eval_cfg(self.config, root), doc_ids, texts, qids, queries, info

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dualenc import rerank
+from dualenc.inference import rerank
 from dualenc.io import atomic_dir
 from dualenc.models import loading
 from dualenc.models.convert import state_dict_from_params

@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from dualenc import multihost, rerank
+from dualenc import multihost
 from dualenc.cross import evaluation
 from dualenc.cross import model as model_lib
 from dualenc.cross.step import make_train_step
 from dualenc.data import cross_data
 from dualenc.data.beir import load_beir
+from dualenc.inference import rerank
 from dualenc.training.logs import log
 from dualenc.training.task import Task
 

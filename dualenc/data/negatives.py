@@ -61,7 +61,7 @@ def load_data(path, format: str = "auto", split: str = "train") -> MiningData:
 
 
 def _encode(data: MiningData, model: str, *, batch_size: int, max_length, progress):
-    from dualenc.encode import encode_texts, warn_empty
+    from dualenc.inference.encode import encode_texts, warn_empty
     from dualenc.models.loading import load_towers
 
     q_enc, p_enc = load_towers(model)
@@ -73,7 +73,7 @@ def _encode(data: MiningData, model: str, *, batch_size: int, max_length, progre
 
 def ce_score_fn(data: MiningData, reranker, *, batch_size: int = 32, progress=True):
     """score_fn for `mining.mine` from a cross-encoder (one batched pass over all pairs)."""
-    from dualenc import rerank
+    from dualenc.inference import rerank
 
     def score(q_idx, rows):
         if not any(len(r) for r in rows):
@@ -113,7 +113,7 @@ def run_mining(
         dense = mining.DenseScorer(q_emb, p_emb, similarity)
     cand = mining.candidate_rows(data, cfg, bm25=bm25, dense=dense)
     if cross_encoder:
-        from dualenc import rerank
+        from dualenc.inference import rerank
 
         score_fn = ce_score_fn(data, rerank.load_reranker(cross_encoder), progress=False)
     elif dense is not None:

@@ -18,9 +18,10 @@ import grain
 import jax
 import numpy as np
 
-from dualenc import packing, tokenization
+from dualenc import tokenization
 from dualenc.data import records
 from dualenc.data.records import TEXT_FORMATS, Record, Split, load_examples
+from dualenc.inference import packing
 from dualenc.io import InputError
 
 FORMATS = (*TEXT_FORMATS, "tfds", "arrayrecord")

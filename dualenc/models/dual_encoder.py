@@ -90,7 +90,7 @@ def embed_packed(
 ):
     """Packed rows → (B, S, D) float32 embeddings, one per text of each row.
 
-    input_ids, segment_ids, position_ids (B, L): several texts per row (see `dualenc.packing`);
+    input_ids, segment_ids, position_ids (B, L): several texts per row (see `inference.packing`);
     segment s of row b is embedded as the same text alone would be. Empty segments are zeros.
     """
     if spec.arch not in PACKABLE_ARCHS:

@@ -55,7 +55,7 @@ def _cpu_has_avx512() -> bool:
 
 
 def _library_path() -> Path:
-    from dualenc.corpus_cache import default_cache_dir
+    from dualenc.inference.corpus_cache import default_cache_dir
 
     key = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES))
     key.update(" ".join(FLAGS).encode() + jaxlib.__version__.encode())

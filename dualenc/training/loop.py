@@ -22,7 +22,8 @@ from etils import epath
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from dualenc import multihost, sharding, train_eval
+from dualenc import multihost, sharding
+from dualenc.retrieval import engine
 from dualenc.training import config as config_lib
 from dualenc.training import optim
 from dualenc.training import state as state_lib
@@ -275,7 +276,7 @@ def _finish(run: Run, params, early: Early, step: int, before_path) -> dict:
         if before_path.exists():
             out[f"before/{split}"] = json.loads(before_path.read_text())
             log(
-                train_eval.format_before_after(out[f"before/{split}"], out[f"after/{split}"], split)
+                engine.format_before_after(out[f"before/{split}"], out[f"after/{split}"], split)
             )
     if c.export.enabled and task.export is not None:
         export = run.workdir / "export"

@@ -1,21 +1,18 @@
-"""Portable export of bi-encoders and cross-encoders: ONNX, or a serialized `jax.export`.
+"""Portable export of bi-encoders and cross-encoders: ONNX, or a serialized `jax.export` (the
+library behind `python -m dualenc.export`; the ONNX graph is built by `export.onnx`).
 
-Usage:
-  python -m dualenc.export --model DIR --format onnx|jax --output OUT
-
-`--model` is a sentence-transformers / Hugging Face encoder dir (bi-encoder: embeddings, with
+The model is a sentence-transformers / Hugging Face encoder dir (bi-encoder: embeddings, with
 its pooling and normalisation) or a transformers `*ForSequenceClassification` dir
 (cross-encoder: logits). OUT holds model.onnx or model.jax, tokenizer.json and manifest.json
 (inputs, outputs, pooling, normalize, max_length). Neither needs dualenc's model code to run:
 onnxruntime, or `jax.export.deserialize(bytes).call(ids, mask[, types])`
-(`dualenc.export_runtime.load_onnx` / `load_jax` wrap both). Batch and length are dynamic.
+(`dualenc.export.runtime.load_onnx` / `load_jax` wrap both). Batch and length are dynamic.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,16 +22,9 @@ import jax.numpy as jnp
 import tokenizers
 
 from dualenc import multihost
-from dualenc.export_runtime import (  # noqa: F401 - re-exported: dualenc.export.load_jax
-    JAX_FILE,
-    MANIFEST,
-    ONNX_FILE,
-    load_jax,
-    load_onnx,
-)
+from dualenc.export.runtime import JAX_FILE, MANIFEST, ONNX_FILE
 from dualenc.io import InputError, atomic_dir
 from dualenc.models import kernels, loading
-from dualenc.models.convert import WeightsError
 from dualenc.models.dual_encoder import embed
 from dualenc.tokenization import pad_id
 
@@ -82,13 +72,13 @@ def detect_kind(root: Path) -> str:
 
 
 def load_exportable(model: str | Path, *, kind: str = "auto", max_length: int | None = None):
-    """Loads a bi-encoder (dualenc.models.loading) or a cross-encoder (dualenc.rerank)."""
+    """Loads a bi-encoder (dualenc.models.loading) or a cross-encoder (dualenc.inference.rerank)."""
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; expected one of {list(KINDS)}", field="kind")
     root = loading.resolve_model_dir(model)
     kind = detect_kind(root) if kind == "auto" else kind
     if kind == "cross":
-        from dualenc.rerank import load_reranker
+        from dualenc.inference.rerank import load_reranker
 
         rr = load_reranker(root, max_length=max_length)
         ce, params = rr.ce, rr.params
@@ -148,7 +138,7 @@ def _write(out_dir, m: Exportable, fmt: str, model_file: str, write_model, extra
 
 def export_onnx(m: Exportable, out_dir) -> Path:
     """Writes model.onnx (pooling + normalisation or the classifier head inside the graph)."""
-    from dualenc import export_onnx as eo
+    from dualenc.export import onnx as eo
 
     try:
         eo.check_arch(m.arch)
@@ -198,52 +188,3 @@ def export(
     if fmt == "onnx":
         return export_onnx(m, out_dir)
     return export_jax(m, out_dir, platforms)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "Encoder or *ForSequenceClassification dir (or hub id).")
-    flags.DEFINE_string("format", None, f"Export format: one of {', '.join(FORMATS)}.")
-    flags.DEFINE_string("output", None, "Output directory (replaced atomically).")
-    flags.DEFINE_string(
-        "kind", "auto", "bi (embeddings), cross (logits) or auto (cross for *ForSequence...)."
-    )
-    flags.DEFINE_integer(
-        "max_length", None, "Token limit recorded for tokenisation.", lower_bound=2
-    )
-    flags.DEFINE_list(
-        "platforms", list(DEFAULT_PLATFORMS), "jax.export target platforms (cpu, cuda, tpu)."
-    )
-
-
-def main(argv) -> None:
-    from absl import flags, logging
-
-    fv = flags.FLAGS
-    try:
-        if len(argv) > 1:
-            raise InputError(f"unexpected arguments: {argv[1:]}")
-        for name in ("model", "format", "output"):
-            if not getattr(fv, name):
-                raise InputError(f"--{name} is required", field=name)
-        multihost.initialize()
-        out = export(
-            fv.model, fv.format, fv.output, kind=fv.kind, max_length=fv.max_length,
-            platforms=fv.platforms,
-        )  # fmt: skip
-    except (InputError, WeightsError) as e:  # bad user input: one clear line, exit code 2
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
-    logging.info("wrote %s", out)
-    print(out)
-
-
-if __name__ == "__main__":
-    from dualenc import cli
-
-    _define_flags()
-    cli.run(main)

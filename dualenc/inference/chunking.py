@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import tokenizers
 
-from dualenc.encode import doc_fields
+from dualenc.inference.encode import doc_fields
 
 SEP = "#"  # chunk id = f"{doc_id}{SEP}{i}"
 

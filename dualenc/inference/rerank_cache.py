@@ -5,7 +5,7 @@ and `scores-<digest>.npz` files, each a batch of (pair key, score) written atomi
 only. The model hash covers weights, tokenizer, architecture config and max_length
 (`Reranker.model_hash`); a pair key is a 16-byte blake2b over (query id, doc id, query text, doc
 text), so a changed text under the same ids is rescored, never served stale. CACHE_DIR is the
-corpus cache's (`dualenc.corpus_cache.resolve_cache_dir`: --cache_dir, $DUALENC_CACHE_DIR or
+corpus cache's (`corpus_cache.resolve_cache_dir`: --cache_dir, $DUALENC_CACHE_DIR or
 $XDG_CACHE_HOME/dualenc). An unreadable file is a miss, never an error.
 """
 

@@ -5,7 +5,7 @@ padded to FIXED length buckets (`RERANK_BUCKETS`, capped at the model's max_leng
 batch to one fixed row count, so reranking any number of queries compiles at most one program
 per bucket. Batches are split over a 1-D mesh of all devices of all hosts and gathered back.
 
-`rerank_run(..., cache_dir=D)` keeps relevance scores on disk (`dualenc.rerank_cache`), keyed by
+`rerank_run(..., cache_dir=D)` keeps relevance scores on disk (`rerank_cache`), keyed by
 the model hash (weights + tokenizer + max_length) and the (query, doc) pair, so a rerun scores
 nothing it has scored before.
 """
@@ -26,7 +26,9 @@ import tokenizers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from dualenc import multihost, rerank_cache, tokenization
+from dualenc import multihost, tokenization
+from dualenc.inference import rerank_cache
+from dualenc.inference.batching import put
 from dualenc.io import InputError, open_text
 from dualenc.models import loading
 from dualenc.models.convert import WeightsError, params_from_state_dict
@@ -137,7 +139,8 @@ def relevance(logits: np.ndarray) -> np.ndarray:
     raise ValueError(f"a reranker needs 1 or 2 labels, this model has {logits.shape[-1]}")
 
 
-def _mesh(rr: Reranker) -> Mesh | None:
+def scoring_mesh(rr: Reranker) -> Mesh | None:
+    """The mesh scoring splits batches over: `rr.mesh`, else all devices (None for one)."""
     if rr.mesh is not None:
         return rr.mesh if rr.mesh.size > 1 else None
     devs = jax.devices()
@@ -164,23 +167,13 @@ def score_step(ce: CrossEncoder, mesh: Mesh | None):
     return _STEPS[key]
 
 
-def _put(x, sharding):
-    """device_put that also works for a sharding spanning other hosts' devices."""
-    if sharding.is_fully_addressable:
-        return jax.device_put(x, sharding)
-    return jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a), np.shape(a)),
-        multihost.to_host(x),
-    )
-
-
 def _placed_params(rr: Reranker, mesh: Mesh | None):
     """The params placed once per mesh (replicated over it)."""
     if mesh not in rr._placed:
         if mesh is None:
             rr._placed[mesh] = rr.params
         else:
-            rr._placed[mesh] = _put(rr.params, NamedSharding(mesh, PartitionSpec()))
+            rr._placed[mesh] = put(rr.params, NamedSharding(mesh, PartitionSpec()))
     return rr._placed[mesh]
 
 
@@ -205,7 +198,7 @@ def score_pairs(
     out = np.zeros((len(ids), rr.ce.num_labels), np.float32)
     if not ids:
         return out
-    mesh = _mesh(rr)
+    mesh = scoring_mesh(rr)
     step, params = score_step(rr.ce, mesh), _placed_params(rr, mesh)
     rows = batch_rows(batch_size, mesh)
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names)) if mesh is not None else None
@@ -218,7 +211,7 @@ def score_pairs(
     for idx, padded in batches:
         arrays = _pad_rows(ids, types, idx, padded, rows, pad)
         if sharding is not None:
-            arrays = [_put(a, sharding) for a in arrays]
+            arrays = [put(a, sharding) for a in arrays]
         pending.append((idx, step(params, *arrays)))
         while len(pending) > 2:
             _fetch(pending.pop(0), out, bar)

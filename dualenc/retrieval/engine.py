@@ -18,11 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
-from dualenc import corpus_cache, multihost
+from dualenc import multihost
 from dualenc.data.beir import BeirDataset, filter_qrels, load_beir, load_qrels
-from dualenc.encode import beir_doc_text, encode_texts, warn_empty
 from dualenc.index.base import Run, rows_to_run
 from dualenc.index.exact import ExactIndex
+from dualenc.inference import corpus_cache
+from dualenc.inference.encode import beir_doc_text, encode_texts, warn_empty
 from dualenc.io import InputError
 from dualenc.metrics import evaluate_run
 

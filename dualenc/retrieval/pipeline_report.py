@@ -20,12 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dualenc import corpus_cache, eval_config, evaluate, multihost, rerank
+from dualenc import multihost
 from dualenc.index.base import Run, top_k_run
 from dualenc.index.bm25 import bm25_run
 from dualenc.index.fusion import fuse
+from dualenc.inference import corpus_cache, rerank
 from dualenc.io import InputError, atomic_write, write_json
 from dualenc.metrics import answer_accuracy, evaluate_run
+from dualenc.retrieval import eval_config, evaluate
 
 SYSTEMS = ("BM25", "dense", "dense → CE", "BM25 + dense → CE")
 TABLE_KS = (5, 50, 100)
@@ -115,14 +117,14 @@ def run_pipeline(
     if rerank_top < keep or keep < max(ks):
         raise InputError(f"need rerank_top ≥ keep ≥ max(ks), got {rerank_top}, {keep}, {ks}")
     cfg = _eval_cfg(data, dense_model, batch_size, max_length, cache, cache_dir, progress)
-    evaluate._check(cfg)
+    evaluate.check_config(cfg)
     t0 = time.time()
     doc_ids, texts, qids, queries, qrels = evaluate.load_split(cfg, split)
     answers = evaluate.load_answers(Path(cfg.data), qids)
     if not answers:
         raise InputError("queries carry no metadata.answers (needed for answer accuracy)")
     docs, qmap = dict(zip(doc_ids, texts, strict=True)), dict(zip(qids, queries, strict=True))
-    bm25, _ = evaluate._bm25(cfg, doc_ids, texts)
+    bm25, _ = evaluate.bm25_index(cfg, doc_ids, texts)
     first = bm25_run(bm25, qids, queries, doc_ids, keep)
     dense = evaluate.Dense(cfg, doc_ids, texts, "exact").run(qids, queries, rerank_top)
     rr = rerank.load_reranker(rerank_model)

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dualenc import multihost
-from dualenc.encode import _default_mesh, _Placer, _progress, tokenize_for_encoding
+from dualenc.inference.batching import Placer, default_mesh, progress_bar, tokenize_for_encoding
 from dualenc.models.dual_encoder import embed_packed, tower
 from dualenc.tokenization import DEFAULT_BUCKETS, bucket_batches, bucket_length, pad_id
 
@@ -180,9 +180,9 @@ def encode_packed(
     top = bucket_length(max(len(s) for s in seqs), buckets, max_length)
     tiers = pack_tiers(seqs, row_length, top, max_segments, pad_id(encoder.tokenizer))
     step = packed_step(encoder.spec, max_segments)
-    placer = _Placer(encoder.params, mesh if mesh is not None else _default_mesh())
+    placer = Placer(encoder.params, mesh if mesh is not None else default_mesh())
     out, pending = None, []
-    bar = _progress(len(seqs), progress)
+    bar = progress_bar(len(seqs), progress)
     for sel, packed in tiers:
         n_rows, length = packed.input_ids.shape
         per_step = max(1, batch_size * min(row_length, top) // length)
