@@ -9,7 +9,7 @@ VARIANT (default in_batch):
 Error form: --config.loss.margin_err=squared|l1|softplus; stop-gradient through the target:
 --config.loss.margin_stop_gradient=True (off by default, as the authors have it).
 Trains on the carved SciFact train split (80 %) and evaluates on the carved dev (20 %, seed
-20261123, dualenc.study.SCIFACT_CARVE); the carve is written once to workdirs/scifact_carved.
+20261123, dualenc.data.splits.SCIFACT_CARVE); the carve is written once to workdirs/scifact_carved.
 """
 
 import sys
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configs  # noqa: E402
-from dualenc import study  # noqa: E402
+from dualenc.data import splits  # noqa: E402
 from dualenc.io import data_dir  # noqa: E402
 
 VARIANTS = ("in_batch", "mined", "pairs", "static")
@@ -39,14 +39,14 @@ def get_config(variant: str = "in_batch"):
     c = configs.base_config()
     c.model.name_or_path = configs.minilm_path()
     c.model.pooling = "mean"
-    root = study.ensure_carved(
+    root = splits.ensure_carved(
         data_dir() / "scifact", configs.repo_path("workdirs", "scifact_carved")
     )
     c.data.train.path = root
     c.data.train.format = "beir"
-    c.data.train.split = study.TRAIN_SPLIT
+    c.data.train.split = splits.TRAIN_SPLIT
     c.data.dev.path = root
-    c.data.dev.split = study.DEV_SPLIT
+    c.data.dev.split = splits.DEV_SPLIT
     apply_variant(c, variant)
     c.data.mine_negatives = "bm25" if c.data.num_negatives else ""
     c.data.mine_depth = 30

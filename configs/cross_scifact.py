@@ -1,5 +1,5 @@
 """SciFact reranker: all-MiniLM-L6-v2 + a fresh 1-logit head trained listwise on the carved SciFact
-train split (80 % of train; dualenc.study.SCIFACT_CARVE, the split the SciFact recipe trains on)
+train split (80 % of train; data.splits.SCIFACT_CARVE, the split the SciFact recipe trains on)
 with hard negatives mined from the hybrid it reranks (BM25 + the recipe's dense model, ranks 3-26
 of each, interleaved; data.mine_negatives='both'); the carved dev split (the other 20 %) picks
 the best step and the fusion weight, so nothing is tuned on test. Dev and test rerank the top-k
@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configs  # noqa: E402
-from dualenc import study  # noqa: E402
+from dualenc.data import splits  # noqa: E402
 from dualenc.io import data_dir  # noqa: E402
 
 
@@ -45,12 +45,12 @@ def get_config():
     c.seed = 0
     c.model.name_or_path = configs.minilm_path()
     root = str(data_dir() / "scifact")
-    carved = study.ensure_carved(root, configs.repo_path("workdirs", "scifact_carved"))
+    carved = splits.ensure_carved(root, configs.repo_path("workdirs", "scifact_carved"))
     c.data.train.format = "beir"
     c.data.train.path = carved  # the recipe's carved split: its dense model never saw dev
-    c.data.train.split = study.TRAIN_SPLIT
+    c.data.train.split = splits.TRAIN_SPLIT
     c.data.dev.path = carved
-    c.data.dev.split = study.DEV_SPLIT
+    c.data.dev.split = splits.DEV_SPLIT
     c.cross.first_stage = "hybrid"  # BM25 + the SciFact recipe's dense model (the best first stage)
     c.cross.first_stage_model = configs.repo_path("workdirs", "scifact", "export")
     # Negatives from the hybrid the CE reranks (dense + BM25 windows, interleaved), not BM25 alone:

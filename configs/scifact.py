@@ -1,5 +1,5 @@
 """The SciFact recipe: all-MiniLM-L6-v2 fine-tuned on the carved SciFact train split (80 % of
-train, dualenc.study.SCIFACT_CARVE, seed 20261123) with BM25-mined hard negatives, chosen on the
+train, data.splits.SCIFACT_CARVE, seed 20261123) with BM25-mined hard negatives, chosen on the
 carved DEV split (the other 20 %), never on test. The study (configs/study/scifact.py) picked the
 strategy (MNRL + BM25 negatives); a sweep of length and learning rate on the same dev picked
 10 epochs (200 steps) at 1e-4 (zero-shot test nDCG@10 0.6451; goal >= 0.72).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configs  # noqa: E402
-from dualenc import study  # noqa: E402
+from dualenc.data import splits  # noqa: E402
 from dualenc.io import data_dir  # noqa: E402
 
 
@@ -30,14 +30,14 @@ def get_config():
     c.model.name_or_path = configs.minilm_path()
     c.model.pooling = "mean"
     c.model.normalize = True
-    root = study.ensure_carved(
+    root = splits.ensure_carved(
         data_dir() / "scifact", configs.repo_path("workdirs", "scifact_carved")
     )
     c.data.train.path = root
     c.data.train.format = "beir"
-    c.data.train.split = study.TRAIN_SPLIT
+    c.data.train.split = splits.TRAIN_SPLIT
     c.data.dev.path = root
-    c.data.dev.split = study.DEV_SPLIT  # the carved dev: never tune on test
+    c.data.dev.split = splits.DEV_SPLIT  # the carved dev: never tune on test
     c.data.num_negatives = 1
     c.data.mine_negatives = "bm25"
     c.data.mine_depth = 30

@@ -192,7 +192,7 @@ def test_class_metrics_refuse_spearman(tmp_path, minilm_path):
 
 
 def test_pipeline_carries_graded_targets(tmp_path, minilm_path):
-    from dualenc.data import cross_data
+    from dualenc.cross import data as cross_data
     from dualenc.models import loading
 
     c = graded_config(tmp_path, minilm_path)

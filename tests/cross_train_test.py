@@ -15,11 +15,11 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
+from dualenc.cross import data as cross_data
 from dualenc.cross import evaluation as cross_evaluation
 from dualenc.cross import losses as cross_losses
 from dualenc.cross import model as cross_model
 from dualenc.cross import task as cross_task
-from dualenc.data import cross_data
 from dualenc.inference import rerank
 from dualenc.io import InputError, data_dir
 from dualenc.training import config as config_lib

@@ -11,9 +11,11 @@ import jax
 import pytest
 from tiny_data import save_tiny_bert, write_beir
 
-from dualenc import study
+from dualenc import study as study_cmd
+from dualenc.data import splits
 from dualenc.data.beir import load_qrels
 from dualenc.io import InputError
+from dualenc.training import study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,10 +63,10 @@ def _config(tiny_bert, beir):
 
 
 def test_carve_is_deterministic_and_disjoint(beir, tmp_path):
-    a = study.carve_dev(
+    a = splits.carve_dev(
         beir, tmp_path / "a", source_split="train", test_split="test", fraction=0.25, seed=3
     )
-    b = study.carve_dev(
+    b = splits.carve_dev(
         beir, tmp_path / "b", source_split="train", test_split="test", fraction=0.25, seed=3
     )
     assert a == b
@@ -73,7 +75,7 @@ def test_carve_is_deterministic_and_disjoint(beir, tmp_path):
     assert set(train) & set(dev) == set() and (set(train) | set(dev)) & test == set()
     assert len(dev) == 4 and len(train) == 11  # 20 train queries, 5 also in test
     assert sorted(load_qrels(tmp_path / "a" / "qrels" / "dev_carved.tsv")) == dev
-    c = study.carve_dev(
+    c = splits.carve_dev(
         beir, tmp_path / "c", source_split="train", test_split="test", fraction=0.25, seed=4
     )
     assert c[1] != dev  # the seed matters
@@ -86,7 +88,7 @@ def compile_cache(tmp_path):
         jax.config.jax_compilation_cache_dir,
         jax.config.jax_persistent_cache_min_compile_time_secs,
     )
-    study.enable_compile_cache(tmp_path / "jax_cache")
+    study_cmd.enable_compile_cache(tmp_path / "jax_cache")
     yield
     jax.config.update("jax_compilation_cache_dir", old[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
@@ -128,7 +130,7 @@ def test_study_rows_and_resume(tiny_bert, beir, tmp_path, monkeypatch, compile_c
 
 def test_mined_file_with_unknown_ids_names_file_line(beir, tmp_path):
     """A mined file from another split (qids not in the carved train) fails at file:line."""
-    train, dev = study.carve_dev(
+    train, dev = splits.carve_dev(
         beir, tmp_path / "c", source_split="train", test_split="test", fraction=0.25, seed=3
     )
     recs = [{"qid": q, "query": "x", "positive": ["a"], "negative": ["b"]} for q in train[:3]]
@@ -136,10 +138,10 @@ def test_mined_file_with_unknown_ids_names_file_line(beir, tmp_path):
     st = tmp_path / "mined.jsonl"
     st.write_text("".join(json.dumps(r) + "\n" for r in recs))
     with pytest.raises(InputError, match=rf"mined.jsonl:3 field 'qid'.*{dev[0]}"):
-        study.check_mined_qids(st, set(train))
+        splits.check_mined_qids(st, set(train))
     dpr = tmp_path / "mined.json"
     dpr.write_text(json.dumps([{"qid": train[0]}, {"question": "no id"}]))
     with pytest.raises(InputError, match=r"mined.json:1 field 'qid'"):
-        study.check_mined_qids(dpr, set(train))
+        splits.check_mined_qids(dpr, set(train))
     dpr.write_text(json.dumps([{"qid": q} for q in train]))
-    study.check_mined_qids(dpr, set(train))
+    splits.check_mined_qids(dpr, set(train))

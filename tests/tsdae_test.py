@@ -13,13 +13,13 @@ import pytest
 import torch
 import transformers
 
-from dualenc.data import denoising
 from dualenc.io import InputError
 from dualenc.models import bert_decoder, convert
 from dualenc.models.bert import BertConfig
 from dualenc.models.loading import load_encoder
 from dualenc.training import config as config_lib
 from dualenc.training import loop
+from dualenc.tsdae import data as denoising
 from dualenc.tsdae import step as tsdae_step
 from dualenc.tsdae import task as tsdae_task
 from tests.tiny_data import save_tiny_bert, write_beir

@@ -18,8 +18,8 @@ import dataclasses
 import numpy as np
 
 from dualenc import metrics
+from dualenc.cross.data import PairData, label_names
 from dualenc.data.beir import BeirDataset
-from dualenc.data.cross_data import PairData, label_names
 from dualenc.index import fusion
 from dualenc.inference import classify, rerank
 from dualenc.io import InputError

@@ -13,10 +13,10 @@ import functools
 from pathlib import Path
 
 from dualenc import multihost
+from dualenc.cross import data as cross_data
 from dualenc.cross import evaluation
 from dualenc.cross import model as model_lib
 from dualenc.cross.step import make_train_step
-from dualenc.data import cross_data
 from dualenc.data.beir import load_beir
 from dualenc.inference import rerank
 from dualenc.training.logs import log

@@ -275,9 +275,7 @@ def _finish(run: Run, params, early: Early, step: int, before_path) -> dict:
         out[f"after/{split}"] = out["dev"] if reuse else task.split_eval(params, split)
         if before_path.exists():
             out[f"before/{split}"] = json.loads(before_path.read_text())
-            log(
-                engine.format_before_after(out[f"before/{split}"], out[f"after/{split}"], split)
-            )
+            log(engine.format_before_after(out[f"before/{split}"], out[f"after/{split}"], split))
     if c.export.enabled and task.export is not None:
         export = run.workdir / "export"
         multihost.write_on_main(task.export, params, export, export_step, barrier_name="export")

@@ -24,13 +24,13 @@ import numpy as np
 
 from dualenc.biencoder import model as model_lib
 from dualenc.biencoder.task import eval_encoders
-from dualenc.data.denoising import DenoisingPipeline, read_sentences
 from dualenc.models import bert_decoder, convert
 from dualenc.models.loading import encoder_from_params, read_state_dict
 from dualenc.models.saving import save_sentence_transformers
 from dualenc.training import config as config_lib
 from dualenc.training.logs import log
 from dualenc.training.task import Task
+from dualenc.tsdae.data import DenoisingPipeline, read_sentences
 from dualenc.tsdae.step import make_train_step
 
 
