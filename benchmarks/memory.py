@@ -49,7 +49,7 @@ def child(mode: str, batch: int, chunk: int, run_limit: float, q_len: int, p_len
     base = bi_model.load_base_encoder(c.model)
     tx, schedule = optim.make_optimizer(c.train, 10)
     mesh = sharding.make_mesh((1, 1), devices=jax.devices()[:1])
-    state, state_sh = state_lib.create_state(bi_model.init_dual_params(base, True), tx, mesh, [])
+    state, state_sh = state_lib.create_state(bi_model.initial_dual_params(base, True), tx, mesh, [])
     step = state_lib.jit_train_step(
         bi_step.make_train_step(c, base.spec, tx, schedule), state_sh, mesh
     )

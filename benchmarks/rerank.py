@@ -73,7 +73,7 @@ def scifact_pairs(n: int) -> list[tuple[str, str]]:
     cfg = eval_config.get_config()
     with cfg.unlocked():
         cfg.data = str(data_dir() / "scifact")
-    doc_ids, texts, qids, queries, _ = evaluate.load_split(cfg, "test")
+    doc_ids, texts, qids, queries, _ = evaluate.split_texts(cfg, "test")
     bm25, _ = evaluate.bm25_index(cfg, doc_ids, texts)
     per_query = math.ceil(n / len(qids))
     run = bm25_run(bm25, qids, queries, doc_ids, per_query)

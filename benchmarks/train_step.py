@@ -136,7 +136,7 @@ def bench_dualenc(
     tx, schedule = optim.make_optimizer(c.train, 1000)
     mesh = state_lib.build_mesh(c)
     state, sh = state_lib.create_state(
-        bi_model.init_dual_params(base, True), tx, mesh, state_lib.mesh_rules(c)
+        bi_model.initial_dual_params(base, True), tx, mesh, state_lib.mesh_rules(c)
     )
     step = state_lib.jit_train_step(bi_step.make_train_step(c, base.spec, tx, schedule), sh, mesh)
     rng = jax.random.key(0, impl=c.train.rng_impl)

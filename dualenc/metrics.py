@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-Run = Mapping[str, Mapping[str, float]]
+from dualenc.runs import Run
+
 Qrels = Mapping[str, Mapping[str, int]]
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@10", "R@100", "AP", "P@10")

@@ -7,7 +7,7 @@ import os
 
 from dualenc.io import InputError, atomic_write, open_text
 
-Run = dict[str, dict[str, float]]
+Run = dict[str, dict[str, float]]  # qid -> {docid: score}; the one run type
 
 
 def write_trec(path: str | os.PathLike, run: Run, tag: str = "dualenc") -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from dualenc import sharding
+from dualenc.biencoder import model as bi_model
 from dualenc.biencoder import step as _steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +48,8 @@ def setup():
     from configs import tiny
 
     c = tiny.get_config()
-    base = _steps.load_base_encoder(c.model)
-    params = _steps.init_dual_params(base, True)
+    base = bi_model.load_base_encoder(c.model)
+    params = bi_model.initial_dual_params(base, True)
     r = np.random.default_rng(0)
 
     def tokens(shape, lengths):

@@ -266,7 +266,7 @@ def train_setup(tmp_path_factory):
     batch = next(iter(bi_task.make_pipeline(c, base.tokenizer, packing=False)))
     c.data.packing, c.data.pack_max_segments = True, 4
     packed = next(iter(bi_task.make_pipeline(c, base.tokenizer)))
-    return c, base, bi_model.init_dual_params(base, True), batch, packed
+    return c, base, bi_model.initial_dual_params(base, True), batch, packed
 
 
 def test_pipeline_packs_the_same_tokens(train_setup):

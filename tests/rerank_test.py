@@ -15,7 +15,7 @@ from dualenc.inference import rerank
 from dualenc.io import InputError
 from dualenc.metrics import evaluate_run
 from dualenc.models.convert import WeightsError
-from dualenc.retrieval.evaluate import default_config, load_split, run_evaluation
+from dualenc.retrieval.evaluate import default_config, run_evaluation, split_texts
 from dualenc.runs import read_trec
 
 
@@ -244,7 +244,7 @@ def test_evaluate_reranks_rerank_top_and_cuts_to_final_top(long_ce, tmp_path):
     )
     got = read_trec(tmp_path / "out" / "run.trec")
     # Expected: BM25's top 30 (not k=5) rescored by the cross-encoder, then the top 2.
-    doc_ids, texts, qids, queries, qrels = load_split(_eval_cfg(beir, ""), "dev")
+    doc_ids, texts, qids, queries, qrels = split_texts(_eval_cfg(beir, ""), "dev")
     docs = dict(zip(doc_ids, texts, strict=True))
     rr = rerank.load_reranker(long_ce)
     full = rerank.rerank_run(rr, first, dict(zip(qids, queries, strict=True)), docs, top_k=30)

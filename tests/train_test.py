@@ -170,7 +170,7 @@ def tiny(tmp_path_factory):
     base = bi_model.load_base_encoder(c.model)
     batch = next(iter(bi_task.make_pipeline(c, base.tokenizer, packing=False)))  # GradCache
     tx, schedule = optim.make_optimizer(c.train, 10)
-    return c, base, tx, schedule, bi_model.init_dual_params(base, True), batch
+    return c, base, tx, schedule, bi_model.initial_dual_params(base, True), batch
 
 
 def _grads(c, base, params, batch, chunk):

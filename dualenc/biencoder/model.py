@@ -83,7 +83,7 @@ def random_tower_params(spec, seed: int):
     return jax.tree.map(np.asarray, dual_encoder.init_tower(spec, jax.random.key(seed)))
 
 
-def init_dual_params(base, shared: bool) -> dict:
+def initial_dual_params(base, shared: bool) -> dict:
     """DualEncoder params: {'encoder': tower} (tied) or {'q_encoder', 'p_encoder'} (two copies);
     ShapeDtypeStructs when `base` holds abstract params."""
     params = dual_encoder.init_dual_params(base.spec, None, shared, tower_params=base.params)

@@ -43,7 +43,7 @@ def build(config, resumed: bool) -> Task:
         )
     shared = bool(config.model.shared_towers)
     if resumed:
-        params, source = model_lib.init_dual_params(base, shared), "checkpoint"
+        params, source = model_lib.initial_dual_params(base, shared), "checkpoint"
     else:
         params, source = initial_params(config, base)
     e, has_dev = config.eval, bool(config.data.dev.path)
@@ -117,19 +117,19 @@ def initial_params(config, base) -> tuple[dict, str]:
     shared = bool(config.model.shared_towers)
     init_from = config.get("init_from") or ""
     if not init_from:
-        return model_lib.init_dual_params(base, shared), base.source
+        return model_lib.initial_dual_params(base, shared), base.source
     if (multihost.epath(init_from) / "checkpoints").is_dir():
         ck = Checkpointer(init_from, async_save=False)
         step = ck.latest_step()
         state, _, _ = ck.restore(None, step)
         got = multihost.to_host(state["params"])
-        want = model_lib.init_dual_params(base, shared)
+        want = model_lib.initial_dual_params(base, shared)
         if jax.tree.structure(got) != jax.tree.structure(want):
             raise ValueError(f"init_from {init_from}: params tree does not match the model")
         ck.close()
         return got, f"{init_from} (step {step})"
     enc = load_encoder(init_from, dtype=config.model.dtype)
-    return model_lib.init_dual_params(enc, shared), init_from
+    return model_lib.initial_dual_params(enc, shared), init_from
 
 
 def eval_split(config, base: Encoder, host_params, split: str) -> dict[str, float]:

@@ -17,8 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from dualenc.io import InputError
-
-Run = dict[str, dict[str, float]]  # qid -> {docid: score}
+from dualenc.runs import Run
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1

@@ -34,8 +34,8 @@ from dualenc.models import loading
 from dualenc.models.convert import WeightsError, params_from_state_dict
 from dualenc.models.cross_encoder import CrossEncoder
 from dualenc.models.registry import get_arch
+from dualenc.runs import Run
 
-Run = dict[str, dict[str, float]]
 RERANK_BUCKETS = (64, 128, 192, 256, 384, 512)
 _STEPS: dict[Any, Any] = {}  # (CrossEncoder, mesh) -> jitted sharded scoring step
 

@@ -88,19 +88,19 @@ def load_answers(root: Path, qids) -> dict[str, list[str]]:
     return out
 
 
-def load_split(cfg, split: str, qrels_file: str = ""):
+def split_texts(cfg, split: str, qrels_file: str = ""):
     """(doc_ids, doc_texts, qids, query_texts, qrels) for one split (judged queries only)."""
     return split_parts(engine.load_split(cfg.data, split, 0, qrels_file))
 
 
 def split_parts(ds):
-    """`load_split`'s tuple of a loaded BeirDataset."""
+    """`split_texts`'s tuple of a loaded BeirDataset."""
     doc_ids, texts = engine.corpus_texts(ds)
     qids, queries = engine.judged_queries(ds)
     return doc_ids, texts, qids, queries, ds.qrels
 
 
-class Dense:
+class DenseRetriever:
     """Towers + corpus embeddings + index, built once and reused for test and tune splits."""
 
     def __init__(self, cfg, doc_ids, texts, kind: str, corpus=None):
@@ -244,7 +244,7 @@ def retrieve(
         depth = max(cfg.fusion_depth, depth)
     dense = bm25 = None
     if kind in ("exact", "scann", "hybrid"):
-        dense = Dense(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind, corpus)
+        dense = DenseRetriever(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind, corpus)
         if dense.chunks is not None:
             info["chunking"] = dense.chunk_info
         info.update(
@@ -265,7 +265,7 @@ def retrieve(
     else:
         weight = cfg.hybrid_weight
         if cfg.tune_split:
-            _, _, t_qids, t_queries, t_qrels = load_split(cfg, cfg.tune_split)
+            _, _, t_qids, t_queries, t_qrels = split_texts(cfg, cfg.tune_split)
             weight, grid = tune_weight(
                 bm25_run(bm25, t_qids, t_queries, doc_ids, depth),
                 dense.run(t_qids, t_queries, depth),

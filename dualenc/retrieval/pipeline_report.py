@@ -119,14 +119,14 @@ def run_pipeline(
     cfg = _eval_cfg(data, dense_model, batch_size, max_length, cache, cache_dir, progress)
     evaluate.check_config(cfg)
     t0 = time.time()
-    doc_ids, texts, qids, queries, qrels = evaluate.load_split(cfg, split)
+    doc_ids, texts, qids, queries, qrels = evaluate.split_texts(cfg, split)
     answers = evaluate.load_answers(Path(cfg.data), qids)
     if not answers:
         raise InputError("queries carry no metadata.answers (needed for answer accuracy)")
     docs, qmap = dict(zip(doc_ids, texts, strict=True)), dict(zip(qids, queries, strict=True))
     bm25, _ = evaluate.bm25_index(cfg, doc_ids, texts)
     first = bm25_run(bm25, qids, queries, doc_ids, keep)
-    dense = evaluate.Dense(cfg, doc_ids, texts, "exact").run(qids, queries, rerank_top)
+    dense = evaluate.DenseRetriever(cfg, doc_ids, texts, "exact").run(qids, queries, rerank_top)
     rr = rerank.load_reranker(rerank_model)
     reranked = rerank.rerank_run(
         rr,

@@ -59,7 +59,7 @@ class Early:
 
 
 @dataclasses.dataclass
-class Run:
+class TrainRun:
     """Everything the loop needs besides the (donated, so ever-changing) train state."""
 
     config: Any
@@ -84,8 +84,8 @@ def resolve_num_steps(config, pipeline) -> int:
     return max(1, int(round(float(t.num_epochs) * max(1, pipeline.steps_per_epoch))))
 
 
-def setup(config, workdir) -> tuple[Run, dict, Early]:
-    """(Run, train state, early-stopping record): config checks, the task (data and model read
+def setup(config, workdir) -> tuple[TrainRun, dict, Early]:
+    """(TrainRun, train state, early-stopping record): config checks, the task (data and model read
     before any write), optimizer, state (restored from the workdir's checkpoint if any) and the
     ahead-of-time compiled step."""
     mesh = state_lib.build_mesh(config)
@@ -112,7 +112,7 @@ def setup(config, workdir) -> tuple[Run, dict, Early]:
         (state, state_sh), start = state_lib.create_state(task.params, tx, mesh, rules), 0
         source = "initial weights"
     step = task.make_step(tx, schedule)
-    run = Run(
+    run = TrainRun(
         config=config,
         task=task,
         workdir=workdir,
@@ -173,7 +173,7 @@ def train_and_evaluate(config, workdir) -> dict:
 # ----------------------------------------------------------------------------- the loop
 
 
-def run_loop(run: Run, state, early: Early, guard) -> tuple[Any, dict, list, bool]:
+def run_loop(run: TrainRun, state, early: Early, guard) -> tuple[Any, dict, list, bool]:
     """Runs steps run.start+1..run.num_steps (fewer on early stopping or preemption); returns
     (state, last logged metrics, the log, preempted). Dev evaluation every `eval.every_steps`
     and at the last step (unless -1); with `keep_best` a checkpoint follows every evaluation."""
@@ -218,7 +218,7 @@ def run_loop(run: Run, state, early: Early, guard) -> tuple[Any, dict, list, boo
     return state, last, logged, preempted
 
 
-def evaluate(run: Run, state, step: int, early: Early) -> None:
+def evaluate(run: TrainRun, state, step: int, early: Early) -> None:
     """Dev evaluation at `step` (every process): history, best params, patience, log line."""
     task = run.task
     host = multihost.to_host(state["params"])
@@ -235,7 +235,7 @@ def evaluate(run: Run, state, step: int, early: Early) -> None:
     log(f"step {step}: dev {task.eval_metric} {value:.4f}{tag}{task.dev_note(dev)}")
 
 
-def _save(run: Run, step: int, state, early: Early) -> None:
+def _save(run: TrainRun, step: int, state, early: Early) -> None:
     """Checkpoint of `step` (once) with the data position and the early-stopping record."""
     if run.saved == step:
         return
@@ -244,7 +244,7 @@ def _save(run: Run, step: int, state, early: Early) -> None:
     run.ckpt.save(step, state, data)
 
 
-def _finish(run: Run, params, early: Early, step: int, before_path) -> dict:
+def _finish(run: TrainRun, params, early: Early, step: int, before_path) -> dict:
     """Final figures and export: dev (the best step's with `keep_best`, else the last eval's),
     the task's own (e.g. test), the before/after table, and export/ of the chosen params."""
     c, task, out = run.config, run.task, {}
@@ -290,7 +290,7 @@ def _finish(run: Run, params, early: Early, step: int, before_path) -> dict:
 class Window:
     """Step metrics since the last log line, and the wall time of the steps known complete."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: TrainRun):
         self.run, self.history, self.done = run, [], run.start
         self.restart()
 
