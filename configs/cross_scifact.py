@@ -13,21 +13,8 @@ python -m dualenc.train --config configs/cross_scifact.py --workdir workdirs/cro
 On a 2-core CPU the final eval (dev top-100 for the fusion grid, 300 test queries x 100
 docs) takes ~28 min, training ~60 min: --config.cross.rerank_top=50
 and/or --config.cross.max_length=192 trade a little quality for time.
-Measured (2026-11-24, this config, hybrid-mined negatives; training stopped after the step-400
-eval for CPU time, an identical earlier run's 440 and 480 evals were lower: 0.7693, 0.7679):
-dev (hybrid top-20) best 0.7703 at step 400; test (300 queries, hybrid top-100): first stage
-0.7699, the cross-encoder alone 0.7461 (-0.024), first stage + 0.7 x CE (0.7 chosen on dev
-top-100: 0.7974 -> 0.8297) 0.8100 (+0.0401; goal +0.02).
-Before (BM25-mined negatives, 6 epochs = 480 steps, early-stopped at 360, best dev at step 240):
-dev (162 carved queries, hybrid top-20) 0.7347 -> 0.7627; test (300 queries, hybrid top-100):
-first stage 0.7236, the cross-encoder alone 0.6925 (-0.031), first stage + 0.7 x CE (min-max,
-0.7 chosen on dev top-100) 0.7641 (+0.0405). The CE alone over 100 candidates is worse than over
-the 20 it is tuned on (dev top-100, w = 100 ~ CE alone: 0.7438; w = 0.7: 0.8102); fused, it
-adds what the first stage misses. Against the stronger first stage of the re-tuned recipe
-(configs/scifact.py, 10 x 1e-4; same CE, its test eval rerun): hybrid 0.7699 -> CE alone 0.6945,
-first stage + 0.7 x CE (0.7 again from dev: 0.7974 -> 0.8360) 0.7865 (+0.0166, short of +0.02).
-Earlier (BM25 first stage, 100 held-out train queries as dev, 176 steps): test BM25 top-100
-0.6617 -> 0.6240.
+
+Result (2026-11-24): test hybrid top-100 0.7699 -> + 0.7 x CE 0.8100; runs in docs/results.md.
 """
 
 import sys

@@ -9,18 +9,11 @@ Then as the start of the supervised SciFact recipe (adaptive pre-training):
 python -m dualenc.train --config configs/scifact.py --workdir W \
     --config.init_from=workdirs/tsdae_scifact/export
 
-SciFact test nDCG@10 is evaluated before and after (zero-shot, eval.before_after_split).
+SciFact test nDCG@10 is evaluated before and after (zero-shot, eval.before_after_split). TSDAE
+is a pre-training step: on an already trained retriever it erases the supervised geometry, so
+use the export as `init_from` (second command above).
 
-Measured (2026-11-25, 2-core CPU, 1,250 steps in ~21 min + 134 s of compiles): reconstruction
-loss 8.55 (steps 1-50) → 5.55 (steps 1,201-1,250); SciFact test nDCG@10 0.6451 → 0.1287, R@100
-0.925 → 0.419. TSDAE on an already trained retriever erases its supervised geometry: as the
-TSDAE authors say (sentence-transformers issues #1131, #1305: "target task → NLI+STS" works,
-the reverse order "performs rather poorly"), TSDAE is a pre-training step, followed by supervised
-training; use the export as `init_from` (second command above). Here that gives SciFact carved
-dev nDCG@10 0.7248 and test 0.7354 after configs/scifact.py's 200 steps, below the recipe started
-from all-MiniLM-L6-v2 itself (dev 0.7845, test 0.7758): starting from a trained retriever, TSDAE
-costs more than the in-domain reconstruction brings. Its setting in the paper starts from an
-MLM-only BERT (e.g. bert-base-uncased), which has no weights offline.
+Result (2026-11-25): the recipe from this export, test nDCG@10 0.7354 (docs/results.md#tsdae).
 """
 
 import sys
