@@ -54,6 +54,16 @@ def _ref_loss_and_grads(q, p, p_ids, scale, mask):
     return loss, dq, dp
 
 
+def test_contrastive_accuracy_metric():
+    """The loss's `accuracy`: the share of queries whose positive outscores every candidate."""
+    q = jnp.eye(3)
+    p = jnp.stack([jnp.eye(3), jnp.roll(jnp.eye(3), 1, axis=0)], axis=1)  # (3, 2, 3)
+    assert float(losses.contrastive_loss(q, p, scale=1.0)[1]["accuracy"]) == 1.0
+    p = p.at[2, 1].set(jnp.array([0.0, 0.0, 5.0]))  # a negative beats query 2's positive
+    acc = losses.contrastive_loss(q, p, scale=1.0)[1]["accuracy"]
+    np.testing.assert_allclose(float(acc), 2 / 3, rtol=1e-6)
+
+
 def test_contrastive_hand_value_and_candidate_order():
     loss, m = losses.contrastive_loss(jnp.asarray(Q2), jnp.asarray(P2), scale=1.0)
     assert abs(LOSS2 - LOSS2_INTERLEAVED) > 0.4  # the data tells the two orders apart
@@ -145,14 +155,6 @@ def test_sharded_rejects_indivisible_batch():
     mesh = sharding.make_mesh((4, 2))
     with pytest.raises(ValueError, match="not divisible"):
         losses.contrastive_loss_sharded(jnp.zeros((4, 2)), jnp.zeros((4, 2, 2)), None, mesh=mesh)
-
-
-def test_in_batch_accuracy():
-    q = jnp.eye(3)
-    p = jnp.stack([jnp.eye(3), jnp.roll(jnp.eye(3), 1, axis=0)], axis=1)  # (3, 2, 3)
-    assert float(losses.in_batch_accuracy(q, p)) == 1.0
-    p = p.at[2, 1].set(jnp.array([0.0, 0.0, 5.0]))  # a negative beats query 2's positive
-    np.testing.assert_allclose(float(losses.in_batch_accuracy(q, p)), 2 / 3, rtol=1e-6)
 
 
 def test_margin_mse_hand_values():

@@ -473,3 +473,26 @@ def test_bm25_mining_never_returns_a_judged_positive(tmp_path):
         assert 0 < len(ids) <= 3 and f"d{i}" not in ids and set(ids) <= set(ds.corpus), (q, ids)
     examples = examples_from_beir(ds, negatives.bm25_negatives(ds, depth=2, skip=1))
     assert examples and all(len(ex.negatives) <= 2 for ex in examples)
+
+
+def test_dev_eval_early_stopping(tmp_path, monkeypatch):
+    """Bi-encoder dev eval every step; `eval.patience` evals without gain stop the run, and the
+    stop is checkpointed and exported."""
+    seq = iter([0.5, 0.4, 0.3, 0.9])
+    monkeypatch.setattr(bi_task, "eval_split", lambda *a: {"nDCG@10": next(seq)})
+    over = {"train.num_steps": 10, "eval.every_steps": 1, "eval.patience": 2}
+    c = tiny_config(tmp_path, **over, **{"export.enabled": True})
+    r = loop.train_and_evaluate(c, tmp_path / "w")
+    assert r["step"] == 3 and r["early_stopped"] and r["best_step"] == 1
+    assert [h["step"] for h in r["dev_history"]] == [1, 2, 3]
+    assert (tmp_path / "w" / "checkpoints" / "3").is_dir()
+    assert (tmp_path / "w" / "export" / "model.safetensors").exists()
+
+
+def test_unknown_task_is_a_config_error(tmp_path):
+    from dualenc.training.config import ConfigError
+
+    c = tiny_config(tmp_path)
+    c.task = "colbert"
+    with pytest.raises(ConfigError, match="task"):
+        loop.train_and_evaluate(c, tmp_path / "w")

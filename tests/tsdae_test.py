@@ -377,3 +377,18 @@ def test_config_errors_name_the_key(tmp_path, tiny_st, over, match):
     with pytest.raises(config_lib.ConfigError, match=match):
         loop.train_and_evaluate(_cfg(tmp_path, tiny_st, tmp_path, **over), tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_periodic_dev_eval_and_early_stopping(tiny_run, tiny_st, monkeypatch):
+    """TSDAE runs on the one loop: dev every `eval.every_steps`, early stop after
+    `eval.patience` evals without gain, and the loop's rates (compile time kept out)."""
+    tmp, beir, _, _ = tiny_run
+    seq = iter([0.5, 0.4, 0.3, 0.9])
+    monkeypatch.setattr(tsdae_task, "eval_encoders", lambda *a: {"nDCG@10": next(seq)})
+    over = {"eval.every_steps": 2, "eval.patience": 2, "eval.before_after_split": ""}
+    res = loop.train_and_evaluate(_cfg(tmp, tiny_st, beir, **over), tmp / "early")
+    assert res["step"] == 6 and res["early_stopped"] and res["best_step"] == 2
+    assert [h["step"] for h in res["dev_history"]] == [2, 4, 6]
+    assert res["dev"] == {"nDCG@10": 0.3}  # the last eval: TSDAE exports the final params
+    assert {"examples_per_sec", "tokens_per_sec"} <= set(res["log"][-1])
+    assert (tmp / "early" / "export").is_dir()

@@ -223,14 +223,6 @@ def _sym_local_ce(q_l, pos_l, pos_ids_l, qpos_l, labels, gather, scale, mask):
     return jax.nn.logsumexp(back, axis=-1) - jnp.sum(jnp.where(is_label, back, 0.0), axis=-1)
 
 
-def in_batch_accuracy(q, p, p_ids=None, *, mask_duplicates: bool = True, q_pos_ids=None):
-    """Fraction of queries whose positive outscores every other candidate (same masking)."""
-    m = contrastive_loss(
-        q, p, p_ids, scale=1.0, mask_duplicates=mask_duplicates, q_pos_ids=q_pos_ids
-    )[1]
-    return m["accuracy"]
-
-
 def margin_mse_loss(q, p_pos, p_neg, teacher_pos, teacher_neg):
     """MarginMSE (Hofstaetter et al.; GPL): MSE between the student's dot-product margin
     q.p+ - q.p- and the teacher's (cross-encoder) margin. q, p_pos (B,D); p_neg (B,D) or

@@ -58,7 +58,7 @@ def _embed_side(embed, prm, batch, side: str, rng):
         return embed(prm, batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], rng)
     ids, segment_ids = batch[f"{side}_input_ids"], batch[f"{side}_segment_ids"]
     emb = embed.packed(prm, ids, segment_ids, rng)  # (R, S, D)
-    return emb[batch[f"{side}_text_row"], batch[f"{side}_text_seg"]]
+    return packing.gather_segments(emb, batch[f"{side}_text_row"], batch[f"{side}_text_seg"])
 
 
 def _chunked(x, chunk: int):

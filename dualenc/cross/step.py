@@ -2,7 +2,7 @@
 
 The batch holds (B, G, L) token arrays (G = 1 for pairs, 1 + k for retrieval groups); the step
 flattens them to B*G pair rows, scores them with the `*ForSequenceClassification` module, and
-applies a `cross_losses` loss to the (B, G, num_labels) logits. State creation, shardings, jit
+applies a `cross.losses` loss to the (B, G, num_labels) logits. State creation, shardings, jit
 (state donated) and ahead-of-time compilation are the training engine's (`dualenc.training.state`).
 """
 
