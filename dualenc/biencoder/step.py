@@ -15,6 +15,7 @@ import optax
 from dualenc.biencoder import loss_registry
 from dualenc.inference import packing
 from dualenc.models import dual_encoder
+from dualenc.training.state import apply_gradients
 
 
 def make_loss_fn(lcfg):
@@ -153,21 +154,8 @@ def make_train_step(config, spec, tx: optax.GradientTransformation, schedule):
         rng = jax.random.fold_in(rng, state["step"])
         fn = grads_fn if accum <= 1 else accumulated
         loss, metrics, grads = fn(params, batch, rng)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = {
-            "step": state["step"] + 1,
-            "params": optax.apply_updates(params, updates),
-            "opt_state": opt_state,
-        }
         masks = ("q_attention_mask", "p_attention_mask", "q_segment_ids", "p_segment_ids")
         tokens = sum(jnp.sum(batch[k] > 0) for k in masks if k in batch)
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "lr": schedule(state["step"]),
-            "num_tokens": tokens.astype(jnp.float32),  # global batch (all hosts)
-        }
-        return new_state, metrics
+        return apply_gradients(state, grads, tx, schedule, {**metrics, "loss": loss}, tokens)
 
     return train_step

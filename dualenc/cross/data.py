@@ -23,6 +23,7 @@ from dualenc.data.beir import BeirDataset, load_beir
 from dualenc.data.examples import TrainExample
 from dualenc.data.records import load_examples
 from dualenc.data.st_format import examples_from_beir
+from dualenc.data.stepped import SteppedBatches
 from dualenc.io import InputError
 
 BUCKET = 16  # batch pad lengths are multiples of this (see CrossPipeline._bucket)
@@ -98,7 +99,7 @@ def retrieval_examples(config) -> tuple[list[TrainExample], BeirDataset | None]:
     return train, dev_ds
 
 
-class CrossPipeline:
+class CrossPipeline(SteppedBatches):
     """Per-host batches {input_ids, attention_mask, token_type_ids: (b, G, L) int32[, labels
     (b,) int32 class ids or float32 graded targets]}; G = 1 for pairs, 1 + num_negatives for
     groups (candidate 0 the positive)."""
@@ -141,20 +142,6 @@ class CrossPipeline:
     @property
     def steps_per_epoch(self) -> int:
         return self.n // self.global_batch  # the last partial batch is dropped
-
-    def get_state(self) -> dict:
-        return {"step": int(self._step)}
-
-    def set_state(self, state: dict) -> None:
-        self._step = int(state.get("step", 0))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.batch_at(self._step)
-        self._step += 1
-        return batch
 
     def rows_at(self, step: int) -> tuple[int, np.ndarray]:
         """(epoch, the global batch's row indices) of global step `step`."""

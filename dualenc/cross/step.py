@@ -14,6 +14,7 @@ import optax
 
 from dualenc.cross import losses as cross_losses
 from dualenc.models.cross_encoder import CrossEncoder
+from dualenc.training.state import apply_gradients
 
 
 def logits_of(ce: CrossEncoder, params, batch, *, deterministic: bool = True, rng=None):
@@ -40,19 +41,7 @@ def make_train_step(ce: CrossEncoder, xcfg, tx: optax.GradientTransformation, sc
             return loss_fn(z, batch)
 
         (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = {
-            "step": state["step"] + 1,
-            "params": optax.apply_updates(params, updates),
-            "opt_state": opt_state,
-        }
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "lr": schedule(state["step"]),
-            "num_tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32),
-        }
-        return new_state, metrics
+        tokens = jnp.sum(batch["attention_mask"] > 0)
+        return apply_gradients(state, grads, tx, schedule, {**metrics, "loss": loss}, tokens)
 
     return train_step

@@ -22,6 +22,26 @@ from jax.sharding import PartitionSpec as P
 from dualenc import sharding
 
 
+def apply_gradients(state, grads, tx, schedule, metrics: dict, num_tokens) -> tuple[dict, dict]:
+    """The tail every task's step shares: the optimizer update, step + 1, and the metrics the
+    loop logs (`grad_norm`, `lr`, `num_tokens` for tokens/s) added to the task's own (which hold
+    `loss`). Returns (new state, metrics)."""
+    params = state["params"]
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_state = {
+        "step": state["step"] + 1,
+        "params": optax.apply_updates(params, updates),
+        "opt_state": opt_state,
+    }
+    metrics = {
+        **metrics,
+        "grad_norm": optax.tree.norm(grads),
+        "lr": schedule(state["step"]),
+        "num_tokens": num_tokens.astype(jnp.float32),  # global batch (all hosts)
+    }
+    return new_state, metrics
+
+
 def build_mesh(config):
     """The device mesh of `mesh.shape` (axes data / fsdp / ...)."""
     return sharding.make_mesh(tuple(config.mesh.shape))

@@ -20,6 +20,7 @@ import numpy as np
 
 from dualenc import tokenization
 from dualenc.data.beir import load_corpus
+from dualenc.data.stepped import SteppedBatches
 from dualenc.io import InputError
 
 WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
@@ -87,7 +88,7 @@ def delete_words(text: str, ratio: float, rng: np.random.Generator) -> str:
     return " ".join(w for w, k in zip(words, keep, strict=True) if k)
 
 
-class DenoisingPipeline:
+class DenoisingPipeline(SteppedBatches):
     """Per-host batches {src_ids, src_mask (b, Ls): the noisy sentences; tgt_ids, tgt_mask
     (b, Lt): the originals}; shuffled per epoch, the last partial batch dropped."""
 
@@ -122,20 +123,6 @@ class DenoisingPipeline:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.sentences) // self.global_batch
-
-    def get_state(self) -> dict:
-        return {"step": int(self._step)}
-
-    def set_state(self, state: dict) -> None:
-        self._step = int(state.get("step", 0))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.batch_at(self._step)
-        self._step += 1
-        return batch
 
     def texts_at(self, step: int) -> tuple[list[str], list[str]]:
         """(noisy, original) texts of this host's rows of global step `step`."""

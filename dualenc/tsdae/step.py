@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from dualenc.models import bert_decoder, dual_encoder
+from dualenc.training.state import apply_gradients
 
 
 def tsdae_loss(spec, params, batch, rng=None, deterministic: bool = True):
@@ -55,18 +56,7 @@ def make_train_step(spec, tx: optax.GradientTransformation, schedule, dropout: b
         loss, grads = jax.value_and_grad(
             lambda p: tsdae_loss(spec, p, batch, rng, deterministic=not dropout)
         )(params)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = {
-            "step": state["step"] + 1,
-            "params": optax.apply_updates(params, updates),
-            "opt_state": opt_state,
-        }
-        metrics = {
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "lr": schedule(state["step"]),
-            "num_tokens": jnp.sum(batch["tgt_mask"]).astype(jnp.float32),
-        }
-        return new_state, metrics
+        tokens = jnp.sum(batch["tgt_mask"])
+        return apply_gradients(state, grads, tx, schedule, {"loss": loss}, tokens)
 
     return train_step
