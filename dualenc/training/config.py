@@ -17,13 +17,14 @@ from dualenc.biencoder import loss_registry
 from dualenc.index.fusion import METHODS as FUSION_METHODS
 from dualenc.sharding import DEFAULT_RULES
 from dualenc.training.optim import SCHEDULES
+from dualenc.training.task import TASKS as TASK_MODULES
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Partition rules as data: the library defaults (big matrices split over the 'fsdp' mesh axis, a
 # no-op when it has size 1; everything else replicated). A config replaces `mesh.rules`.
 FSDP_RULES = tuple(DEFAULT_RULES)
 DATA_FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir", "tfds")
-TASKS = ("biencoder", "cross", "tsdae")
+TASKS = tuple(TASK_MODULES)  # the registry of training.task
 CROSS_FORMATS = ("pairs", "dpr", "st_jsonl", "st_tsv", "st", "beir")  # pairs: classification
 CROSS_LOSSES = ("bce", "listwise", "pair_ce")  # see dualenc.cross.losses
 FIRST_STAGES = ("bm25", "dense", "hybrid")

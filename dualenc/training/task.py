@@ -16,8 +16,6 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from dualenc.training import config as config_lib
-
 # config.task -> the module whose `build(config, resumed) -> Task` sets the task up.
 TASKS = {
     "biencoder": "dualenc.biencoder.task",
@@ -60,7 +58,5 @@ class Task:
 def build_task(config, resumed: bool) -> Task:
     """The Task `config.task` names, set up from `config` (`resumed`: weights come from the
     checkpoint, so a task may skip reading pretrained ones)."""
-    name = config.get("task", "biencoder")
-    if name not in TASKS:
-        raise config_lib.ConfigError(f"task={name!r}: expected one of {sorted(TASKS)}")
+    name = config.get("task", "biencoder")  # checked against TASKS by training.config.validate
     return importlib.import_module(TASKS[name]).build(config, resumed)
