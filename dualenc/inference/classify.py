@@ -80,7 +80,7 @@ def predict_logits(
             )
             mask[n:, 0] = 1
         params, d_ids, d_mask = placer.put(b_ids, mask)
-        logits = rr._score(params, d_ids, d_mask, put(b_types, d_ids.sharding))
+        logits = rr.score_logits(params, d_ids, d_mask, put(b_types, d_ids.sharding))
         out[idx] = multihost.to_host(logits)[:n]
         bar.update(n)
     bar.close()

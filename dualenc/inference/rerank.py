@@ -55,7 +55,8 @@ class Reranker:
 
     def __post_init__(self):
         ce = self.ce
-        self._score = jax.jit(lambda p, ids, mask, types: ce.score(p, ids, mask, types))
+        # (params, ids, mask, token types) -> logits, jitted once per Reranker (classify uses it)
+        self.score_logits = jax.jit(lambda p, ids, mask, types: ce.score(p, ids, mask, types))
         self._placed: dict[Any, Any] = {}
         self._hash: str | None = None
 
