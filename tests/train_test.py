@@ -496,3 +496,32 @@ def test_unknown_task_is_a_config_error(tmp_path):
     c.task = "colbert"
     with pytest.raises(ConfigError, match="task"):
         loop.train_and_evaluate(c, tmp_path / "w")
+
+
+def test_keep_best_exports_the_best_dev_step_also_after_a_resume(tmp_path, monkeypatch):
+    """`eval.keep_best`: WORKDIR/best holds the best dev step; export/ is that model (and the
+    reported dev is its), also when the best was found before a resume (read back from best/)."""
+    from safetensors.numpy import load_file
+
+    seq = iter([0.5, 0.9, 0.3])
+    monkeypatch.setattr(bi_task, "eval_split", lambda *a: {"nDCG@10": next(seq)})
+    over = {"eval.every_steps": 1, "eval.keep_best": True, "export.enabled": True}
+    w = tmp_path / "w"
+    r3 = loop.train_and_evaluate(tiny_config(tmp_path, **over, **{"train.num_steps": 3}), w)
+    assert r3["best_step"] == 2 and r3["dev"] == {"nDCG@10": 0.9}
+    best = (w / "best" / "model.safetensors").read_bytes()
+    assert (w / "export" / "model.safetensors").read_bytes() == best
+    seq = iter([0.2])  # resume to step 4: no gain, the best comes back from best/
+    r4 = loop.train_and_evaluate(tiny_config(tmp_path, **over, **{"train.num_steps": 4}), w)
+    assert r4["step"] == 4 and r4["best_step"] == 2
+    assert [h["step"] for h in r4["dev_history"]] == [1, 2, 3, 4]
+    got, want = (
+        load_file(str(w / "export" / "model.safetensors")),
+        load_file(str(w / "best" / "model.safetensors")),
+    )
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    plain = {**over, "eval.keep_best": False, "train.num_steps": 3}
+    seq = iter([0.5, 0.9, 0.3])  # same run without keep_best: the step-3 model is exported
+    loop.train_and_evaluate(tiny_config(tmp_path, **plain), tmp_path / "f")
+    assert (tmp_path / "f" / "export" / "model.safetensors").read_bytes() != best  # step 3 != 2

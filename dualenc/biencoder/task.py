@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from dualenc import multihost, tokenization
 from dualenc.biencoder import loss_registry
@@ -21,7 +22,7 @@ from dualenc.biencoder.step import make_train_step
 from dualenc.data import negatives
 from dualenc.data.pipeline import TrainPipeline
 from dualenc.models import dual_encoder
-from dualenc.models.loading import Encoder, load_encoder
+from dualenc.models.loading import Encoder, load_encoder, load_towers
 from dualenc.models.saving import save_sentence_transformers
 from dualenc.retrieval import engine
 from dualenc.training import config as config_lib
@@ -42,14 +43,14 @@ def build(config, resumed: bool) -> Task:
             "loss.name='contrastive')"
         )
     shared = bool(config.model.shared_towers)
-    if resumed:
-        params, source = model_lib.initial_dual_params(base, shared), "checkpoint"
+    if resumed:  # abstract: the checkpoint holds the weights
+        params, source = model_lib.initial_dual_params(base, shared), ""
     else:
         params, source = initial_params(config, base)
     e, has_dev = config.eval, bool(config.data.dev.path)
     return Task(
         name="biencoder",
-        describe=f"model {config.model.name_or_path} from {source}",
+        describe=f"model {config.model.name_or_path}" + (f" from {source}" if source else ""),
         params=params,
         pipeline=pipeline,
         make_step=functools.partial(make_train_step, config, base.spec),
@@ -57,12 +58,24 @@ def build(config, resumed: bool) -> Task:
         if has_dev
         else None,
         eval_metric=str(e.metric),
-        dev_value=lambda dev: float(dev[str(e.metric)]),
+        dev_value=lambda dev: dev_metric(dev, str(e.metric)),
         patience=int(e.patience),
+        keep_best=bool(e.keep_best),
+        save_best=lambda p, step, dev, out: multihost.write_on_main(
+            export, base, p, out, barrier_name="best"
+        ),
+        load_best=lambda best_dir: load_best(config, best_dir),
         split_eval=lambda p, split: eval_split(config, base, p, split),
         export=lambda p, out, step: export(base, p, out),
         export_note="exported sentence-transformers model",
     )
+
+
+def dev_metric(dev: dict, name: str) -> float:
+    """`eval.metric` out of the retrieval metrics, or a ConfigError naming what there is."""
+    if name not in dev:
+        raise config_lib.ConfigError(f"eval.metric={name!r} is not a dev metric: {sorted(dev)}")
+    return float(dev[name])
 
 
 def use_packing(config, arch: str, process_count: int) -> bool:
@@ -166,6 +179,18 @@ def export(base: Encoder, host_params, out) -> None:
                 dst = out / str(f.relative_to(Path(tmp) / "export"))
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(f.read_bytes())
+
+
+def load_best(config, best_dir) -> dict:
+    """The dual params that `save_best` exported to `best_dir` (WORKDIR/best), for the final
+    evaluation and export of a resumed `eval.keep_best` run."""
+    q_enc, p_enc = load_towers(Path(str(best_dir)), dtype=config.model.dtype)
+    if bool(config.model.shared_towers):
+        return {"encoder": jax.tree.map(np.asarray, p_enc.params)}
+    return {
+        "q_encoder": jax.tree.map(np.asarray, q_enc.params),
+        "p_encoder": jax.tree.map(np.asarray, p_enc.params),
+    }
 
 
 def save_towers(base: Encoder, host_params, out: Path) -> None:

@@ -181,6 +181,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.before_after_split = ""  # e.g. 'test': evaluate before and after training
     c.eval.metric = "nDCG@10"  # bi-encoder / TSDAE dev figure for best step and early stopping
     c.eval.patience = 0  # bi-encoder / TSDAE: evals without improvement before stopping; 0 = off
+    c.eval.keep_best = (
+        False  # bi-encoder: export (and test) the best dev step, kept in WORKDIR/best
+    )
     c.log = ml_collections.ConfigDict({"every_steps": 10})
     c.export = ml_collections.ConfigDict({"enabled": True})
     return c

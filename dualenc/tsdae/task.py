@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from dualenc.biencoder import model as model_lib
-from dualenc.biencoder.task import eval_encoders
+from dualenc.biencoder.task import dev_metric, eval_encoders
 from dualenc.models import bert_decoder, convert
 from dualenc.models.loading import encoder_from_params, read_state_dict
 from dualenc.models.saving import save_sentence_transformers
@@ -73,7 +73,7 @@ def build(config, resumed: bool) -> Task:
         make_step=lambda tx, schedule: make_train_step(base.spec, tx, schedule, bool(t.dropout)),
         evaluate=(lambda p: split_eval(p, config.data.dev.split)) if periodic else None,
         eval_metric=str(e.metric),
-        dev_value=lambda dev: float(dev[str(e.metric)]),
+        dev_value=lambda dev: dev_metric(dev, str(e.metric)),
         patience=int(e.patience),
         split_eval=split_eval if has_dev else None,
         export=functools.partial(export, base),
