@@ -38,10 +38,36 @@ def cluster_env() -> dict | None:
 
 
 def _auto_detectable() -> bool:
-    """True on a TPU pod slice or inside a multi-task SLURM job."""
+    """True on a multi-host TPU slice (GKE, or a plain Cloud TPU VM slice) or inside a
+    multi-task SLURM job: where `jax.distributed.initialize()` finds the others by itself."""
     if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
         return True
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    return tpu_vm_workers() > 1
+
+
+def tpu_vm_workers() -> int:
+    """Hosts of this Cloud TPU VM slice from the GCE metadata (`worker-network-endpoints`), 0 off
+    a TPU VM. A plain TPU VM slice sets no environment variable that names its workers, so
+    without this check its hosts would each train alone. The metadata server is asked only where
+    TPU chips are attached over PCI, so no other machine waits on it."""
+    if os.environ.get("TPU_SKIP_MDS_QUERY"):
+        return 0
+    try:
+        from jax._src import hardware_utils  # noqa: PLC0415 - JAX's own TPU VM probes
+        from jax._src.clusters import cloud_tpu_cluster  # noqa: PLC0415
+
+        chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+        if not chips:
+            return 0
+        endpoints, code = cloud_tpu_cluster.get_metadata("worker-network-endpoints")
+    except Exception as e:  # noqa: BLE001 - no metadata: treat as one host, say so
+        logging.warning("TPU VM slice detection failed (%s): running as one host", e)
+        return 0
+    if code != 200:
+        return 0
+    return len([w for w in str(endpoints).split(",") if w.strip()])
 
 
 def _client():

@@ -456,3 +456,49 @@ def test_sigterm_one_process_then_resume(tmp_path_factory, train_data, tmp_path)
     assert m["step"] == STEPS and not m["preempted"]
     assert m["log"][0]["step"] > int(saved[0])  # resumed, not restarted
     assert_one_of_each(w, steps=(int(saved[0]), STEPS))
+
+
+@pytest.fixture
+def fake_tpu_vm(monkeypatch):
+    """A Cloud TPU VM slice as JAX's probes see it: 4 chips on PCI, metadata naming 4 workers
+    (no TPU_WORKER_HOSTNAMES: that variable exists on GKE only). Returns the recorded calls."""
+    import jax
+    from jax._src import hardware_utils
+    from jax._src.clusters import cloud_tpu_cluster
+
+    calls = {"metadata": [], "initialize": []}
+
+    def metadata(key):
+        calls["metadata"].append(key)
+        return "10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5", 200
+
+    for k in ("TPU_WORKER_HOSTNAMES", "TPU_SKIP_MDS_QUERY", "SLURM_NTASKS", *multihost._ENV):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (4, None))
+    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", metadata)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls["initialize"].append(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    monkeypatch.setattr(multihost, "_initialized", False)
+    monkeypatch.setattr(multihost, "_already_initialized", lambda: False)
+    return calls
+
+
+def test_plain_tpu_vm_slice_joins_the_cluster(fake_tpu_vm):
+    """A TPU VM pod slice (GCE metadata, no GKE variables) calls jax.distributed.initialize()
+    with no arguments, so JAX's own TPU cluster detection connects the hosts."""
+    assert multihost.tpu_vm_workers() == 4
+    multihost.initialize()
+    assert fake_tpu_vm["initialize"] == [{}]
+
+
+def test_no_tpu_chips_no_metadata_query(fake_tpu_vm, monkeypatch):
+    """Off a TPU VM (no chips on PCI, or TPU_SKIP_MDS_QUERY) the metadata server is never asked
+    and a single process starts alone."""
+    from jax._src import hardware_utils
+
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (0, None))
+    assert not multihost.initialize()
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (4, None))
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+    assert not multihost.initialize()
+    assert fake_tpu_vm["metadata"] == [] and fake_tpu_vm["initialize"] == []
