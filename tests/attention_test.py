@@ -11,13 +11,14 @@ B, L, N, D = 6, 10, 3, 4
 RATE = 0.3
 
 
-def _reference(q, k, v, mask, key, rate):
+def _reference(q, k, v, mask, key, rate, wrap=dropout.WRAP):
     """The textbook form: softmax over keys with masked scores, dropout on the whole tensor."""
     scores = jnp.einsum("bind,bjnd->bnij", q, k) / np.sqrt(q.shape[-1])  # (B, N, Lq, Lk)
     keep = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
     probs = jax.nn.softmax(jnp.where(keep != 0, scores, jnp.finfo(jnp.float32).min), axis=-1)
     if key is not None:  # the mask is drawn keys-major, (B, N, Lk, Lq), as the modules do
-        kept = jnp.swapaxes(dropout.keep_mask(key, rate, jnp.swapaxes(probs, -1, -2).shape), -1, -2)
+        shape = jnp.swapaxes(probs, -1, -2).shape
+        kept = jnp.swapaxes(dropout.keep_mask(key, rate, shape, wrap), -1, -2)
         probs = jnp.where(kept, probs / (1 - rate), 0.0)
     return jnp.einsum("bnij,bjnd->bind", probs, v)
 
@@ -53,7 +54,7 @@ def test_chunked_equals_reference(mask_kind, with_dropout, n, n_bwd, d):
         return _reference(q, k, v, mask, key, rate)
 
     def chunked(q, k, v):
-        return attention._chunked(q, k, v, mask, words, rate, n, n_bwd, d)
+        return attention._chunked(q, k, v, mask, words, rate, n, n_bwd, d, False)
 
     np.testing.assert_allclose(chunked(q, k, v), ref(q, k, v), atol=1e-6)
     grads = jax.grad(_loss(chunked), argnums=(0, 1, 2))(q, k, v)
@@ -62,9 +63,34 @@ def test_chunked_equals_reference(mask_kind, with_dropout, n, n_bwd, d):
         np.testing.assert_allclose(got, exp, atol=2e-6)
 
 
+@pytest.mark.parametrize("n,n_bwd,d", [(1, 1, 1), (3, 2, 1), (1, 3, 2)])
+def test_wide_dropout_index_equals_reference(n, n_bwd, d):
+    """Pod-sized batches (`wide`: the flat index of the scores would pass 2^32): each row numbers
+    a block of the dropout hash. Forward and backward draw the mask that `dropout.keep_mask`
+    draws for the whole tensor once its index is split into rows (here by a small `wrap`)."""
+    q, k, v, mask = _inputs("keys")
+    key = jax.random.key(7)
+    words = dropout.key_words(key)
+    wrap = 512  # N * L * L = 300 < wrap <= B * N * L * L: one block a row
+
+    def ref(q, k, v):
+        return _reference(q, k, v, mask, key, RATE, wrap)
+
+    def chunked(q, k, v):
+        return attention._chunked(q, k, v, mask, words, RATE, n, n_bwd, d, True)
+
+    np.testing.assert_allclose(chunked(q, k, v), ref(q, k, v), atol=1e-6)
+    narrow = _reference(q, k, v, mask, key, RATE)
+    assert not np.allclose(narrow, ref(q, k, v))  # the blocked hash is another mask
+    grads = jax.grad(_loss(chunked), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v)
+    for got, exp in zip(grads, want, strict=True):
+        np.testing.assert_allclose(got, exp, atol=2e-6)
+
+
 def test_chunked_bf16_close_to_reference():
     q, k, v, mask = _inputs("keys", jnp.bfloat16)
-    got = attention._chunked(q, k, v, mask, None, 0.0, 3, 2, 1)
+    got = attention._chunked(q, k, v, mask, None, 0.0, 3, 2, 1, False)
     want = _reference(*(x.astype(jnp.float32) for x in (q, k, v)), mask, None, 0.0)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2)

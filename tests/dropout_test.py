@@ -64,3 +64,39 @@ def test_layers_draw_different_masks():
 
     a, b = Two().apply({}, jnp.ones((N,)), rngs={"dropout": jax.random.key(0)})
     assert abs((np.asarray(a) == np.asarray(b)).mean() - 0.5) < 5 * _sigma(0.5)
+
+
+def test_blocked_index_past_uint32():
+    """Past `wrap` elements the leading dims number blocks of the hash: block 0 is the plain
+    flat-index mask, other blocks differ, the rate holds; and a pod-sized mask (8,192 x 512 x
+    1,024 > 2^32 elements) traces where it used to raise."""
+    key = jax.random.key(5)
+    wide = np.asarray(dropout.hash_bits(key, (64, 1024), wrap=2**12))
+    np.testing.assert_array_equal(wide[0], np.asarray(dropout.hash_bits(key, (1024,))))
+    assert (wide[1] != wide[0]).mean() > 0.99 and len(np.unique(wide)) > 0.99 * wide.size
+    keep = np.asarray(dropout.keep_mask(key, 0.25, (64, 1024), wrap=2**12))
+    assert abs(keep.mean() - 0.75) < 0.01
+    big = jax.eval_shape(lambda k: dropout.keep_mask(k, 0.1, (8192, 512, 1024)), key)
+    assert big.shape == (8192, 512, 1024) and big.dtype == jnp.bool_
+
+
+def test_pod_sized_passage_batch_traces_with_dropout():
+    """The passage tower with dropout on at global batch 8,192 x p_max_length 512 (attention
+    scores and hidden states past 2^32 elements with BERT-base's 12 heads): it traces, with the
+    blocked dropout index, where the uint32 index used to raise at trace time."""
+    from dualenc.models import dual_encoder
+    from dualenc.models.bert import BertConfig
+
+    cfg = BertConfig(
+        vocab_size=128, hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=512,
+    )  # fmt: skip
+    spec = dual_encoder.EncoderSpec(arch="bert", config=cfg, pooling="mean", normalize=True)
+    params = jax.eval_shape(lambda k: dual_encoder.init_tower(spec, k), jax.random.key(0))
+    ids = jax.ShapeDtypeStruct((8192, 512), jnp.int32)
+
+    def embed(p, i, m, k):
+        return dual_encoder.embed(spec, p, i, m, deterministic=False, rngs={"dropout": k})
+
+    out = jax.eval_shape(embed, params, ids, ids, jax.random.key(1))
+    assert out.shape == (8192, 768)

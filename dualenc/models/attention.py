@@ -55,9 +55,11 @@ def attention(q, k, v, mask, dropout, deterministic: bool):
     if rate == 1.0:
         return jnp.zeros_like(q)
     static = all(isinstance(x, int) for x in (*q.shape, k.shape[1]))  # not under jax.export
-    if words is not None and static and q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1] >= 2**32:
-        raise ValueError(f"attention scores of {q.shape} x {k.shape[1]}: dropout index would wrap")
-    native = jax.default_backend() == "cpu" and static and _native(q)
+    # Pod-sized global batches: the flat dropout index of the scores would pass 2^32 and wrap,
+    # so rows number blocks instead (`dropout.hash_index_blocks`); smaller batches keep the flat
+    # index, and with it the masks of the native kernels, which only run below that size.
+    wide = static and q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1] >= dropout_lib.WRAP
+    native = jax.default_backend() == "cpu" and static and not wide and _native(q)
     segments = isinstance(mask, Segments)
     if segments and native:
         return _kernel(q, k, v, mask.ids, words, rate, True)
@@ -65,11 +67,12 @@ def attention(q, k, v, mask, dropout, deterministic: bool):
     if native:
         return _kernel(q, k, v, mask, words, rate, False)
     if jax.default_backend() != "cpu" or not static:
-        return _attend(q, k, v, _keep(mask), words, rate, jnp.arange(q.shape[0], dtype=jnp.uint32))
+        rows = jnp.arange(q.shape[0], dtype=jnp.uint32)
+        return _attend(q, k, v, _keep(mask), words, rate, rows, wide)
     d = jax.device_count()
     d = d if q.shape[0] % d == 0 else 1
     n_fwd, n_bwd = (num_chunks(q.shape, k.shape[1], d, b) for b in (FORWARD_BYTES, BACKWARD_BYTES))
-    return _chunked(q, k, v, mask, words, rate, n_fwd, n_bwd, d)
+    return _chunked(q, k, v, mask, words, rate, n_fwd, n_bwd, d, wide)
 
 
 def _native(q) -> bool:
@@ -95,10 +98,11 @@ def _keep(mask):
     return keep[:, None, :, None] if keep.ndim == 2 else jnp.swapaxes(keep, -1, -2)[:, None]
 
 
-def _probs(q, k, keep, words, rate, rows):
+def _probs(q, k, keep, words, rate, rows, wide: bool = False):
     """Keys-major softmax P (B, N, Lk, Lq, float32), P dropped out in q's dtype, and the keep mask.
 
-    rows: each row's index in the whole batch (uint32), which fixes its dropout mask.
+    rows: each row's index in the whole batch (uint32), which fixes its dropout mask; `wide`:
+    the row numbers the block of its scores' index (no flat index past 2^32).
     """
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("bjnd,bind->bnji", k, q).astype(jnp.float32) * scale
@@ -109,14 +113,19 @@ def _probs(q, k, keep, words, rate, rows):
     shape = probs.shape
     per_row = int(np.prod(shape[1:]))
     within = jax.lax.iota(jnp.uint32, per_row).reshape(shape[1:])
-    index = (rows * jnp.uint32(per_row))[:, None, None, None] + within
-    kept = dropout_lib.hash_index(words, index) >= dropout_lib.threshold(rate)
+    if wide:
+        bits = dropout_lib.hash_index_blocks(words, within[None], rows[:, None, None, None])
+    else:
+        bits = dropout_lib.hash_index(
+            words, (rows * jnp.uint32(per_row))[:, None, None, None] + within
+        )
+    kept = bits >= dropout_lib.threshold(rate)
     dropped = jnp.where(kept, probs / (1.0 - rate), 0.0)
     return probs, dropped.astype(q.dtype), kept
 
 
-def _attend(q, k, v, keep, words, rate, rows):
-    _, probs, _ = _probs(q, k, keep, words, rate, rows)
+def _attend(q, k, v, keep, words, rate, rows, wide: bool = False):
+    _, probs, _ = _probs(q, k, keep, words, rate, rows, wide)
     return jnp.einsum("bnji,bjnd->bind", probs, v)
 
 
@@ -147,25 +156,25 @@ def _rows(j, n, d, c):
     return (r // c) * jnp.uint32(n * c) + j * jnp.uint32(c) + r % c
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _chunked(q, k, v, mask, words, rate, n, n_bwd, d):
-    return _chunked_fwd(q, k, v, mask, words, rate, n, n_bwd, d)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _chunked(q, k, v, mask, words, rate, n, n_bwd, d, wide):
+    return _chunked_fwd(q, k, v, mask, words, rate, n, n_bwd, d, wide)[0]
 
 
-def _chunked_fwd(q, k, v, mask, words, rate, n, n_bwd, d):
+def _chunked_fwd(q, k, v, mask, words, rate, n, n_bwd, d, wide):
     del n_bwd
     c = q.shape[0] // (d * n)
 
     def one(args):
         j, qc, kc, vc, mc = args
-        return _attend(qc, kc, vc, _keep(mc), words, rate, _rows(j, n, d, c))
+        return _attend(qc, kc, vc, _keep(mc), words, rate, _rows(j, n, d, c), wide)
 
     parts = (jnp.arange(n, dtype=jnp.uint32), *(_split(x, n, d) for x in (q, k, v, mask)))
     out = _merge(jax.lax.map(one, parts), d)
     return out, (q, k, v, mask, words, out)
 
 
-def _chunked_bwd(rate, n_fwd, n, d, res, d_out):
+def _chunked_bwd(rate, n_fwd, n, d, wide, res, d_out):
     del n_fwd
     q, k, v, mask, words, out = res
     scale = q.shape[-1] ** -0.5
@@ -174,7 +183,7 @@ def _chunked_bwd(rate, n_fwd, n, d, res, d_out):
     def one(args):
         j, qc, kc, vc, mc, oc, doc = args
         keep = _keep(mc)
-        probs_f, probs, kept = _probs(qc, kc, keep, words, rate, _rows(j, n, d, c))
+        probs_f, probs, kept = _probs(qc, kc, keep, words, rate, _rows(j, n, d, c), wide)
         dv = jnp.einsum("bnji,bind->bjnd", probs, doc)
         dp = jnp.einsum("bind,bjnd->bnji", doc, vc).astype(jnp.float32)
         if kept is not None:  # dropout passes P's gradient through kept entries, scaled

@@ -37,12 +37,35 @@ def hash_index(words, index) -> jax.Array:
     return _mix(_mix(index ^ words[0]) + words[1])
 
 
-def hash_bits(key, shape) -> jax.Array:
-    """uint32 bits of `shape` from `key`, one per element of the flat index."""
+WRAP = 2**32  # uint32 indices: a flat index past this would wrap and repeat masks
+BLOCK_MIX = 0x9E3779B9  # odd (golden ratio): spreads block numbers over the uint32 range
+
+
+def hash_index_blocks(words, index, block) -> jax.Array:
+    """hash(hash(index ^ k0) + k1 + block * BLOCK_MIX): for tensors past `WRAP` elements,
+    `index` within a block and `block` its number. Block 0 gives `hash_index` exactly."""
+    return _mix(_mix(index ^ words[0]) + words[1] + block * jnp.uint32(BLOCK_MIX))
+
+
+def hash_bits(key, shape, wrap: int = WRAP) -> jax.Array:
+    """uint32 bits of `shape` from `key`, one per element of the flat index. Past `wrap`
+    elements (pod-sized global batches) the trailing dims whose size stays under `wrap` index
+    within a block and the leading dims number the blocks, so no index wraps; smaller tensors
+    keep the plain flat-index hash (the masks of every run so far)."""
+    words = key_words(key)
     size = int(np.prod(shape, dtype=np.int64))
-    if size >= 2**32:
-        raise ValueError(f"dropout over {size} elements: the uint32 index would wrap")
-    return hash_index(key_words(key), jax.lax.iota(jnp.uint32, size).reshape(shape))
+    if size < wrap:
+        return hash_index(words, jax.lax.iota(jnp.uint32, size).reshape(shape))
+    k = len(shape)
+    while k > 0 and int(np.prod(shape[k - 1 :], dtype=np.int64)) < wrap:
+        k -= 1
+    outer, inner = shape[:k], shape[k:]
+    if not inner or int(np.prod(outer, dtype=np.int64)) >= wrap:
+        raise ValueError(f"dropout over {shape}: no split of the index fits uint32")
+    n_in, n_out = int(np.prod(inner, dtype=np.int64)), int(np.prod(outer, dtype=np.int64))
+    index = jax.lax.iota(jnp.uint32, n_in).reshape((1,) * len(outer) + tuple(inner))
+    block = jax.lax.iota(jnp.uint32, n_out).reshape(tuple(outer) + (1,) * len(inner))
+    return hash_index_blocks(words, index, block)
 
 
 def threshold_int(rate: float) -> int:
@@ -54,9 +77,9 @@ def threshold(rate: float) -> jax.Array:
     return jnp.uint32(threshold_int(rate))
 
 
-def keep_mask(key, rate: float, shape) -> jax.Array:
+def keep_mask(key, rate: float, shape, wrap: int = WRAP) -> jax.Array:
     """bool mask, True with probability 1 - rate (to 2⁻³²)."""
-    return hash_bits(key, shape) >= threshold(rate)
+    return hash_bits(key, shape, wrap) >= threshold(rate)
 
 
 class Dropout(nn.Module):
