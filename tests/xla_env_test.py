@@ -24,3 +24,31 @@ def test_importing_dualenc_sets_flags_before_jax_starts():
     env["DUALENC_XLA_DEFAULTS"] = "0"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert "ynn_fusion" not in out.stdout
+
+
+def test_cpu_flags_only_where_jax_runs_on_cpu():
+    """JAX_PLATFORMS' first entry wins; unset, an attached TPU / GPU means no CPU flags (that
+    backend's XLA may not know them, and XLA aborts on an unknown flag)."""
+    assert xla_env.runs_on_cpu("", accelerator=False)
+    assert not xla_env.runs_on_cpu("", accelerator=True)
+    assert xla_env.runs_on_cpu("cpu", accelerator=True)
+    assert not xla_env.runs_on_cpu("tpu,cpu", accelerator=False)
+    assert not xla_env.runs_on_cpu("cuda", accelerator=False)
+
+
+def test_unknown_flag_is_dropped_with_a_log_line(caplog):
+    """A default the installed jaxlib does not define is never set (it would abort XLA)."""
+    flags = ("--xla_cpu_experimental_ynn_fusion_type=", "--xla_cpu_no_such_flag_anywhere=1")
+    with caplog.at_level("WARNING", logger="dualenc"):
+        kept = xla_env.usable_defaults(flags)
+    assert kept == flags[:1]  # this jaxlib knows the first: measured with it
+    assert "xla_cpu_no_such_flag_anywhere" in caplog.text
+
+
+def test_no_cpu_flags_when_jax_platforms_names_an_accelerator():
+    code = "import os, dualenc; print(os.environ.get('XLA_FLAGS', ''))"
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "DUALENC_XLA_DEFAULTS")}
+    env["JAX_PLATFORMS"] = "tpu"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "ynn_fusion" not in out.stdout
