@@ -43,14 +43,23 @@ def runs_on_cpu(platforms: str, accelerator: bool) -> bool:
 
 
 def accelerator_attached() -> bool:
-    """TPU chips on PCI or a visible NVIDIA GPU (JAX's own probes; no backend is started)."""
-    try:
-        from jax._src import hardware_utils  # noqa: PLC0415 - imports JAX, starts no backend
-    except ImportError:
+    """TPU chips on PCI or a visible NVIDIA GPU, by JAX's own probes (`jax/_src/hardware_utils.py`,
+    standard library only), loaded from its file: importing the jax package here would add a
+    second to every `import dualenc`, commands that never start JAX included."""
+    spec = importlib.util.find_spec("jax")
+    if spec is None or not spec.submodule_search_locations:
         return False
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0 or (
-        hardware_utils.has_visible_nvidia_gpu()
-    )
+    path = Path(next(iter(spec.submodule_search_locations))) / "_src" / "hardware_utils.py"
+    probe = importlib.util.spec_from_file_location("_dualenc_jax_hardware_probe", path)
+    if probe is None or probe.loader is None:
+        return False
+    hardware_utils = importlib.util.module_from_spec(probe)
+    try:
+        probe.loader.exec_module(hardware_utils)
+        chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+        return chips > 0 or hardware_utils.has_visible_nvidia_gpu()
+    except (OSError, ImportError, AttributeError):
+        return False
 
 
 def jaxlib_knows(flag: str) -> bool:

@@ -52,3 +52,14 @@ def test_no_cpu_flags_when_jax_platforms_names_an_accelerator():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "ynn_fusion" not in out.stdout
+
+
+def test_import_dualenc_does_not_start_jax_and_probes_without_it():
+    """The accelerator probe runs JAX's hardware_utils from its file: `import dualenc` stays
+    free of the jax package (a second of start-up for every command otherwise)."""
+    code = "import sys, dualenc; print('jax' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS",)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    assert xla_env.accelerator_attached() is False  # this machine (and CI) has no TPU / GPU
