@@ -12,6 +12,7 @@ export/, metrics.json, before_*.json, TensorBoard); the others wait at a barrier
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from typing import Any
@@ -90,12 +91,17 @@ def setup(config, workdir) -> tuple[TrainRun, dict, Early]:
     ahead-of-time compiled step."""
     mesh = state_lib.build_mesh(config)
     config_lib.validate(config, mesh.devices.size, jax.process_count())
-    workdir = multihost.epath(workdir)
-    resumed = (workdir / "checkpoints").is_dir() and _latest(workdir) is not None
+    workdir, ck = multihost.epath(workdir), config.checkpoint
+    open_ckpt = functools.partial(
+        Checkpointer, workdir, keep=int(ck.keep), every_steps=int(ck.every_steps)
+    )
+    # An existing checkpoints/ is opened now (that writes nothing); a new run creates it only
+    # after the task has read its data, so bad input leaves no workdir behind.
+    ckpt = open_ckpt() if (workdir / "checkpoints").is_dir() else None
+    resumed = ckpt is not None and ckpt.latest_step() is not None
     task = build_task(config, resumed)
     workdir.mkdir(parents=True, exist_ok=True)
-    ck = config.checkpoint
-    ckpt = Checkpointer(workdir, keep=int(ck.keep), every_steps=int(ck.every_steps))
+    ckpt = ckpt or open_ckpt()
     num_steps = resolve_num_steps(config, task.pipeline)
     tx, schedule = optim.make_optimizer(config.train, num_steps)
     rules, early = state_lib.mesh_rules(config), Early()
@@ -129,14 +135,6 @@ def setup(config, workdir) -> tuple[TrainRun, dict, Early]:
         f"mesh {dict(mesh.shape)} over {jax.process_count()} process(es)"
     )
     return run, state, early
-
-
-def _latest(workdir) -> int | None:
-    ck = Checkpointer(workdir, async_save=False)
-    try:
-        return ck.latest_step()
-    finally:
-        ck.close()
 
 
 def train_and_evaluate(config, workdir) -> dict:
