@@ -100,16 +100,7 @@ def save_best(config, model: model_lib.CrossModel, host_params, step: int, dev: 
     x = config.cross
     extra = {"step": int(step), "dev_metric": x.eval_metric}
     extra["dev_value"] = evaluation.metric_value(dev, x.eval_metric)
-    multihost.write_on_main(
-        model_lib.save_seq_cls,
-        model,
-        host_params,
-        Path(out),
-        label_names=cross_data.label_names(x),
-        max_length=int(x.max_length),
-        extra=extra,
-        barrier_name="best",
-    )
+    multihost.write_on_main(save_dir, config, model, host_params, out, extra, barrier_name="best")
 
 
 def test_figures(config, evaluator, params, dev: dict | None) -> dict:
@@ -124,6 +115,12 @@ def test_figures(config, evaluator, params, dev: dict | None) -> dict:
 
 def export(config, model: model_lib.CrossModel, host_params, out, step: int) -> None:
     """A transformers `*ForSequenceClassification` dir at `out` (process 0)."""
+    save_dir(config, model, host_params, out, {"step": int(step)})
+
+
+def save_dir(config, model: model_lib.CrossModel, host_params, out, extra: dict) -> None:
+    """The model as a `*ForSequenceClassification` dir with this task's labels and length, and
+    `extra` (step, dev figure) in its dualenc_cross.json: best/ and export/ alike."""
     x = config.cross
     model_lib.save_seq_cls(
         model,
@@ -131,7 +128,7 @@ def export(config, model: model_lib.CrossModel, host_params, out, step: int) -> 
         Path(out),
         label_names=cross_data.label_names(x),
         max_length=int(x.max_length),
-        extra={"step": int(step)},
+        extra=extra,
     )
 
 
