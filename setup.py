@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["dualenc", "dualenc.*"]),
     # native CPU kernels, compiled on first use (dualenc/models/kernels.py)
-    package_data={"dualenc": ["kernels/*.cc"]},
+    package_data={"dualenc": ["kernels/*.cc", "aot/gpu_specs/*.txtpb"]},
     install_requires=[
         "jax[cpu]>=0.10",
         "flax>=0.12",

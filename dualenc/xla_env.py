@@ -91,12 +91,29 @@ def usable_defaults(defaults: tuple[str, ...] = CPU_DEFAULTS, knows=jaxlib_knows
     return tuple(kept)
 
 
+def pin_cpu(environ=os.environ, accelerator=None) -> bool:
+    """Sets JAX_PLATFORMS=cpu where it is unset and no accelerator is attached (no TPU chip, no
+    NVIDIA GPU by JAX's probes, no AMD GPU's /dev/kfd, which those probes do not see). Why: JAX
+    starts every installed plugin, and libtpu (which `make setup` installs for compile-only TPU
+    targets) then probes for chips and prints a screen of warnings on every command. TPU and GPU
+    compile-only topologies (`dualenc.compile`) work with the CPU pinned. Returns whether it
+    pinned."""
+    if environ.get("JAX_PLATFORMS", "").strip() or os.path.exists("/dev/kfd"):
+        return False
+    if accelerator_attached() if accelerator is None else accelerator:
+        return False
+    environ["JAX_PLATFORMS"] = "cpu"
+    return True
+
+
 def apply_defaults() -> None:
     """Adds the defaults to $XLA_FLAGS (read by XLA when the first backend starts), where JAX
     will run on CPU."""
+    accelerator = accelerator_attached()
+    pin_cpu(accelerator=accelerator)
     if os.environ.get("DUALENC_XLA_DEFAULTS", "1") == "0":
         return
     platforms = os.environ.get("JAX_PLATFORMS", "")
-    if not runs_on_cpu(platforms, not platforms.strip() and accelerator_attached()):
+    if not runs_on_cpu(platforms, not platforms.strip() and accelerator):
         return
     os.environ["XLA_FLAGS"] = with_defaults(os.environ.get("XLA_FLAGS", ""), usable_defaults())

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dualenc.models import attention, dropout
+from dualenc.models import attention, dropout, target
 
 B, L, N, D = 6, 10, 3, 4
 RATE = 0.3
@@ -151,3 +151,49 @@ def test_bert_train_step_same_with_and_without_chunks(monkeypatch):
         {"params": params}, ids, mask, deterministic=False, rngs={"dropout": jax.random.key(5)}
     )
     assert not np.allclose(h_eval, h_train)  # the dropout really ran
+
+
+@pytest.mark.parametrize("mask_kind", ["keys", "segments"])
+def test_accelerator_attention_is_dot_product_attention(mask_kind, monkeypatch):
+    """Compiled for TPU (or GPU), attention without dropout goes to `jax.nn.dot_product_attention`
+    (XLA's here; cuDNN's for bf16 on GPU) and equals the textbook form, values and gradients;
+    with dropout it keeps the hashed-mask plain form. The target is the mesh's, not this host's."""
+    q, k, v, mask = _inputs(mask_kind)
+    calls = []
+    fused = attention.fused
+    monkeypatch.setattr(attention, "fused", lambda *a: calls.append(a[-1]) or fused(*a))
+    drop = type("Drop", (), {"rate": 0.0})()
+
+    def on_tpu(q, k, v):
+        with target.compiling_for(platform="tpu", devices=8):
+            return attention.attention(q, k, v, mask, drop, deterministic=True)
+
+    ref = lambda q, k, v: _reference(q, k, v, mask, None, 0.0)  # noqa: E731
+    np.testing.assert_allclose(on_tpu(q, k, v), ref(q, k, v), atol=1e-6)
+    assert calls == ["xla"]
+    grads = jax.grad(_loss(on_tpu), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v)
+    for got, exp in zip(grads, want, strict=True):
+        np.testing.assert_allclose(got, exp, atol=2e-6)
+    calls.clear()
+    attention.attention(q, k, v, mask, drop, deterministic=True)  # this host: the CPU paths
+    assert calls == []
+
+
+def test_cudnn_only_where_it_takes_the_shapes():
+    q = jnp.zeros((2, 16, 4, 64), jnp.bfloat16)
+    assert attention.implementation(q, "gpu") == "cudnn"
+    assert attention.implementation(q.astype(jnp.float32), "gpu") == "xla"  # cuDNN: bf16/fp16
+    assert attention.implementation(q[:, :15], "gpu") == "xla"  # odd length: no masked backward
+    assert attention.implementation(q, "tpu") == "xla"
+
+
+def test_bf16_scores_and_softmax_are_float32():
+    """Plain (dropout) path in bf16: q·k is accumulated and kept in float32 before the softmax
+    (casting a bf16 product would round the logits to 3 significant digits)."""
+    q, k, _, mask = _inputs("keys", jnp.bfloat16)
+    keep = attention._keep(mask)
+    probs, _, _ = attention._probs(q, k, keep, None, 0.0, jnp.arange(B, dtype=jnp.uint32))
+    f32 = [x.astype(jnp.float32) for x in (q, k)]
+    want, _, _ = attention._probs(*f32, keep, None, 0.0, jnp.arange(B, dtype=jnp.uint32))
+    np.testing.assert_allclose(probs, want, atol=1e-6)

@@ -63,3 +63,20 @@ def test_import_dualenc_does_not_start_jax_and_probes_without_it():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert xla_env.accelerator_attached() is False  # this machine (and CI) has no TPU / GPU
+
+
+def test_jax_platforms_pinned_to_cpu_only_without_an_accelerator():
+    """With libtpu installed (make setup), an unpinned JAX probes for TPU chips and prints its
+    warnings on every command; dualenc pins cpu only where nothing is attached and the user
+    chose nothing."""
+    env: dict[str, str] = {}
+    assert xla_env.pin_cpu(env, accelerator=False) and env["JAX_PLATFORMS"] == "cpu"
+    env = {"JAX_PLATFORMS": "tpu"}
+    assert not xla_env.pin_cpu(env, accelerator=False) and env["JAX_PLATFORMS"] == "tpu"
+    env = {}
+    assert not xla_env.pin_cpu(env, accelerator=True) and "JAX_PLATFORMS" not in env
+    code = "import dualenc, jax; jax.devices()"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "TPU_WORKER_HOSTNAMES" not in out.stderr  # libtpu's start-up noise

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from dualenc.models import dual_encoder, loading
+from dualenc.models import dual_encoder, layers, loading
 from dualenc.models.registry import get_arch
 from dualenc.tokenization import load_tokenizer
 
@@ -31,7 +31,11 @@ def load_base_encoder(mcfg, *, weights: bool = True) -> loading.Encoder:
     enc = load_pretrained(
         str(mcfg.name_or_path), mcfg.dtype, mcfg.pooling or None, bool(mcfg.normalize), weights
     )
-    cfg = dataclasses.replace(enc.config, dtype=mcfg.dtype, remat=bool(mcfg.remat))
+    cfg = dataclasses.replace(
+        enc.config,
+        dtype=mcfg.dtype,
+        remat=layers.remat_setting(bool(mcfg.remat), mcfg.remat_policy),
+    )
     return dataclasses.replace(enc, config=cfg, spec=dataclasses.replace(enc.spec, config=cfg))
 
 
@@ -55,7 +59,12 @@ def _random_encoder(mcfg, weights: bool) -> loading.Encoder:
     bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
     if bad:
         raise ValueError(f"model.config_overrides: unknown fields {bad} of {type(cfg).__name__}")
-    cfg = dataclasses.replace(cfg, dtype=mcfg.dtype, remat=bool(mcfg.remat), **overrides)
+    cfg = dataclasses.replace(
+        cfg,
+        dtype=mcfg.dtype,
+        remat=layers.remat_setting(bool(mcfg.remat), mcfg.remat_policy),
+        **overrides,
+    )
     spec = dual_encoder.EncoderSpec(
         arch=hf["model_type"], config=cfg, pooling=mcfg.pooling or "mean", normalize=mcfg.normalize
     )

@@ -22,7 +22,7 @@ import numpy as np
 
 from dualenc.inference import rerank
 from dualenc.io import atomic_dir
-from dualenc.models import loading
+from dualenc.models import layers, loading
 from dualenc.models.convert import state_dict_from_params
 from dualenc.models.cross_encoder import CrossEncoder
 from dualenc.models.registry import get_arch
@@ -49,7 +49,9 @@ def _is_seq_cls(root: Path) -> bool:
 
 
 def _with_dtype(ce: CrossEncoder, mcfg) -> CrossEncoder:
-    cfg = dataclasses.replace(ce.config, dtype=mcfg.dtype, remat=bool(mcfg.remat))
+    cfg = dataclasses.replace(
+        ce.config, dtype=mcfg.dtype, remat=layers.remat_setting(bool(mcfg.remat), mcfg.remat_policy)
+    )
     return dataclasses.replace(ce, config=cfg)
 
 

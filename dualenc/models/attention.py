@@ -8,9 +8,15 @@ alone would still stack every chunk's probabilities for the backward, so the CPU
 VJP that keeps only q, k, v and the output and recomputes each chunk's probabilities in the backward
 (as flash attention does): dS = P ∘ (dP − rowsum(dO ∘ O)). Dropout on the probabilities uses the
 hashed mask of `dropout.py` indexed by the element's position in the whole (B, N, Lk, Lq) tensor, so
-chunked and unchunked attention give the same values, masks and gradients. On GPU/TPU, or where the
-shapes are symbolic (`jax.export`), the plain form runs and XLA differentiates it. Float32 on a
-single CPU device goes to the native kernels of `kernels.py` instead (forward ~3x faster again).
+chunked and unchunked attention give the same values, masks and gradients. Float32 on a single CPU
+device goes to the native kernels of `kernels.py` instead (forward ~3x faster again).
+
+Compiled for GPU or TPU (`target.platform()`: the mesh being compiled for, not this host),
+attention without dropout is `jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU for
+bf16/fp16 (flash attention: no score tensor in memory), XLA's on TPU and for float32. With dropout
+(which that API lacks) and where shapes are symbolic (`jax.export`) the plain form runs. Every path
+computes the scores and the softmax in float32, bf16 operands included (a bf16 q·k rounded before
+the cast loses ~3 digits of the logits).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dualenc.models import dropout as dropout_lib
-from dualenc.models import kernels
+from dualenc.models import kernels, target
 
 # f32 scores per chunk and device, measured best on a Xeon (benchmarks/README.md): the forward
 # ~4 sequences of 12 heads x 256 x 256, the backward (5 passes over the scores) ~2
@@ -59,20 +65,43 @@ def attention(q, k, v, mask, dropout, deterministic: bool):
     # so rows number blocks instead (`dropout.hash_index_blocks`); smaller batches keep the flat
     # index, and with it the masks of the native kernels, which only run below that size.
     wide = static and q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1] >= dropout_lib.WRAP
-    native = jax.default_backend() == "cpu" and static and not wide and _native(q)
+    platform = target.platform()
+    native = platform == "cpu" and static and not wide and _native(q)
     segments = isinstance(mask, Segments)
     if segments and native:
         return _kernel(q, k, v, mask.ids, words, rate, True)
     mask = mask.dense() if segments else mask
     if native:
         return _kernel(q, k, v, mask, words, rate, False)
-    if jax.default_backend() != "cpu" or not static:
+    if platform != "cpu" and words is None and static:
+        return fused(q, k, v, mask, implementation(q, platform))
+    if platform != "cpu" or not static:
         rows = jnp.arange(q.shape[0], dtype=jnp.uint32)
         return _attend(q, k, v, _keep(mask), words, rate, rows, wide)
     d = jax.device_count()
     d = d if q.shape[0] % d == 0 else 1
     n_fwd, n_bwd = (num_chunks(q.shape, k.shape[1], d, b) for b in (FORWARD_BYTES, BACKWARD_BYTES))
     return _chunked(q, k, v, mask, words, rate, n_fwd, n_bwd, d, wide)
+
+
+def implementation(q, platform: str) -> str:
+    """`jax.nn.dot_product_attention`'s implementation: 'cudnn' on GPU where cuDNN's fused
+    attention takes the shapes (bf16/fp16, head size ≤ 128 and a multiple of 8, even lengths,
+    which its masked backward needs), else 'xla'."""
+    lengths_even = q.shape[1] % 2 == 0
+    head_ok = q.shape[-1] <= 128 and q.shape[-1] % 8 == 0
+    half = q.dtype in (jnp.bfloat16, jnp.float16)
+    return "cudnn" if platform == "gpu" and half and head_ok and lengths_even else "xla"
+
+
+def fused(q, k, v, mask, impl: str = "xla"):
+    """`jax.nn.dot_product_attention` over a (B, L) key mask or (B, Lq, Lk) mask; its scores
+    and softmax are float32 for bf16 operands. cuDNN takes the mask as a (B, 1, Lq, Lk) bias."""
+    keep = mask != 0
+    keep = keep[:, None, None, :] if keep.ndim == 2 else keep[:, None]
+    if impl == "cudnn":
+        keep = jnp.broadcast_to(keep, (q.shape[0], 1, q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=keep, implementation=impl)
 
 
 def _native(q) -> bool:
@@ -105,7 +134,7 @@ def _probs(q, k, keep, words, rate, rows, wide: bool = False):
     the row numbers the block of its scores' index (no flat index past 2^32).
     """
     scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("bjnd,bind->bnji", k, q).astype(jnp.float32) * scale
+    scores = jnp.einsum("bjnd,bind->bnji", k, q, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)  # HF: + finfo.min on pads
     probs = jax.nn.softmax(scores, axis=-2)
     if words is None:

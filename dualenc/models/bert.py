@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from dualenc.models.attention import Segments, attention
 from dualenc.models.dropout import Dropout
-from dualenc.models.layers import Dense, LayerNorm
+from dualenc.models.layers import Dense, LayerNorm, maybe_remat
 
 ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),  # HF 'gelu' is the exact erf form
@@ -68,7 +68,7 @@ class BertConfig:
     add_pooling_layer: bool = True
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = False  # or a `layers.REMAT_POLICIES` name
 
     def __post_init__(self):
         check_common(self)
@@ -255,7 +255,7 @@ class LayerStack(nn.Module):
     def __call__(self, x, mask, deterministic: bool):
         cfg = self.config
         # static_argnums counts `self` as 0: deterministic is argument 3.
-        cls = nn.remat(self.layer_cls, static_argnums=(3,)) if cfg.remat else self.layer_cls
+        cls = maybe_remat(self.layer_cls, cfg.remat, static_argnums=(3,))
         for i in range(cfg.num_hidden_layers):
             x = cls(cfg, name=str(i))(x, mask, deterministic)
         return x

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dualenc.models.dropout import Dropout
-from dualenc.models.layers import Dense, LayerNorm
+from dualenc.models.layers import Dense, LayerNorm, maybe_remat
 
 _ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
@@ -77,7 +77,7 @@ class DebertaV2Config:
     cls_dropout: float | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = False  # or a `layers.REMAT_POLICIES` name
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -356,7 +356,7 @@ class _Layers(nn.Module):
     def __call__(self, x, mask2d, rel_embeddings, deterministic: bool):
         cfg = self.config
         # static_argnums counts `self` as 0: deterministic is argument 4.
-        layer_cls = nn.remat(DebertaV2Layer, static_argnums=(4,)) if cfg.remat else DebertaV2Layer
+        layer_cls = maybe_remat(DebertaV2Layer, cfg.remat, static_argnums=(4,))
         for i in range(cfg.num_hidden_layers):
             x = layer_cls(cfg, name=str(i))(x, mask2d, rel_embeddings, deterministic)
         return x

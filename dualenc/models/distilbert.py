@@ -53,7 +53,7 @@ class DistilBertConfig:
     pad_token_id: int = 0
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = False  # or a `layers.REMAT_POLICIES` name
 
     def __post_init__(self):
         check_common(self)

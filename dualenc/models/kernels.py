@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from dualenc.models import dropout
+from dualenc.models import dropout, target
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def usable(*arrays) -> bool:
     """The kernels can replace XLA here: float32 operands with static shapes, the CPU backend
     with one device (a custom call has no sharding rule: on a mesh XLA would gather its
     inputs), outside `disabled()`, and the library built."""
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    if target.platform() != "cpu" or target.device_count() != 1:
         return False
     for a in arrays:
         if a.dtype != jnp.float32 or not all(isinstance(d, int) for d in a.shape):

@@ -129,3 +129,30 @@ class LayerNorm(nn.Module):
         xhat = centred * jax.lax.rsqrt(var + self.epsilon)
         y = scale_shift(xhat, scale.astype(x32.dtype), bias.astype(x32.dtype))
         return y.astype(self.dtype)
+
+
+# What a rematerialised layer keeps for the backward (`jax.checkpoint_policies`): 'full' keeps
+# only the layer's input and recomputes the whole forward; 'dots' also keeps every matmul's output
+# (recomputes the elementwise ops and softmax only); 'dots_no_batch' keeps the weight matmuls'
+# outputs but not attention's batched q·k and p·v, the largest ones at long lengths.
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_setting(remat: bool, policy: str) -> bool | str:
+    """A model config's `remat` field from the train config's `model.remat` and
+    `model.remat_policy`: False, or the policy name."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"model.remat_policy={policy!r}: one of {sorted(REMAT_POLICIES)}")
+    return policy if remat else False
+
+
+def maybe_remat(layer_cls, remat: bool | str, static_argnums: tuple[int, ...]):
+    """`layer_cls` itself, or rematerialised under the policy `remat` names (True: 'full')."""
+    if not remat:
+        return layer_cls
+    policy = REMAT_POLICIES["full" if remat is True else remat]
+    return nn.remat(layer_cls, policy=policy, static_argnums=static_argnums)

@@ -15,6 +15,7 @@ import ml_collections
 
 from dualenc.biencoder import loss_registry
 from dualenc.index.fusion import METHODS as FUSION_METHODS
+from dualenc.models import layers, target
 from dualenc.sharding import DEFAULT_RULES
 from dualenc.training.optim import SCHEDULES
 from dualenc.training.task import TASKS as TASK_MODULES
@@ -55,6 +56,8 @@ def _model() -> ml_collections.ConfigDict:
     m.shared_towers = True  # one encoder for queries and passages
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     m.remat = False  # per-layer rematerialisation (memory for compute)
+    m.remat_policy = "full"  # what remat keeps: full | dots | dots_no_batch (models.layers)
+    m.matmul_precision = "default"  # default | high | highest | ... (models.target.PRECISIONS)
     m.init_random = False  # random weights of the same architecture (tests, scratch)
     m.init_seed = 0
     m.fresh_head = False  # cross: a *ForSequenceClassification dir's encoder + a new head
@@ -345,6 +348,8 @@ def validate_tsdae(c: ml_collections.ConfigDict, num_devices: int, process_count
 def validate(c: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError naming the key(s) of the first value that cannot work."""
     _one_of("task", c.get("task", "biencoder"), TASKS)
+    _one_of("model.remat_policy", c.model.remat_policy, tuple(layers.REMAT_POLICIES))
+    _one_of("model.matmul_precision", c.model.matmul_precision, target.PRECISIONS)
     if c.get("task", "biencoder") == "cross":
         validate_cross(c, num_devices, process_count)
         return

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from dualenc import multihost, sharding
+from dualenc.models import target as precision
 from dualenc.retrieval import engine
 from dualenc.training import config as config_lib
 from dualenc.training import optim
@@ -91,6 +92,7 @@ def setup(config, workdir) -> tuple[TrainRun, dict, Early]:
     ahead-of-time compiled step."""
     mesh = state_lib.build_mesh(config)
     config_lib.validate(config, mesh.devices.size, jax.process_count())
+    precision.set_precision(config.model.matmul_precision)  # the train step and the dev evals
     workdir, ck = multihost.epath(workdir), config.checkpoint
     open_ckpt = functools.partial(
         Checkpointer, workdir, keep=int(ck.keep), every_steps=int(ck.every_steps)
@@ -126,7 +128,7 @@ def setup(config, workdir) -> tuple[TrainRun, dict, Early]:
         num_steps=num_steps,
         start=start,
         ckpt=ckpt,
-        step_fn=state_lib.CompiledStep(state_lib.jit_train_step(step, state_sh, mesh)),
+        step_fn=state_lib.CompiledStep(state_lib.jit_train_step(step, state_sh, mesh), mesh),
         rng=state_lib.make_rng(config, mesh),
         writer=open_writer(workdir),
     )

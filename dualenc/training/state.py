@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dualenc import sharding
+from dualenc.models import target
 
 
 def apply_gradients(state, grads, tx, schedule, metrics: dict, num_tokens) -> tuple[dict, dict]:
@@ -102,10 +103,11 @@ def jit_train_step(step_fn, state_sh, mesh):
 
 class CompiledStep:
     """A jitted step compiled ahead of time (`lower().compile()`) once per batch signature, so
-    the loop can report compile time apart from step time. Called like the jitted step."""
+    the loop can report compile time apart from step time. Called like the jitted step. The trace
+    chooses its paths (attention, kernels) for `mesh`'s devices (`target.compiling_for`)."""
 
-    def __init__(self, jitted):
-        self.jitted = jitted
+    def __init__(self, jitted, mesh):
+        self.jitted, self.mesh = jitted, mesh
         self.compile_seconds = 0.0
         self._compiled: dict[tuple, Any] = {}
 
@@ -114,7 +116,9 @@ class CompiledStep:
         fn = self._compiled.get(key)
         if fn is None:
             t0 = time.perf_counter()
-            fn = self._compiled[key] = self.jitted.lower(state, batch, rng).compile()
+            with target.compiling_for(self.mesh):
+                lowered = self.jitted.lower(state, batch, rng)
+            fn = self._compiled[key] = lowered.compile()
             dt = time.perf_counter() - t0
             self.compile_seconds += dt
             shapes = {k: shape for k, shape, _ in key}
