@@ -7,9 +7,11 @@
 # Under SLURM use `srun --ntasks-per-node=1 python -m dualenc.train ...` instead: JAX reads the
 # SLURM variables itself. Here the first host is the coordinator; every process gets
 # DUALENC_COORDINATOR_ADDRESS / DUALENC_NUM_PROCESSES / DUALENC_PROCESS_ID (dualenc.multihost).
-# The checkout must exist at the same path (--dir, default $PWD) on every host; a host without
-# .venv gets one with the `cuda12` extra (pip install '.[cuda12]'). The workdir must be shared
-# by all hosts (a network filesystem or a gs:// URL).
+# The checkout must exist at the same path (--dir, default $PWD) on every host. Each host runs
+# from .venv-cuda12 there, made by launch/venv.sh (pip install '.[cuda12]' with a Python >= 3.11;
+# $PYTHON, if set here, names the hosts' one): never the CPU .venv of `make setup`. Hosts sharing
+# the checkout (NFS) build it once, under flock, while the others wait. The workdir must be
+# shared by all hosts (a network filesystem or a gs:// URL).
 set -euo pipefail
 HOSTS="" PORT=1234 DRY=0 DIR="${DUALENC_DIR:-$PWD}"
 while [[ $# -gt 0 ]]; do
@@ -19,7 +21,7 @@ while [[ $# -gt 0 ]]; do
     --dir) DIR="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -28,11 +30,13 @@ done
 IFS=, read -r -a H <<< "$HOSTS"
 N=${#H[@]}
 TRAIN_ARGS=$(printf '%q ' "$@")
+SETUP="bash launch/venv.sh cuda12"
+[[ -n "${PYTHON:-}" ]] && SETUP="PYTHON=$(printf '%q' "$PYTHON") $SETUP"
 pids=()
 for i in "${!H[@]}"; do
   ENV="DUALENC_COORDINATOR_ADDRESS=${H[0]}:$PORT DUALENC_NUM_PROCESSES=$N DUALENC_PROCESS_ID=$i"
-  SETUP="{ test -x .venv/bin/python || { python3 -m venv .venv && .venv/bin/pip install -q '.[cuda12]'; }; }"
-  REMOTE="cd $(printf '%q' "$DIR") && $SETUP && $ENV .venv/bin/python -m dualenc.train $TRAIN_ARGS"
+  RUN=".venv-cuda12/bin/python -m dualenc.train $TRAIN_ARGS"
+  REMOTE="cd $(printf '%q' "$DIR") && $SETUP && $ENV $RUN"
   if [[ $DRY -eq 1 ]]; then
     printf 'ssh %q %q\n' "${H[$i]}" "$REMOTE"
   else
