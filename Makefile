@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export DUALENC_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast lint bench bench-full profile bench-quality bench-scifact nq-toy study study-nq-toy clean
+.PHONY: setup demo test test-fast lint bench bench-full bench-accelerator profile bench-quality bench-scifact nq-toy study study-nq-toy clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ bench: setup
 
 bench-full: setup
 	$(PY) benchmarks/run_all.py --full --mixed_limit=0
+
+# On a GPU or TPU (≤ 10 min): encode tokens/s and train-step MFU vs PyTorch on the same chip,
+# benchmarks/results/accelerator_<device>.json (see benchmarks/README.md).
+bench-accelerator: setup
+	$(PY) benchmarks/accelerator.py
 
 profile: setup
 	$(PY) benchmarks/op_profile.py

@@ -105,13 +105,14 @@ def _batches(tok, pairs, batch: int, max_length: int):
     return out
 
 
-def bench_dualenc(
-    model_dir, pairs, batch, max_length, steps, warmup, packing=False, **train
+def prepare_dualenc(
+    model_dir, pairs, batch, max_length, packing=False, dtype="float32", **train
 ) -> dict:
+    """dualenc's jitted MNRL train step built through the library (config, encoder, optimizer,
+    state, shardings), its initial state and the numpy batches of `pairs` (padded or packed),
+    with the token counts the padding fractions come from. `dtype`: model.dtype (compute)."""
     import jax
 
-    num_steps = steps  # the import below shadows the argument
-    from dualenc import sharding
     from dualenc.biencoder import model as bi_model
     from dualenc.biencoder import step as bi_step
     from dualenc.inference.packing import pack_batch
@@ -120,6 +121,7 @@ def bench_dualenc(
 
     c = dualenc_config(model_dir, batch, max_length, **train)
     c.data.packing = packing
+    c.model.dtype = dtype
     base = bi_model.load_base_encoder(c.model)
     batches = _batches(base.tokenizer, pairs, batch, max_length)
     real = sum(int(b["q_attention_mask"].sum() + b["p_attention_mask"].sum()) for b in batches)
@@ -139,63 +141,129 @@ def bench_dualenc(
         bi_model.initial_dual_params(base, True), tx, mesh, state_lib.mesh_rules(c)
     )
     step = state_lib.jit_train_step(bi_step.make_train_step(c, base.spec, tx, schedule), sh, mesh)
-    rng = jax.random.key(0, impl=c.train.rng_impl)
-    shapes = set()
-    for b in batches[: warmup + num_steps]:  # compile every shape the timed steps use
+    return {
+        "config": c,
+        "step": step,
+        "state": state,
+        "mesh": mesh,
+        "rng": jax.random.key(0, impl=c.train.rng_impl),
+        "batches": batches,
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "st_padded_tokens": st_padded,
+    }
+
+
+def time_dualenc(prep: dict, steps: int, warmup: int) -> dict:
+    """Compiles every shape of the first warmup + steps batches, then times the last `steps`
+    (dispatched back to back, one block at the end). Updates prep["state"]."""
+    import jax
+
+    from dualenc import sharding
+
+    step, mesh, rng, batches = prep["step"], prep["mesh"], prep["rng"], prep["batches"]
+    state, shapes = prep["state"], set()
+    for b in batches[: warmup + steps]:  # compile every shape the timed steps use
         key = (b["q_input_ids"].shape, b["p_input_ids"].shape)
         if key not in shapes:
             shapes.add(key)
             state, m = step(state, sharding.shard_batch(b, mesh), rng)
             jax.block_until_ready(m)
-    timed = batches[warmup : warmup + num_steps]
+    timed = batches[warmup : warmup + steps]
     t0 = time.perf_counter()
     for b in timed:
         state, m = step(state, sharding.shard_batch(b, mesh), rng)
     jax.block_until_ready((state, m))
     dt = time.perf_counter() - t0
+    prep["state"] = state
     return {
-        "pairs_per_sec": len(timed) * batch / dt,
         "seconds": dt,
         "steps": len(timed),
         "compiled_shapes": sorted(str(s) for s in shapes),
-        "packing": packing,
-        "padded_token_fraction": round(1 - real / padded, 4),
-        "st_padded_token_fraction": round(1 - real / st_padded, 4),
-        "real_tokens_per_pair": round(real / (len(batches) * batch), 1),
         "loss": float(m["loss"]),
     }
 
 
-def bench_st(model_dir, pairs, batch, max_length, steps, warmup, dropout=True) -> dict:
+def bench_dualenc(
+    model_dir, pairs, batch, max_length, steps, warmup, packing=False, **train
+) -> dict:
+    prep = prepare_dualenc(model_dir, pairs, batch, max_length, packing=packing, **train)
+    t = time_dualenc(prep, steps, warmup)
+    real, n_batches = prep["real_tokens"], len(prep["batches"])
+    return {
+        "pairs_per_sec": t["steps"] * batch / t["seconds"],
+        "seconds": t["seconds"],
+        "steps": t["steps"],
+        "compiled_shapes": t["compiled_shapes"],
+        "packing": packing,
+        "padded_token_fraction": round(1 - real / prep["padded_tokens"], 4),
+        "st_padded_token_fraction": round(1 - real / prep["st_padded_tokens"], 4),
+        "real_tokens_per_pair": round(real / (n_batches * batch), 1),
+        "loss": t["loss"],
+    }
+
+
+def bench_st(
+    model_dir,
+    pairs,
+    batch,
+    max_length,
+    steps,
+    warmup,
+    dropout=True,
+    device="cpu",
+    amp=None,
+    pretokenize=False,
+) -> dict:
+    """sentence-transformers' MNRL step (AdamW) on `device`; `amp`: a torch dtype to autocast
+    the forward to (f32 master weights, as dualenc's model.dtype does). `pretokenize`: batches
+    tokenised and on the device before timing, as dualenc's are (default: tokenised per step)."""
+    import contextlib
+
     import torch
     from sentence_transformers import SentenceTransformer, losses
 
-    model = SentenceTransformer(str(model_dir), device="cpu")
+    model = SentenceTransformer(str(model_dir), device=device)
     model.max_seq_length = max_length
     model.train(dropout)  # eval mode = no dropout (gradients still flow)
     loss_fn = losses.MultipleNegativesRankingLoss(model, scale=20.0)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    dev = torch.device(device)
 
-    def one(s):
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def features(s):
         qs, ps = zip(*pairs[s : s + batch], strict=True)
         feats = [model.tokenize(list(qs)), model.tokenize(list(ps))]
-        loss = loss_fn(feats, None)
+        return [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in f.items()} for f in feats]
+
+    ready = {i * batch: features(i * batch) for i in range(warmup + steps)} if pretokenize else {}
+
+    def one(s):
+        feats = ready[s] if s in ready else features(s)
+        ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with ctx:
+            loss = loss_fn(feats, None)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.detach()
 
     for i in range(warmup):
         one(i * batch)
+    sync()
     t0 = time.perf_counter()
     for i in range(warmup, warmup + steps):
         loss = one(i * batch)
+    sync()
     dt = time.perf_counter() - t0
     return {
         "pairs_per_sec": steps * batch / dt,
         "seconds": dt,
         "steps": steps,
-        "loss": loss,
+        "loss": float(loss),
         "torch_threads": torch.get_num_threads(),
     }
 

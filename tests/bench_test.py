@@ -1,4 +1,5 @@
-"""Pure parts of the benchmark driver and profiler: HLO and torch op classes, table rows."""
+"""Pure parts of the benchmark driver and profiler (HLO and torch op classes, table rows), and
+benchmarks/accelerator.py: its FLOP count, chip peaks, budget plan and a CPU dry run."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import collections
 import gzip
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -24,6 +29,7 @@ def _load(name: str):
 
 profile = _load("op_profile")
 run_all = _load("run_all")
+accelerator = _load("accelerator")
 
 
 def _named(f, name):
@@ -131,3 +137,130 @@ def test_trace_times_pairs_async_end_events(tmp_path):
     assert times == {"dot.1": 12.0, "fusion": 3.0}
     scaled = profile._to_wall(collections.Counter(times), wall_ms=30.0)
     assert scaled["busy_ms"] == 15.0 and scaled["dot.1"] == 24.0 and scaled["fusion"] == 6.0
+
+
+def test_model_flops_matches_a_hand_count():
+    """2 layers, H 4, FFN 8, texts of 3 and 5 tokens: every matmul of the forward counted."""
+    layers, h, i, lens = 2, 4, 8, [3, 5]
+    forward = 0
+    for t in lens:
+        per_layer = 4 * (2 * t * h * h)  # Q, K, V and output projections: (T, H) @ (H, H)
+        per_layer += 2 * t * h * i + 2 * t * i * h  # FFN up (H -> I) and down (I -> H)
+        per_layer += 2 * t * t * h + 2 * t * t * h  # scores Q Kᵀ (all heads) and P V
+        forward += layers * per_layer
+    assert forward == 2 * 256 * 8 + 4 * 2 * 4 * (9 + 25) == 5184
+    assert accelerator.model_flops(layers, h, i, lens) == forward
+    assert accelerator.model_flops(layers, h, i, lens, train=True) == 3 * forward
+    assert accelerator.model_flops(layers, h, i, [4]) != accelerator.model_flops(
+        layers, h, i, [2, 2]
+    )
+
+
+def test_chip_peaks_by_device_kind():
+    peak = accelerator.chip_peak
+    assert peak("NVIDIA H100 80GB HBM3")[0] == 989e12
+    assert peak("NVIDIA H100 PCIe")[0] == 756e12
+    assert peak("NVIDIA A100-SXM4-80GB")[0] == 312e12
+    assert peak("TPU v5 lite")[0] == 197e12
+    assert peak("TPU v5")[0] == 459e12
+    assert peak("TPU v4")[0] == 275e12
+    value, why = peak("NVIDIA L4")
+    assert value is None and "NVIDIA L4" in why
+    assert accelerator.mfu(3e12, 2.0, 1e12) == 1.5 and accelerator.mfu(1.0, 1.0, None) is None
+
+
+def test_accelerator_plan_budget_and_table():
+    """Priority order; a measurement that no longer fits is skipped with a reason; an error is
+    recorded, not raised; the table and markdown still come out of the partial results."""
+    a = accelerator.parse_args(["--dry_run", "--dtypes=bfloat16,float32", "--train=nq:32,nq:48"])
+    names = [n for n, _, _ in accelerator.plan(a, "cuda")]
+    assert names == [
+        "encode_dualenc_bfloat16", "encode_st_float16", "train_dualenc_nq_32",
+        "encode_dualenc_float32", "encode_st_float32", "train_st_nq_32",
+        "train_dualenc_nq_48", "train_st_nq_48",
+    ]  # fmt: skip
+    assert not any("_st_" in n for n, _, _ in accelerator.plan(a, None))  # TPU / no torch
+    now = [0.0]
+
+    def fake(seconds, result):
+        def fn(ctx):
+            now[0] += seconds
+            if isinstance(result, Exception):
+                raise result
+            return dict(result)
+
+        return fn
+
+    items = [
+        ("encode_dualenc_float32", "encode", fake(10, {"tokens_per_s": 200.0, "mfu": 0.5})),
+        ("encode_st_float32", "st_encode", fake(5, RuntimeError("CUDA out of memory"))),
+        ("train_dualenc_nq_32", "train", fake(30, {"pairs_per_s": 9.0, "step_s": 0.9})),
+        ("encode_dualenc_bfloat16", "encode", fake(10, {})),  # 10 s measured, 5 s left: skip
+    ]
+    ctx = {"start": 0.0}
+    res, skipped = accelerator.run_plan(items, ctx, 50.0, {"train": 20.0}, clock=lambda: now[0])
+    assert res["encode_st_float32"]["error"] == "RuntimeError: CUDA out of memory"
+    assert res["train_dualenc_nq_32"]["wall_s"] == 30.0
+    assert [s["name"] for s in skipped] == ["encode_dualenc_bfloat16"]
+    assert "5 s left of 50" in skipped[0]["reason"]
+    full = {
+        "measurements": res,
+        "skipped": skipped,
+        "torch": "2.x",
+        "jax": "0.x",
+        "torch_info": {"device": "cpu"},
+        "settings": {"dtypes": ["float32"], "train": [["nq", 32]], "batch_size": 8,
+                     "max_length": 64, "train_batch": 8, "train_dtype": "float32"},
+        "device": {"kind": "cpu", "platform": "cpu", "peak_flops": None, "mfu_null_reason": "x"},
+    }  # fmt: skip
+    full["table"] = accelerator.table(full)
+    enc, _, train = full["table"]
+    assert enc["dualenc"] == 200.0 and enc["pytorch"] is None and enc["ratio"] is None
+    assert train["step_ms"] == 900.0 and train["dualenc"] == 9.0
+    md = accelerator.markdown(full)
+    assert "| encode_scifact | ? docs, batch 8, len 64 | float32 / float32 |" in md
+    assert "Skipped: encode_dualenc_bfloat16" in md
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_accelerator_dry_run(tmp_path, minilm_path):
+    """benchmarks/accelerator.py --dry_run end to end (CPU, tiny sizes): every field of the
+    JSON, on stdout and in --out, with sane values; what the GPU / TPU run will print."""
+    out = tmp_path / "accel.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as on a GPU
+    cmd = [sys.executable, str(BENCH / "accelerator.py"), "--dry_run", f"--out={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == res
+    assert res["benchmark"] == "accelerator" and res["dry_run"] is True
+    dev = res["device"]
+    assert dev["kind"] == "cpu" and dev["count"] == 1 and dev["peak_flops"] is None
+    assert "CPU" in dev["mfu_null_reason"]
+    assert res["jax"] and res["torch"] not in ("", "unavailable"), res["torch_info"]
+    assert res["skipped"] == [] and res["wall_s"] > 0
+    assert set(res["settings"]) >= {"batch_size", "max_length", "dtypes", "train", "steps", "docs"}
+    m = res["measurements"]
+    assert set(m) == {
+        "encode_dualenc_float32", "encode_st_float32", "train_dualenc_nq_32", "train_st_nq_32"
+    }  # fmt: skip
+    assert not [k for k, v in m.items() if "error" in v], m
+    enc, st = m["encode_dualenc_float32"], m["encode_st_float32"]
+    assert enc["docs"] == 64 and enc["real_tokens"] > 64 * 2
+    assert enc["model_flops"] >= 2 * 6 * (4 * 384**2 + 2 * 384 * 1536) * enc["real_tokens"]
+    for r in (enc, st):
+        assert r["tokens_per_s"] > 0 and r["device_tokens_per_s"] > 0
+        assert r["mfu"] is None and r["device_mfu"] is None
+        assert 0 <= r["padded_token_fraction"] < 1
+    assert st["max_abs_diff_vs_dualenc"] < 1e-4  # same docs, same order, same model
+    train = m["train_dualenc_nq_32"]
+    assert train["steps"] == 2 and train["step_s"] > 0 and train["model_flops_per_step"] > 0
+    assert train["real_tokens_per_step"] > 0 and np.isfinite(train["loss"])
+    assert m["train_st_nq_32"]["step_s"] > 0
+    names = [r["benchmark"] for r in res["table"]]
+    assert names == ["encode_scifact", "encode_scifact_device", "train_nq_32"]
+    for row in res["table"]:
+        assert row["dualenc"] > 0 and row["pytorch"] > 0 and row["ratio"] > 0
+        assert row["dualenc_mfu"] is None and row["pytorch_mfu"] is None
+    assert "| encode_scifact_device |" in proc.stderr and "mfu is null" in proc.stderr
