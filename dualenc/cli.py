@@ -19,6 +19,17 @@ import jax
 from absl import app, flags
 
 from dualenc.inference.corpus_cache import default_cache_dir
+from dualenc.models import target
+
+PRECISION_HELP = (
+    "XLA's float32 matmul precision: default (TPU and NVIDIA GPUs use faster reduced-precision "
+    "passes) | high | highest (float32 parity with PyTorch) | bfloat16 | tensorfloat32 | float32"
+)
+
+
+def define_matmul_precision():
+    """The --matmul_precision flag of the inference commands (train: model.matmul_precision)."""
+    return flags.DEFINE_enum("matmul_precision", "default", list(target.PRECISIONS), PRECISION_HELP)
 
 
 def fail(message: str) -> NoReturn:

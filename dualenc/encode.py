@@ -19,10 +19,13 @@ from absl import logging
 from dualenc import multihost
 from dualenc.inference.encode import encode_file
 from dualenc.io import InputError
+from dualenc.models import target
 
 
 def _define_flags() -> None:
     from absl import flags
+
+    from dualenc import cli
 
     flags.DEFINE_string(
         "model",
@@ -52,6 +55,7 @@ def _define_flags() -> None:
         lower_bound=2,
     )
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
+    cli.define_matmul_precision()
     flags.DEFINE_enum(
         "tower",
         "passage",
@@ -73,6 +77,7 @@ def main(argv) -> None:
     del argv
     fv = flags.FLAGS
     multihost.initialize()
+    target.set_precision(fv.matmul_precision)
     try:
         emb = encode_file(
             fv.model,

@@ -29,6 +29,8 @@ _FLAG_KEYS = (
     "k",
     "fusion_depth",
     "batch_size",
+    "dtype",
+    "matmul_precision",
     "max_length",
     "chunk_size",
     "chunk_overlap",
@@ -70,6 +72,10 @@ def _define_flags():
         "chunk_size": "> 0: index windows of this many text tokens (each with the title) and "
         "score a doc by its best window (MaxP); 0: one vector per doc, truncated at max_length",
         "chunk_overlap": "tokens shared by consecutive windows (with --chunk_size)",
+        "dtype": "compute dtype of encoders and reranker: float32 | bfloat16",
+        "matmul_precision": "default | high | highest | bfloat16 | tensorfloat32 | float32: "
+        "XLA's f32 matmul precision (TPU / NVIDIA default to faster reduced precision; float32 "
+        "parity with PyTorch holds at highest)",
     }
     for key in _FLAG_KEYS:
         v, h = d[key], helps.get(key, f"config.{key}")

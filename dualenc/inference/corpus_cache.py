@@ -111,6 +111,8 @@ def cache_manifest(
         "code_version": code_version(_ENCODER_CODE),
         "corpus_fingerprint": corpus_fingerprint(doc_ids, texts),
         "count": len(doc_ids),
+        # 'highest' vs TPU's default bf16 passes give other f32 embeddings (None: XLA's default)
+        "matmul_precision": jax.config.jax_default_matmul_precision,
     }
 
 

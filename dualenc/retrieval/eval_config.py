@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.k = 100  # depth of the written run
     c.fusion_depth = 1000  # candidates per system for hybrid fusion
     c.batch_size = 64
+    c.dtype = "float32"  # compute dtype of the encoders and the reranker: float32 | bfloat16
+    c.matmul_precision = "default"  # default | high | highest | ... (models.target.PRECISIONS)
     c.max_length = 0  # 0: the encoder's own max_length
     c.chunk_size = 0  # > 0: dense search over windows of this many text tokens, MaxP per doc
     c.chunk_overlap = 32  # tokens shared by consecutive windows (chunk_size > 0)

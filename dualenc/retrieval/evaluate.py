@@ -50,6 +50,7 @@ from dualenc.index.scann_index import ScannIndex
 from dualenc.inference import chunking, corpus_cache, rerank
 from dualenc.io import InputError, read_jsonl, write_json
 from dualenc.metrics import answer_accuracy, evaluate_run, recall_curve
+from dualenc.models import target
 from dualenc.models.loading import load_towers
 from dualenc.retrieval import engine, report
 from dualenc.runs import write_trec
@@ -107,7 +108,8 @@ class DenseRetriever:
         if not cfg.model:
             raise InputError("--model is required for dense retrieval", field="model")
         self.cfg, self.doc_ids = cfg, doc_ids
-        self.q_encoder, self.encoder = load_towers(cfg.model)  # encoder = the passage tower
+        # encoder = the passage tower
+        self.q_encoder, self.encoder = load_towers(cfg.model, dtype=cfg.get("dtype", "float32"))
         self.max_length = cfg.max_length or self.encoder.max_length
         self.chunks, self.chunk_info = None, None
         self.ids, self.texts = doc_ids, texts  # what is indexed: docs, or their chunks
@@ -187,7 +189,7 @@ def bm25_index(cfg, doc_ids, texts) -> tuple[BM25Index, bool]:
 
 
 def _rerank(cfg, run: Run, queries: dict[str, str], docs: dict[str, str]) -> Run:
-    reranker = rerank.load_reranker(cfg.rerank_model)
+    reranker = rerank.load_reranker(cfg.rerank_model, dtype=cfg.get("dtype", "float32"))
     return rerank.rerank_run(
         reranker,
         run,
@@ -213,6 +215,13 @@ def check_config(cfg) -> None:
         raise InputError("--data (a BEIR directory) is required", field="data")
     if not Path(cfg.data).is_dir():
         raise InputError("data directory not found", path=cfg.data)
+    if cfg.get("dtype", "float32") not in ("float32", "bfloat16"):
+        raise InputError(f"unknown dtype {cfg.dtype!r}: float32 | bfloat16", field="dtype")
+    if cfg.get("matmul_precision", "default") not in target.PRECISIONS:
+        raise InputError(
+            f"unknown matmul_precision {cfg.matmul_precision!r}: one of {target.PRECISIONS}",
+            field="matmul_precision",
+        )
     if cfg.tune_split and cfg.tune_split == cfg.split:
         raise InputError(
             f"refusing to tune the hybrid weight on the evaluated split {cfg.split!r}",
@@ -295,6 +304,7 @@ def retrieve(
 def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     """Runs the evaluation described by `cfg`, writes cfg.output/*, returns the metrics."""
     check_config(cfg)
+    target.set_precision(cfg.get("matmul_precision", "default"))
     t0 = time.time()
     ds = engine.load_split(cfg.data, cfg.split, 0, cfg.qrels_file)  # corpus: chunk titles
     doc_ids, texts, qids, queries, qrels = split_parts(ds)
