@@ -68,17 +68,13 @@ ST_ENCODE_DTYPE = {"bfloat16": "float16", "float32": "float32"}  # PyTorch side 
 def model_flops(
     layers: int, hidden: int, intermediate: int, seq_lens, *, train: bool = False
 ) -> float:
-    """Analytic FLOPs of a BERT-style encoder over sequences of `seq_lens` tokens (MFU's numerator).
+    """Analytic FLOPs of a BERT-style encoder over sequences of `seq_lens` tokens (MFU's numerator),
+    as `dualenc.compile` counts them (`dualenc.aot.flops`): 2 × matmul params per token plus
+    4·L·H·T² per sequence for QKᵀ and PV; a train step (forward + backward) is 3×."""
+    from dualenc.aot import flops
 
-    Forward: 2 × matmul params (4·H² projections + 2·H·I FFN per layer; embeddings, biases, norms
-    and the B × B score matrix left out) per token, plus 4·L·H·T² per sequence for QKᵀ and PV.
-    A train step (forward + backward) is 3×: 6·N·tokens + 12·L·H·ΣT².
-    """
-    n = layers * (4 * hidden * hidden + 2 * hidden * intermediate)
-    tokens = sum(int(t) for t in seq_lens)
-    squares = sum(int(t) * int(t) for t in seq_lens)
-    forward = 2 * n * tokens + 4 * layers * hidden * squares
-    return float(3 * forward if train else forward)
+    forward = flops.forward(layers, hidden, intermediate, [int(t) for t in seq_lens])
+    return 3 * forward if train else forward
 
 
 def chip_peak(device_kind: str) -> tuple[float | None, str]:

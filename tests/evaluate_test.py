@@ -160,11 +160,32 @@ def test_bad_config(tiny, tmp_path):
         run_evaluation(_cfg(beir, model, tmp_path, index="hybrid", tune_split="test"))
     with pytest.raises(InputError, match="unknown index"):
         run_evaluation(_cfg(beir, model, tmp_path, index="faiss"))
+    with pytest.raises(InputError, match="unknown dtype"):
+        run_evaluation(_cfg(beir, model, tmp_path, index="exact", dtype="float16"))
+    with pytest.raises(InputError, match="unknown matmul_precision"):
+        run_evaluation(_cfg(beir, model, tmp_path, index="exact", matmul_precision="fast"))
     with pytest.raises(InputError, match="not found"):
         run_evaluation(_cfg(tmp_path / "nope", model, tmp_path, index="bm25"))
     (tmp_path / "empty" / "qrels").mkdir(parents=True)
     with pytest.raises(InputError):  # no corpus / queries files
         run_evaluation(_cfg(tmp_path / "empty", model, tmp_path, index="bm25"))
+
+
+def test_bf16_evaluation_loads_bf16_towers(tiny, minilm_path, tmp_path, monkeypatch):
+    """--dtype reaches the encoders (it was float32 whatever the flag said): the bf16 run's
+    towers compute in bf16 and real MiniLM's ranking stays close to the float32 run's."""
+    from dualenc.retrieval import evaluate as ev
+
+    beir, model = tiny[0], minilm_path
+    seen = []
+    load = ev.load_towers
+    monkeypatch.setattr(ev, "load_towers", lambda m, **kw: seen.append(kw) or load(m, **kw))
+    f32 = run_evaluation(_cfg(beir, model, tmp_path / "a", index="exact", cache=False))
+    bf16 = run_evaluation(
+        _cfg(beir, model, tmp_path / "b", index="exact", cache=False, dtype="bfloat16")
+    )
+    assert [kw.get("dtype") for kw in seen] == ["float32", "bfloat16"]
+    assert f32["nDCG@10"] > 0.5 and abs(f32["nDCG@10"] - bf16["nDCG@10"]) < 0.1
 
 
 def _trec(path: Path) -> dict[str, list[tuple[str, float]]]:

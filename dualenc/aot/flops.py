@@ -19,12 +19,17 @@ def dims(cfg) -> tuple[int, int, int, int]:
     return cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, scores
 
 
+def forward(layers: int, hidden: int, inner: int, lengths, scores: int = 1) -> float:
+    """Forward flops of sequences of `lengths` tokens: per layer and token, the q, k, v, out and
+    two feed-forward matmuls (4·H² + 2·H·I MACs), the score matmul(s) and the p·v mix (T·H each)."""
+    weights = 4 * hidden * hidden + 2 * hidden * inner
+    return float(sum(2 * layers * t * (weights + (scores + 1) * t * hidden) for t in lengths))
+
+
 def forward_per_sequence(cfg, length: int) -> float:
     """Forward flops of one sequence of `length` tokens through the encoder."""
     n, h, inner, scores = dims(cfg)
-    weights = 4 * h * h + 2 * h * inner  # q, k, v, out + the two feed-forward matmuls
-    attention = (scores + 1) * length * h  # per token: score matmul(s) + the p·v mix
-    return 2.0 * n * length * (weights + attention)
+    return forward(n, h, inner, [int(length)], scores)
 
 
 def encode(cfg, rows: int, length: int) -> float:
