@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -350,8 +351,8 @@ STEPS = 10
 def train_args(workdir: Path, train: Path, beir: Path, mesh: str) -> list[str]:
     """configs/tiny.py (random 1-layer BERT), global batch 8, dev eval every 3 steps and at the
     end, export on, no periodic checkpoint (only the final or the preemption one). Padded
-    batches in every run: two processes cannot pack (`bi_task.use_packing`), and one process
-    must train on the same layout to give the same bits."""
+    batches (packing off) in these runs: `test_packed_train_two_processes_equal_one` checks the
+    packed ones."""
     return [
         "--config=configs/tiny.py",
         f"--workdir={workdir}",
@@ -421,6 +422,42 @@ def test_train_two_processes_equal_one(tmp_path_factory, train_data, mesh):
     assert m1["step"] == m2["step"] == STEPS and m1["dev"] == m2["dev"]
     assert m1["train/loss"] == m2["train/loss"]
     assert_one_of_each(two)
+
+
+PACKED = re.compile(
+    r"data\.packing: batch 0 packs (\d+) queries into (\d+) rows .* (\d+) "
+    r"passages into (\d+) rows"
+)
+
+
+def packed_rows(log: str) -> tuple[int, ...]:
+    """(queries, their rows, passages, their rows) of batch 0 from a run's packing log line."""
+    found = PACKED.findall(log)
+    assert len(found) == 1 and "padded batches instead" not in log, log[-3000:]
+    return tuple(int(x) for x in found[0])
+
+
+def test_packed_train_two_processes_equal_one(tmp_path, train_data):
+    """Issue 24: with data.packing on (the default), two hosts with the parameters split across
+    them (FSDP (1,2)) export the bits of one process with two devices; every process logs that
+    batch 0 really is packed (fewer rows than texts), so a silent fall back to padding fails."""
+    steps = ["--config.train.num_steps=4", "--config.data.packing=True"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = run_single("dualenc.train", [*train_args(one, *train_data, "(1,2)"), *steps])
+    args = [*train_args(two, *train_data, "(1,2)"), *steps]
+    res = run_pair("dualenc.train", [args, args])
+    logs = [r1.stdout, res[0][1], res[1][2]]  # process 1 logs through absl only
+    rows = {packed_rows(log) for log in logs}
+    assert len(rows) == 1, rows  # one layout on every process, whatever the process count
+    (queries, q_rows, passages, p_rows) = rows.pop()
+    assert (queries, passages) == (8, 16) and q_rows < queries and p_rows < passages
+    a, b = exported(one), exported(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # bit-identical
+    m1 = json.loads((one / "metrics.json").read_text())
+    m2 = json.loads((two / "metrics.json").read_text())
+    assert m1["step"] == m2["step"] == 4 and m1["train/loss"] == m2["train/loss"]
 
 
 def test_sigterm_one_process_then_resume(tmp_path_factory, train_data, tmp_path):

@@ -89,6 +89,29 @@ def test_pack_rejects_too_long_text():
         packing.pack([[1, 2], list(range(9))], row_length=8)
 
 
+def test_packed_part_splits_rows_and_tokenises_only_its_own():
+    """Parts of one packing (laid out from lengths) concatenate to the whole; each part asks
+    for its own texts only; a length that disagrees with the tokens is refused."""
+    seqs = random_seqs(41, seed=5)
+    lengths = np.array([len(s) for s in seqs])
+    kw = dict(row_length=64, max_segments=5, rows_multiple=4)
+    whole = packing.packed_part(lengths, lambda sel: [seqs[i] for i in sel], **kw)
+    asked, parts = [], []
+    for part in range(2):
+        enc = lambda sel: asked.append(sel.tolist()) or [seqs[i] for i in sel]  # noqa: E731
+        parts.append(packing.packed_part(lengths, enc, part=part, parts=2, **kw))
+    for j in range(2):  # input_ids, segment_ids
+        np.testing.assert_array_equal(np.concatenate([p[j] for p in parts]), whole[j])
+    for j in (2, 3):  # every text's row and segment: global, the same in each part
+        np.testing.assert_array_equal(parts[0][j], whole[j])
+        np.testing.assert_array_equal(parts[1][j], whole[j])
+    assert sorted(asked[0] + asked[1]) == list(range(41)) and asked[0] and asked[1]
+    p = packing.pack(seqs, 64, 5)
+    np.testing.assert_array_equal(whole[0][: len(p.input_ids)], p.input_ids)
+    with pytest.raises(ValueError, match=r"text 0 has \d+ tokens, its length says"):
+        packing.packed_part(lengths, lambda sel: [seqs[i][:-1] for i in sel], **kw)
+
+
 @pytest.mark.parametrize("pool", ["mean", "cls", "max", "pooler"])
 def test_packed_equals_unpacked_bert(pool):
     spec = dual_encoder.EncoderSpec("bert", TINY_BERT, pooling=pool, normalize=pool == "mean")
@@ -315,12 +338,11 @@ def test_packing_is_on_by_default_where_the_run_allows_it(train_setup):
     from configs import tiny
 
     c = tiny.get_config()
-    assert c.data.packing and bi_task.use_packing(c, "bert", 1)
-    assert bi_task.use_packing(c, "distilbert", 1)
-    assert not bi_task.use_packing(c, "bert", 2)  # hosts would have to agree on row counts
-    assert not bi_task.use_packing(c, "deberta-v2", 1)  # relative positions cross segments
+    assert c.data.packing and bi_task.use_packing(c, "bert")  # on any number of processes
+    assert bi_task.use_packing(c, "distilbert")
+    assert not bi_task.use_packing(c, "deberta-v2")  # relative positions cross segments
     c.data.packing = False
-    assert not bi_task.use_packing(c, "bert", 1)
+    assert not bi_task.use_packing(c, "bert")
 
 
 @pytest.mark.parametrize("key", ["train.cache_chunk_size", "train.grad_accum_steps"])
@@ -332,7 +354,7 @@ def test_gradcache_and_accumulation_train_on_padded_batches(train_setup, key):
     c.data.packing = True
     node, leaf = key.split(".")
     c[node][leaf] = 2
-    assert not bi_task.use_packing(c, "bert", 1)
+    assert not bi_task.use_packing(c, "bert")
     tx, schedule = optim.make_optimizer(c.train, 10)
     step = bi_step.make_train_step(c, base.spec, tx, schedule)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}

@@ -215,3 +215,41 @@ def test_negatives_resampled_per_epoch(tok):
     assert by_epoch[0] != by_epoch[1] or by_epoch[1] != by_epoch[2]
     again = _pipe(tok, exs, num_negatives=2)
     assert by_epoch[0] == {int(r[0]): tuple(r[1:]) for r in next(again)["p_ids"]}
+
+
+def _packed_pipe(tok, **kw):
+    """64 examples, global batch 32, 2 negatives: enough texts for many packed rows per side."""
+    return _pipe(tok, _examples(64), global_batch_size=32, packing=True, **kw)
+
+
+def test_packed_host_parts_concatenate_to_the_one_host_batch(tok):
+    """Two hosts each pack their part of the global batch's rows (laid out from the token
+    lengths alike on both), and the parts concatenate, key by key, to one host's packed batch:
+    so a two-process run trains on the arrays of a one-process run (issue 24)."""
+    full = _take(_packed_pipe(tok), 3)
+    parts = [_take(_packed_pipe(tok, process_index=i, process_count=2), 3) for i in range(2)]
+    for step, g in enumerate(full):
+        assert g["q_input_ids"].shape[0] < 32 and g["p_input_ids"].shape[0] < 96  # packed
+        for key in g:
+            got = np.concatenate([p[step][key] for p in parts])
+            np.testing.assert_array_equal(got, g[key], err_msg=f"step {step} {key}")
+        for p in parts:  # each host holds real texts, not just padding rows
+            assert (p[step]["q_segment_ids"] > 0).any() and (p[step]["p_segment_ids"] > 0).any()
+        # rows cross hosts: host 1's rows hold passages of host 0's queries (and tokenised there)
+        half = g["p_input_ids"].shape[0] // 2
+        assert (parts[0][step]["p_text_row"] >= half).any()
+
+
+def test_packed_batch_is_the_padded_batch_packed(tok):
+    """The pipeline's packing (from token lengths, per host) gives exactly `pack_batch` of its
+    padded batch, the one-process layout trained on before issue 24: same bits on one host."""
+    from dualenc.inference import packing
+
+    padded = _take(_pipe(tok, _examples(64), global_batch_size=32), 3)
+    packed = _take(_packed_pipe(tok), 3)
+    for a, b in zip(padded, packed, strict=True):
+        want = packing.pack_batch(a, max_segments=16, rows_multiple=8, pad=0)  # 8 devices
+        assert list(want) == list(b)
+        for key in want:
+            assert want[key].dtype == b[key].dtype
+            np.testing.assert_array_equal(b[key], want[key], err_msg=key)

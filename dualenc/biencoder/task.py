@@ -34,8 +34,10 @@ from dualenc.training.task import Task
 def build(config, resumed: bool) -> Task:
     """The bi-encoder Task; on resume the pretrained weights are never read."""
     base = model_lib.load_base_encoder(config.model, weights=not resumed)
-    packed = use_packing(config, base.spec.arch, jax.process_count())
+    packed = use_packing(config, base.spec.arch)
     pipeline = make_pipeline(config, base.tokenizer, packed)
+    if packed:
+        log_packing(pipeline)
     if config.loss.name in loss_registry.DISTILLATION and not pipeline.data.has_scores:
         raise config_lib.ConfigError(
             f"loss.name={config.loss.name!r} distils teacher scores, but data.train.path="
@@ -78,16 +80,16 @@ def dev_metric(dev: dict, name: str) -> float:
     return float(dev[name])
 
 
-def use_packing(config, arch: str, process_count: int) -> bool:
-    """`data.packing` where this run allows it: one process (hosts would have to agree on the
-    packed row count), no GradCache or accumulation (they slice padded rows), BERT / DistilBERT
-    towers (DeBERTa's relative positions would cross segments); padded batches otherwise, said
-    once in the log. Packed and padded give the same loss and gradients (tests/packing_test.py)."""
+def use_packing(config, arch: str) -> bool:
+    """`data.packing` where this run allows it: no GradCache or accumulation (they slice padded
+    rows), BERT / DistilBERT towers (DeBERTa's relative positions would cross segments); padded
+    batches otherwise, said once in the log. Any number of processes: each packs its part of
+    the global batch's rows. Packed and padded give the same loss and gradients up to rounding
+    (tests/packing_test.py)."""
     if not config.data.get("packing", False):
         return False
     t = config.train
     why = [
-        *(["several processes"] if process_count > 1 else []),
         *(["train.cache_chunk_size > 0"] if int(t.cache_chunk_size) > 0 else []),
         *(["train.grad_accum_steps > 1"] if int(t.grad_accum_steps) > 1 else []),
         *([f"a {arch} model"] if arch not in dual_encoder.PACKABLE_ARCHS else []),
@@ -95,6 +97,19 @@ def use_packing(config, arch: str, process_count: int) -> bool:
     if why:
         log(f"data.packing: padded batches instead ({', '.join(why)})")
     return not why
+
+
+def log_packing(pipeline: TrainPipeline) -> None:
+    """One line with the packed rows of the first global batch, so that a run shows (and a test
+    can check) that its texts really share rows, on every process count."""
+    b, n = pipeline.batch_at(0, 0), pipeline.process_count
+    q_rows, lq = b["q_input_ids"].shape
+    p_rows, lp = b["p_input_ids"].shape
+    log(
+        f"data.packing: batch 0 packs {b['q_text_row'].size * n} queries into {q_rows * n} rows "
+        f"of {lq} tokens and {b['p_text_row'].size * n} passages into {p_rows * n} rows of {lp} "
+        f"({q_rows} + {p_rows} rows on each of {n} process(es))"
+    )
 
 
 def make_pipeline(config, tokenizer, packing: bool | None = None) -> TrainPipeline:

@@ -4,13 +4,15 @@ A grain dataset of global steps, each mapped through: the epoch's example order 
 seeded by seed, epoch) → the global batch's example ids → positive + k hard negatives per row,
 drawn by (seed, epoch, example index) → this host's rows only (process_index of process_count) →
 tokenisation of those rows, padded to lengths every host computes alike from per-text token
-lengths → prefetched by grain worker threads. Every batch is a pure function of the step number,
-so the iterator state is grain's JSON `{"next_index": step}`, resume is exact, and concatenating
-the hosts' batches gives the one-host batch.
+lengths (or, with packing, laid out in packed rows from those lengths, the host tokenising only
+its own part of the global batch's rows) → prefetched by grain worker threads. Every batch is a
+pure function of the step number, so the iterator state is grain's JSON `{"next_index": step}`,
+resume is exact, and concatenating the hosts' batches gives the one-host batch.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -55,6 +57,8 @@ class TrainPipeline:
     float32 when the data has them), b = global_batch_size / process_count; p[:, 0] is a positive
     and q_pos_ids all positives of the row's query, padded with -1. Lq/Lp are the longest in the
     GLOBAL batch rounded up to a bucket (≤ max length), so hosts agree and jit sees few shapes.
+    With `packing`, '{q,p}_input_ids' / '_segment_ids' are this host's part of the packed rows
+    (`packing.pack_batch` keys) and '{q,p}_text_row' / '_text_seg' index the global rows.
     """
 
     def __init__(
@@ -96,11 +100,10 @@ class TrainPipeline:
         self._init_hosts(process_index, process_count)
         self._check_sizes()
         self.packing, self.pack_max_segments = bool(packing), int(pack_max_segments)
-        if self.packing and self.process_count > 1:  # rows per host would have to agree
-            raise ValueError("data.packing supports one process only for now")
         self._local, self._lock = threading.local(), threading.Lock()
         self._lengths, self._orders = None, {}
-        if not (self._fixed_length(self.q_max_length) and self._fixed_length(self.p_max_length)):
+        fixed = self._fixed_length(self.q_max_length) and self._fixed_length(self.p_max_length)
+        if self.packing or not fixed:  # packing lays rows out by length, on every host alike
             self.token_lengths()  # up front: a pass over every text, before any worker starts
         self.read_options = grain.ReadOptions(
             num_threads=num_threads, prefetch_buffer_size=prefetch
@@ -293,32 +296,69 @@ class TrainPipeline:
         recs = [self.data.examples[int(i)] for i in idx]
         p_ids = np.stack(
             [self.sample_passages(r, int(i), epoch) for r, i in zip(recs, idx, strict=True)]
-        )
+        )  # (B, 1+k)
         lq, lp = self._shapes(idx, p_ids)  # from the GLOBAL batch: equal on every host
         b, lo = self.local_batch_size, self.process_index * self.local_batch_size
-        recs, p_ids = recs[lo : lo + b], p_ids[lo : lo + b]  # (b, 1+k): only these are tokenised
+        mine = slice(lo, lo + b)  # this host's rows of the global batch
+        if self.packing:
+            return {
+                **self._labels(recs[mine], p_ids[mine]),
+                **self._packed(idx, recs, p_ids, lq, lp),
+            }
+        recs, p_ids = recs[mine], p_ids[mine]  # (b, 1+k): only these are tokenised
         q_in, q_mask = self._encode([r.query for r in recs], "q", lq)
         p_in, p_mask = self._encode([self.data.passages[int(i)] for i in p_ids.flat], "p", lp)
-        q_pos = np.full((b, self.max_positives), -1, np.int32)
-        for row, r in enumerate(recs):
-            q_pos[row, : len(r.pos)] = r.pos
         out = {
             "q_input_ids": q_in,  # (b, Lq)
             "q_attention_mask": q_mask,
             "p_input_ids": p_in.reshape(b, -1, lp),  # (b, 1+k, Lp)
             "p_attention_mask": p_mask.reshape(b, -1, lp),
-            "p_ids": p_ids.astype(np.int32),  # (b, 1+k)
-            "q_pos_ids": q_pos,  # (b, P)
         }
+        return {**out, **self._labels(recs, p_ids)}
+
+    def _labels(self, recs: list[Record], p_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """'p_ids', 'q_pos_ids' (and 'teacher_scores') of this host's rows."""
+        b = len(recs)
+        q_pos = np.full((b, self.max_positives), -1, np.int32)
+        for row, r in enumerate(recs):
+            q_pos[row, : len(r.pos)] = r.pos
+        out = {"p_ids": p_ids.astype(np.int32), "q_pos_ids": q_pos}  # (b, 1+k), (b, P)
         if self.data.has_scores:
             out["teacher_scores"] = np.array(
                 [[r.scores[int(i)] for i in row] for r, row in zip(recs, p_ids, strict=True)],
                 np.float32,
             )  # (b, 1+k)
-        if self.packing:  # rows: a multiple of the devices ≥ b/8 (few jit shapes)
-            m = jax.device_count()
-            m *= max(1, -(-(b // 8) // m))
-            out = packing.pack_batch(
-                out, max_segments=self.pack_max_segments, rows_multiple=m, pad=self.pad_id
-            )
         return out
+
+    def _rows_multiple(self) -> int:
+        """Packed rows per side: a multiple of the devices (and hosts) ≥ B/8 (few jit shapes)."""
+        m = math.lcm(jax.device_count(), self.process_count)
+        return m * max(1, -(-(self.global_batch_size // 8) // m))
+
+    def _packed(self, idx, recs: list[Record], p_ids: np.ndarray, lq: int, lp: int) -> dict:
+        """This host's part of the GLOBAL batch's packed rows ('{q,p}_input_ids',
+        '{q,p}_segment_ids' (R / hosts, L)) and its texts' global '{q,p}_text_row' /
+        '_text_seg': every host lays out the whole batch from the token lengths, so the parts
+        concatenate to the one-host batch; a host tokenises only the texts of its own rows."""
+        q_len, p_len = self.token_lengths()
+        b, k1 = self.local_batch_size, p_ids.shape[1]
+        lo, tok, flat = self.process_index * b, self._tokenizers(), p_ids.reshape(-1)
+        kw = dict(
+            max_segments=self.pack_max_segments,
+            rows_multiple=self._rows_multiple(),
+            part=self.process_index,
+            parts=self.process_count,
+            pad=self.pad_id,
+        )
+
+        def encode(tokenizer, text_of):
+            return lambda sel: [e.ids for e in tokenizer.encode_batch([text_of(i) for i in sel])]
+
+        q_text = encode(tok.q, lambda j: recs[j].query)
+        p_text = encode(tok.p, lambda j: self.data.passages[int(flat[j])])
+        q = packing.packed_side(
+            "q", q_len[idx], q_text, (b,), texts=slice(lo, lo + b), row_length=lq, **kw
+        )
+        mine = slice(lo * k1, (lo + b) * k1)  # (B (1+k),) passages, row-major
+        p = packing.packed_side("p", p_len[flat], p_text, (b, k1), texts=mine, row_length=lp, **kw)
+        return {**q, **p}

@@ -54,26 +54,23 @@ class Packed:
         return float(np.mean(self.segment_ids == 0)) if self.segment_ids.size else 0.0
 
 
-def pack(
-    seqs: Sequence[Sequence[int]],
-    row_length: int,
-    max_segments: int = DEFAULT_MAX_SEGMENTS,
-    pad: int = 0,
-) -> Packed:
-    """First-fit decreasing: longest text first, each into the first row with room for it.
+def first_fit(
+    lengths: np.ndarray, row_length: int, max_segments: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(row, segment, start, rows used) of N texts of these lengths, first-fit decreasing.
 
-    A row holds at most `row_length` tokens and `max_segments` texts. Texts are never split;
-    one longer than `row_length` is a ValueError (truncate when tokenising).
+    The layout depends on the lengths alone, so hosts that know every text's length agree on
+    it without tokenising each other's texts (`packed_part`).
     """
     if row_length < 1 or max_segments < 1:
         raise ValueError(
             f"row_length and max_segments must be ≥ 1, got {row_length}, {max_segments}"
         )
-    lengths = np.array([len(s) for s in seqs], np.int64)
+    lengths = np.asarray(lengths, np.int64)
     if lengths.size and lengths.max() > row_length:
         i = int(lengths.argmax())
         raise ValueError(f"text {i} has {lengths[i]} tokens > row_length {row_length}")
-    n = len(seqs)
+    n = len(lengths)
     row, segment, start = (np.zeros(n, np.int64) for _ in range(3))
     # One slot per possible row; room = -1 once a row holds max_segments texts.
     room = np.full(max(n, 1), row_length, np.int64)
@@ -87,15 +84,69 @@ def pack(
         count[r] += 1
         if count[r] == max_segments:
             room[r] = -1
-    ids = np.full((used, row_length), pad, np.int32)
-    seg = np.zeros((used, row_length), np.int32)
-    pos = np.zeros((used, row_length), np.int32)
-    for i, s in enumerate(seqs):
-        r, a, k = row[i], start[i], lengths[i]
+    return row, segment, start, used
+
+
+def _fill(seqs, texts, row, segment, start, lo: int, rows: int, row_length: int, pad: int):
+    """(ids, segment ids, positions) of rows [lo, lo + rows) holding texts[j] = seqs[j]."""
+    ids = np.full((rows, row_length), pad, np.int32)
+    seg = np.zeros((rows, row_length), np.int32)
+    pos = np.zeros((rows, row_length), np.int32)
+    for i, s in zip(texts, seqs, strict=True):
+        r, a, k = row[i] - lo, start[i], len(s)
         ids[r, a : a + k] = s
         seg[r, a : a + k] = segment[i] + 1
         pos[r, a : a + k] = np.arange(k)
+    return ids, seg, pos
+
+
+def pack(
+    seqs: Sequence[Sequence[int]],
+    row_length: int,
+    max_segments: int = DEFAULT_MAX_SEGMENTS,
+    pad: int = 0,
+) -> Packed:
+    """First-fit decreasing: longest text first, each into the first row with room for it.
+
+    A row holds at most `row_length` tokens and `max_segments` texts. Texts are never split;
+    one longer than `row_length` is a ValueError (truncate when tokenising).
+    """
+    lengths = np.array([len(s) for s in seqs], np.int64)
+    row, segment, start, used = first_fit(lengths, row_length, max_segments)
+    ids, seg, pos = _fill(seqs, range(len(seqs)), row, segment, start, 0, used, row_length, pad)
     return Packed(ids, seg, pos, row.astype(np.int32), segment.astype(np.int32))
+
+
+def packed_part(
+    lengths: np.ndarray,
+    encode,
+    *,
+    row_length: int,
+    max_segments: int,
+    rows_multiple: int = 1,
+    part: int = 0,
+    parts: int = 1,
+    pad: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Part `part` of `parts` of the packing of N texts: (input_ids, segment_ids) of its
+    contiguous R / parts rows, and every text's (row, segment) (N,) in the whole packing.
+
+    The rows R (first-fit on `lengths`, rounded up to `rows_multiple`, which `parts` must
+    divide) are the same for every part, so the parts of all hosts concatenate to the one-host
+    packing; `encode(indices)` → token-id lists is asked only for the texts of this part.
+    """
+    if rows_multiple % parts or not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts} with rows_multiple {rows_multiple}")
+    row, segment, start, used = first_fit(lengths, row_length, max_segments)
+    per = -(-used // rows_multiple) * rows_multiple // parts  # rows of each part
+    lo = part * per
+    texts = np.flatnonzero((row >= lo) & (row < lo + per))
+    seqs = encode(texts)
+    for i, s in zip(texts, seqs, strict=True):
+        if len(s) != lengths[i]:  # the layout would overlap texts: never pack on stale lengths
+            raise ValueError(f"text {i} has {len(s)} tokens, its length says {lengths[i]}")
+    ids, seg, _ = _fill(seqs, texts, row, segment, start, lo, per, row_length, pad)
+    return ids, seg, row.astype(np.int32), segment.astype(np.int32)
 
 
 def packed_step(spec, num_segments: int):
@@ -232,14 +283,34 @@ def pack_batch(
         lead, length = ids.shape[:-1], ids.shape[-1]
         ids, mask = ids.reshape(-1, length), mask.reshape(-1, length)
         seqs = [row[m > 0] for row, m in zip(ids, mask, strict=True)]
-        p = pack(seqs, length, max_segments, pad)
-        rows = -(-len(p.input_ids) // rows_multiple) * rows_multiple
-        extra = rows - len(p.input_ids)
-        out[f"{side}_input_ids"] = np.pad(p.input_ids, ((0, extra), (0, 0)), constant_values=pad)
-        out[f"{side}_segment_ids"] = np.pad(p.segment_ids, ((0, extra), (0, 0)))
-        out[f"{side}_text_row"] = p.row.reshape(lead)
-        out[f"{side}_text_seg"] = p.segment.reshape(lead)
+        lengths = np.array([len(s) for s in seqs], np.int64)
+        out.update(
+            packed_side(
+                side,
+                lengths,
+                lambda texts, seqs=seqs: [seqs[i] for i in texts],
+                lead,
+                row_length=length,
+                max_segments=max_segments,
+                rows_multiple=rows_multiple,
+                pad=pad,
+            )
+        )
     return out
+
+
+def packed_side(
+    side: str, lengths, encode, lead: tuple[int, ...], *, texts=slice(None), **part_kw
+) -> dict[str, np.ndarray]:
+    """One side's packed batch keys ('{side}_input_ids', '_segment_ids' (R / parts, L),
+    '_text_row', '_text_seg' of `texts`, reshaped to `lead`) from `packed_part(**part_kw)`."""
+    ids, seg, row, segment = packed_part(lengths, encode, **part_kw)
+    return {
+        f"{side}_input_ids": ids,
+        f"{side}_segment_ids": seg,
+        f"{side}_text_row": row[texts].reshape(lead),
+        f"{side}_text_seg": segment[texts].reshape(lead),
+    }
 
 
 def packed_embed_fns(spec, dropout: bool, num_segments: int):
