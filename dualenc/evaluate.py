@@ -37,6 +37,11 @@ _FLAG_KEYS = (
     "cache",
     "cache_dir",
     "similarity",
+    "quantize",
+    "rescore_multiplier",
+    "rescore_with",
+    "truncate_dim",
+    "calibration_size",
     "fusion",
     "hybrid_weight",
     "tune_split",
@@ -72,6 +77,16 @@ def _define_flags():
         "chunk_size": "> 0: index windows of this many text tokens (each with the title) and "
         "score a doc by its best window (MaxP); 0: one vector per doc, truncated at max_length",
         "chunk_overlap": "tokens shared by consecutive windows (with --chunk_size)",
+        "quantize": "'' (float32) | int8 | binary: search compressed corpus vectors (int8 ranges "
+        "calibrated on the corpus; binary = sign bits, Hamming) and rescore the top candidates",
+        "rescore_multiplier": "with --quantize: rescore the top multiplier * k candidates with the "
+        "float32 query (sentence-transformers' rescore); 0: first-stage scores only",
+        "rescore_with": "with --quantize: what the candidates are rescored against: '' the index's "
+        "own codes (int8 dequantised, binary +-1) | int8 | float (a copy kept beside the index)",
+        "truncate_dim": "> 0: Matryoshka truncation, search the first d dims of every vector "
+        "(renormalised when the model normalises); exact and quantised indexes",
+        "calibration_size": "with --quantize int8 (or --rescore_with int8): corpus vectors "
+        "sampled to calibrate the per-dimension ranges",
         "dtype": "compute dtype of encoders and reranker: float32 | bfloat16",
         "matmul_precision": "default | high | highest | bfloat16 | tensorfloat32 | float32: "
         "XLA's f32 matmul precision (TPU / NVIDIA default to faster reduced precision; float32 "

@@ -171,6 +171,70 @@ def test_bad_config(tiny, tmp_path):
         run_evaluation(_cfg(tmp_path / "empty", model, tmp_path, index="bm25"))
 
 
+def test_quantize_and_truncate_flags_reach_the_index(tiny, tmp_path):
+    """--quantize / --rescore_* / --truncate_dim build the index they name: metrics.json reports
+    its bytes (binary 32x, int8 codes 4x smaller than float32, plus 8 bytes of range per dim),
+    rescoring that covers the corpus with float vectors ranks exactly like float search, and the
+    saved int8 index answers `dualenc.search` as the evaluation ranked the query."""
+    beir, model = tiny  # 8 docs, 32-dim random BERT
+    kw = {"index": "exact", "cache_dir": str(tmp_path / "cache")}
+    f32 = run_evaluation(_cfg(beir, model, tmp_path / "f32", **kw))
+    assert f32["index_bytes"] == f32["float32_bytes"] == 8 * 32 * 4
+    ix = tmp_path / "ix"
+    i8 = run_evaluation(
+        _cfg(beir, model, tmp_path / "i8", quantize="int8", save_index=str(ix), **kw)
+    )
+    assert i8["index_bytes"] == 8 * 32 + 2 * 32 * 4 and i8["float32_bytes"] == 8 * 32 * 4
+    assert json.loads((tmp_path / "i8" / "metrics.json").read_text()) == i8
+    assert "index_bytes" in (tmp_path / "i8" / "report.md").read_text()
+    hits = Searcher(str(ix)).search("capital of France", k=3)
+    t1 = [(d, v) for d, v in _trec(tmp_path / "i8" / "run.trec")["t1"][:3]]
+    assert [d for d, _ in hits] == [d for d, _ in t1]
+    np.testing.assert_allclose([v for _, v in hits], [v for _, v in t1], atol=1e-4)
+    b = run_evaluation(
+        _cfg(beir, model, tmp_path / "b0", quantize="binary", rescore_multiplier=0, **kw)
+    )
+    assert b["index_bytes"] * 32 == b["float32_bytes"] and b["rescore_bytes"] == 0
+    assert all(v == int(v) for run in _trec(tmp_path / "b0" / "run.trec").values() for _, v in run)
+    bf = run_evaluation(
+        _cfg(beir, model, tmp_path / "bf", quantize="binary", rescore_with="float", **kw)
+    )  # 4 x k=5 candidates cover the 8 docs
+    assert bf["rescore_bytes"] == 8 * 32 * 4
+    got, want = _trec(tmp_path / "bf" / "run.trec"), _trec(tmp_path / "f32" / "run.trec")
+    for q in want:  # the random tower's scores tie to ~1e-6: compare scores, not orders
+        np.testing.assert_allclose([v for _, v in got[q]], [v for _, v in want[q]], rtol=1e-6)
+        same = dict(got[q]).keys() & dict(want[q]).keys()
+        assert len(same) >= 2  # two top-5s of 8 docs share >= 2
+        for d in same:  # a doc's rescored score is its float32 score
+            assert dict(got[q])[d] == pytest.approx(dict(want[q])[d], rel=1e-6)
+    tr = run_evaluation(_cfg(beir, model, tmp_path / "tr", truncate_dim=16, **kw))
+    assert tr["index_bytes"] == 8 * 16 * 4
+    info = json.loads((tmp_path / "tr" / "info.json").read_text())
+    assert info["index"]["truncate_dim"] == 16
+
+
+@pytest.mark.parametrize(
+    "flag,field",
+    [
+        ("--quantize=int4", "quantize"),
+        ("--rescore_multiplier=-1", "rescore_multiplier"),
+        ("--rescore_with=fp16", "rescore_with"),
+        ("--rescore_with=float", "rescore_with"),  # without --quantize it would do nothing
+        ("--truncate_dim=33", "truncate_dim"),  # wider than the 32-dim model: known once loaded
+    ],
+)
+def test_bad_quantize_flags_exit_2_naming_the_field(tiny, tmp_path, flag, field):
+    beir, model = tiny
+    cmd = [sys.executable, "-m", "dualenc.evaluate", f"--data={beir}", f"--model={model}"]
+    cmd += ["--k=5", "--max_length=32", "--noprogress", f"--cache_dir={tmp_path}", flag]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"field '{field}'" in errors[0], r.stderr[-2000:]
+
+
 def test_bf16_evaluation_loads_bf16_towers(tiny, minilm_path, tmp_path, monkeypatch):
     """--dtype reaches the encoders (it was float32 whatever the flag said): the bf16 run's
     towers compute in bf16 and real MiniLM's ranking stays close to the float32 run's."""

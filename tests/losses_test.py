@@ -537,3 +537,68 @@ def test_gradients_match_central_differences(kw, fd_data):
         return
     np.testing.assert_allclose(grad[: q.size], fd[: q.size], rtol=2e-2, atol=2e-3)
     assert np.abs(grad[q.size :] - fd[q.size :]).max() > 1e-2
+
+
+def _unit_rows(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_matryoshka_of_the_full_dim_is_the_plain_loss():
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(_unit_rows(rng.standard_normal((6, 16))), jnp.float32)
+    p = jnp.asarray(_unit_rows(rng.standard_normal((6, 3, 16))), jnp.float32)
+    for name in ("contrastive", "adaptive_margin"):
+        plain, m_plain = loss_registry.make_loss(_cfg(name=name))(q, p, {})
+        for normalize in (True, False):  # unit rows: renormalising the full prefix is a no-op
+            fn = loss_registry.make_loss(
+                _cfg(name=name, matryoshka_dims=(16,)), normalize=normalize
+            )
+            loss, m = fn(q, p, {})
+            np.testing.assert_allclose(float(loss), float(plain), rtol=1e-6)
+            np.testing.assert_allclose(float(m["accuracy"]), float(m_plain["accuracy"]))
+            assert float(m["loss@16"]) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_matryoshka_sums_the_prefix_losses_and_their_gradients():
+    """dims (16, 4), weights (1, 0.5): the plain loss plus half the loss of the renormalised
+    first 4 dims, in value and gradient; the prefix term's gradient reaches only those dims."""
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(_unit_rows(rng.standard_normal((6, 16))), jnp.float32)
+    p = jnp.asarray(_unit_rows(rng.standard_normal((6, 2, 16))), jnp.float32)
+    plain = loss_registry.make_loss(_cfg())
+    cfg = _cfg(matryoshka_dims=(16, 4), matryoshka_weights=(1.0, 0.5))
+    mat = loss_registry.make_loss(cfg, normalize=True)
+
+    def unit(x):
+        return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+    def manual(q, p):
+        full = plain(q, p, {})[0]
+        return full + 0.5 * plain(unit(q[:, :4]), unit(p[..., :4]), {})[0]
+
+    loss, m = mat(q, p, {})
+    np.testing.assert_allclose(float(loss), float(manual(q, p)), rtol=1e-6)
+    assert set(m) >= {"loss", "loss@16", "loss@4", "accuracy"}
+    g = jax.grad(lambda q, p: mat(q, p, {})[0], argnums=(0, 1))(q, p)
+    g_ref = jax.grad(manual, argnums=(0, 1))(q, p)
+    g_full = jax.grad(lambda q, p: plain(q, p, {})[0], argnums=(0, 1))(q, p)
+    for a, b, f in zip(g, g_ref, g_full, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        prefix = np.asarray(a - f)  # the 4-dim term's own gradient
+        assert np.abs(prefix[..., :4]).max() > 1e-3 and np.abs(prefix[..., 4:]).max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"matryoshka_dims": (16, 0)}, "loss.matryoshka_dims=(16, 0) must be positive"),
+        ({"matryoshka_dims": (8, 8)}, "repeated"),
+        ({"matryoshka_dims": (8, 4), "matryoshka_weights": (1.0,)}, "loss.matryoshka_weights"),
+    ],
+)
+def test_matryoshka_bad_config_names_the_key(kw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        loss_registry.validate_loss_config(_cfg(**kw))
+    fn = loss_registry.make_loss(_cfg(matryoshka_dims=(32,)))
+    with pytest.raises(ValueError, match="exceeds the 16-dim"):
+        fn(jnp.ones((2, 16)), jnp.ones((2, 2, 16)), {})

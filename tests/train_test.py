@@ -498,6 +498,27 @@ def test_unknown_task_is_a_config_error(tmp_path):
         loop.train_and_evaluate(c, tmp_path / "w")
 
 
+def test_matryoshka_training_and_dims_wider_than_the_model(tmp_path, monkeypatch):
+    """loss.matryoshka_dims trains (the prefix losses are logged, prefixes renormalised since the
+    tower normalises), and a dim wider than the tower's embeddings is a ConfigError naming the
+    key before any step runs."""
+    from dualenc.biencoder import loss_registry
+    from dualenc.training.config import ConfigError
+
+    seen, make = [], loss_registry.make_loss
+    monkeypatch.setattr(
+        loss_registry, "make_loss", lambda lc, **kw: seen.append(kw) or make(lc, **kw)
+    )
+    c = tiny_config(tmp_path, **{"train.num_steps": 2, "loss.matryoshka_dims": (32, 8)})
+    res = loop.train_and_evaluate(c, tmp_path / "w")
+    assert res["step"] == 2 and np.isfinite(res["train/loss@8"]) and seen == [{"normalize": True}]
+    assert res["train/loss"] == pytest.approx(res["train/loss@32"] + res["train/loss@8"], rel=1e-5)
+    c = tiny_config(tmp_path, **{"loss.matryoshka_dims": (64, 8)})  # the tiny tower is 32-dim
+    with pytest.raises(ConfigError, match=r"loss.matryoshka_dims=\(64, 8\): 64 exceeds .* 32-dim"):
+        loop.train_and_evaluate(c, tmp_path / "w2")
+    assert not (tmp_path / "w2" / "checkpoints").exists()
+
+
 def test_keep_best_exports_the_best_dev_step_also_after_a_resume(tmp_path, monkeypatch):
     """`eval.keep_best`: WORKDIR/best holds the best dev step; export/ is that model (and the
     reported dev is its), also when the best was found before a resume (read back from best/)."""

@@ -2,6 +2,7 @@
 
 Kept apart from the loss math (`biencoder.losses`) so that the config checks (`training.config`)
 and the step read one table: name -> builder(loss config) -> fn(q, p, batch) -> (loss, metrics).
+`loss.matryoshka_dims` wraps any of them in `biencoder.matryoshka` (the loss of each prefix).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from dualenc.biencoder import losses
+from dualenc.biencoder import losses, matryoshka
 
 
 def _teacher(batch, name: str, p):
@@ -101,6 +102,7 @@ def validate_loss_config(lcfg, num_negatives: int | None = None) -> None:
         raise ValueError(f"loss.margin_target={target!r} must be one of {losses.MARGIN_TARGETS}")
     if float(lcfg.get("temperature", 1.0)) <= 0:
         raise ValueError(f"loss.temperature={lcfg.get('temperature')} must be > 0")
+    matryoshka.check_dims(lcfg.get("matryoshka_dims", ()), lcfg.get("matryoshka_weights", ()))
     if lcfg.get("symmetric", False) and name != "contrastive":
         raise ValueError(
             f"loss.symmetric=True only applies to loss.name='contrastive', not {name!r}"
@@ -119,9 +121,15 @@ def validate_loss_config(lcfg, num_negatives: int | None = None) -> None:
         )
 
 
-def make_loss(lcfg) -> Callable:
+def make_loss(lcfg, *, normalize: bool = False) -> Callable:
     """`fn(q (B,D), p (B,1+k,D), batch) -> (loss, metrics)` for `loss.name` (validated). `batch`
     is the global batch dict: `p_ids`, `q_pos_ids` mask false negatives when present;
-    distillation losses read `teacher_scores`."""
+    distillation losses read `teacher_scores`. With `loss.matryoshka_dims`, the weighted sum of
+    the loss over those prefixes, renormalised when the model `normalize`s its embeddings."""
     validate_loss_config(lcfg)
-    return LOSSES[lcfg.name](lcfg)
+    fn = LOSSES[lcfg.name](lcfg)
+    dims = tuple(lcfg.get("matryoshka_dims", ()))
+    if not dims:
+        return fn
+    weights = tuple(lcfg.get("matryoshka_weights", ()))
+    return matryoshka.matryoshka_loss(fn, dims, weights, normalize=normalize)

@@ -18,9 +18,10 @@ from dualenc.models import dual_encoder
 from dualenc.training.state import apply_gradients
 
 
-def make_loss_fn(lcfg):
-    """`loss_registry.make_loss(loss)`: (q (B,D), p (B,1+k,D), batch) -> (loss, metrics)."""
-    return loss_registry.make_loss(lcfg)
+def make_loss_fn(lcfg, normalize: bool = False):
+    """`loss_registry.make_loss(loss)`: (q (B,D), p (B,1+k,D), batch) -> (loss, metrics);
+    `normalize` (the tower's) renormalises Matryoshka prefixes."""
+    return loss_registry.make_loss(lcfg, normalize=normalize)
 
 
 def embed_fns(spec, dropout: bool):
@@ -124,7 +125,7 @@ def make_train_step(config, spec, tx: optax.GradientTransformation, schedule):
     """The pure step `(state, batch, rng) -> (state, metrics)` (not yet jitted)."""
     tcfg = config.train
     embed_q, embed_p = embed_fns(spec, bool(tcfg.dropout))
-    loss_fn = make_loss_fn(config.loss)
+    loss_fn = make_loss_fn(config.loss, bool(spec.normalize))
     accum, chunk = int(tcfg.grad_accum_steps), int(tcfg.cache_chunk_size)
     segs = int(config.data.get("pack_max_segments", packing.DEFAULT_MAX_SEGMENTS))
     embed_q.packed, embed_p.packed = packing.packed_embed_fns(spec, bool(tcfg.dropout), segs)

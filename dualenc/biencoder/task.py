@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from dualenc import multihost, tokenization
-from dualenc.biencoder import loss_registry
+from dualenc.biencoder import loss_registry, matryoshka
 from dualenc.biencoder import model as model_lib
 from dualenc.biencoder.step import make_train_step
 from dualenc.data import negatives
@@ -34,6 +34,11 @@ from dualenc.training.task import Task
 def build(config, resumed: bool) -> Task:
     """The bi-encoder Task; on resume the pretrained weights are never read."""
     base = model_lib.load_base_encoder(config.model, weights=not resumed)
+    try:  # the embedding width is known only now
+        dims = config.loss.get("matryoshka_dims", ())
+        matryoshka.check_dims(dims, config.loss.get("matryoshka_weights", ()), base.dim)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"{e} ({config.model.name_or_path})") from None
     packed = use_packing(config, base.spec.arch)
     pipeline = make_pipeline(config, base.tokenizer, packed)
     if packed:

@@ -1,4 +1,5 @@
-"""Retrieval indexes behind one interface: exact (JAX), ScaNN, BM25, and run fusion."""
+"""Retrieval indexes behind one interface: exact (JAX), quantised (int8 / binary + rescoring),
+ScaNN, BM25, and run fusion."""
 
 from dualenc.index.base import (
     Index,
@@ -20,6 +21,10 @@ def load_index(directory, *, weights_hash: str | None = None, devices=None):
         from dualenc.index.exact import ExactIndex
 
         return ExactIndex.load(directory, weights_hash=weights_hash, devices=devices)
+    if kind == "quantized":
+        from dualenc.index.quantized import QuantizedIndex
+
+        return QuantizedIndex.load(directory, weights_hash=weights_hash, devices=devices)
     if kind == "scann":
         from dualenc.index.scann_index import ScannIndex
 

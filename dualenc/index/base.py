@@ -126,6 +126,27 @@ def check_queries(q: np.ndarray, manifest: IndexManifest) -> np.ndarray:
     return q.astype(np.float32, copy=False)
 
 
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero): cosine similarity as a dot product."""
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def truncate(x: np.ndarray, dim: int, renormalize: bool) -> np.ndarray:
+    """Matryoshka truncation: the first `dim` columns of (N, D) vectors (0 keeps all), scaled back
+    to unit norm when the model's vectors are unit-norm (so dot stays cosine). A `dim` wider than
+    the vectors is an error, not a silent no-op."""
+    if not dim or dim == x.shape[-1]:
+        return x
+    if dim > x.shape[-1] or dim < 0:
+        raise InputError(
+            f"truncate_dim={dim} must be in 1..{x.shape[-1]} (the vectors' width)",
+            field="truncate_dim",
+        )
+    x = np.ascontiguousarray(x[:, :dim])
+    return l2_normalize(x) if renormalize else x
+
+
 def check_corpus(p: np.ndarray) -> np.ndarray:
     """Validates a (N, D) corpus matrix: non-empty, 2-D, finite."""
     p = np.asarray(p)

@@ -8,6 +8,11 @@ ties, equal scores always resolve to the lower corpus row, on any number of devi
 By default the mesh holds every device of every process: each host holds the whole corpus matrix
 and contributes its devices' blocks; every process must call `search` with the same queries, and
 all get the full result.
+
+The scan itself (`ShardedScan`) takes any row format and score function: the float matmul here,
+int8 codes and packed sign bits in `index.quantized`, so every dense index shares one tie rule.
+`truncate_dim` keeps the first d dims of every vector (Matryoshka), renormalised when the
+model's vectors are unit-norm (`manifest.normalize`).
 """
 
 from __future__ import annotations
@@ -27,17 +32,21 @@ from dualenc.index.base import (
     IndexManifest,
     check_corpus,
     check_queries,
+    l2_normalize,
     read_manifest,
+    truncate,
     write_manifest,
 )
 
 EMBEDDINGS = "embeddings.npy"
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero): cosine similarity as a dot product."""
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+__all__ = ["EMBEDDINGS", "ExactIndex", "ShardedScan", "dot_scores", "l2_normalize"]
+
+
+def dot_scores(q, p):
+    """(Q, D) float queries x (C, D) float rows -> (Q, C) inner products."""
+    return q @ p.T
 
 
 def _merge(s_a, i_a, s_b, i_b, k):
@@ -49,8 +58,8 @@ def _merge(s_a, i_a, s_b, i_b, k):
 
 
 @functools.lru_cache(maxsize=32)
-def _search_fn(mesh: Mesh, k: int, chunk: int, block: int, count: int):
-    """Compiled search for fixed (k, chunk, block rows per device, corpus count)."""
+def _search_fn(mesh: Mesh, k: int, chunk: int, block: int, count: int, score):
+    """Compiled search for fixed (k, chunk, block rows per device, corpus count, score fn)."""
     n_chunks = block // chunk
 
     def local(q, p):  # q (Q, D) replicated; p (block, D) = this device's rows
@@ -59,14 +68,14 @@ def _search_fn(mesh: Mesh, k: int, chunk: int, block: int, count: int):
 
         def body(carry, c):
             s_run, i_run = carry
-            s = q @ p[c].T  # (Q, chunk)
+            s = score(q, p[c]).astype(jnp.float32)  # (Q, chunk)
             rows = start + c * chunk + jnp.arange(chunk, dtype=jnp.int32)
             s = jnp.where(rows[None, :] < count, s, -jnp.inf)
             s_c, pos = jax.lax.top_k(s, k)
             return _merge(s_run, i_run, s_c, rows[pos], k), None
 
         init = (
-            jnp.full((q.shape[0], k), -jnp.inf, q.dtype),
+            jnp.full((q.shape[0], k), -jnp.inf, jnp.float32),
             jnp.full((q.shape[0], k), -1, jnp.int32),
         )
         (s, i), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
@@ -94,6 +103,53 @@ def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
 
+class ShardedScan:
+    """A (N, W) row matrix of any dtype (float vectors, int8 codes, packed bits), padded and split
+    into one contiguous block per device, searched with `score(q, rows) -> (Q, C)` in fixed-shape
+    query batches (one compile per (batch, k)); ties go to the lower row."""
+
+    def __init__(self, rows: np.ndarray, score, *, chunk_size: int, query_batch: int, devices):
+        self.rows, self.score = rows, score
+        self.mesh = Mesh(np.array(list(devices)), ("x",))
+        self.chunk_size, self.query_batch = chunk_size, query_batch
+        self._layouts: dict[int, tuple[int, jax.Array]] = {}
+
+    def _layout(self, k: int) -> tuple[int, int, jax.Array]:
+        """(chunk, block, padded rows on device) with chunk >= k; cached per chunk."""
+        n, ndev = self.rows.shape[0], self.mesh.devices.size
+        per_dev = -(-n // ndev)
+        chunk = max(k, min(self.chunk_size, per_dev))
+        if chunk not in self._layouts:
+            block = -(-per_dev // chunk) * chunk
+            padded = np.zeros((block * ndev, self.rows.shape[1]), self.rows.dtype)
+            padded[:n] = self.rows
+            self._layouts[chunk] = (block, _put(padded, NamedSharding(self.mesh, P("x"))))
+        block, arr = self._layouts[chunk]
+        return chunk, block, arr
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """q (Q, Dq) in the score's query format -> (scores (Q, k') float32, rows (Q, k') int64),
+        k' = min(k, N)."""
+        count = self.rows.shape[0]
+        k = min(int(k), count)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        chunk, block, p = self._layout(k)
+        fn = _search_fn(self.mesh, k, chunk, block, count, self.score)
+        qb = min(self.query_batch, max(1, q.shape[0]))
+        out_s, out_i = [], []
+        rep = NamedSharding(self.mesh, P())
+        for start in range(0, q.shape[0], qb):
+            batch = q[start : start + qb]
+            pad = np.zeros((qb, q.shape[1]), q.dtype)
+            pad[: len(batch)] = batch  # fixed shape: one compile per (qb, k)
+            s, i = multihost.to_host(fn(_put(pad, rep), p))  # replicated: no transfer between hosts
+            out_s.append(s[: len(batch)])
+            out_i.append(i[: len(batch)])
+        s, i = np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
+        return s[:, :k].astype(np.float32), i[:, :k]
+
+
 class ExactIndex:
     """Brute-force inner-product (or cosine) index sharded over all devices (of all hosts)."""
 
@@ -106,6 +162,7 @@ class ExactIndex:
         manifest: IndexManifest | None = None,
         *,
         similarity: str = "dot",
+        truncate_dim: int = 0,
         chunk_size: int = 16384,
         query_batch: int = 1024,
         devices=None,
@@ -113,55 +170,39 @@ class ExactIndex:
         if similarity not in ("dot", "cos"):
             raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
         p = check_corpus(embeddings)
+        self.manifest = manifest or IndexManifest(kind="exact", count=p.shape[0])
+        dim = p.shape[1]
+        p = truncate(p, truncate_dim, self.manifest.normalize)
         if similarity == "cos":
             p = l2_normalize(p)
-        self.embeddings = p  # (N, D), normalised if cosine
-        self.similarity = similarity
-        self.manifest = manifest or IndexManifest(kind="exact", count=p.shape[0])
+        self.embeddings = p  # (N, d), truncated and normalised as configured
+        self.similarity, self.truncate_dim = similarity, int(truncate_dim)
         self.manifest.kind, self.manifest.similarity = "exact", similarity
-        self.manifest.count, self.manifest.dim = p.shape[0], p.shape[1]
+        self.manifest.count, self.manifest.dim = p.shape[0], dim  # dim: what queries carry
         self.manifest.dtype = str(p.dtype)
         self.manifest.params = {"chunk_size": chunk_size, "query_batch": query_batch}
+        if truncate_dim:
+            self.manifest.params["truncate_dim"] = int(truncate_dim)
         devices = list(devices if devices is not None else jax.devices())
-        self.mesh = Mesh(np.array(devices), ("x",))
-        self.chunk_size, self.query_batch = chunk_size, query_batch
-        self._layouts: dict[int, tuple[int, jax.Array]] = {}
+        self.scan = ShardedScan(
+            p, dot_scores, chunk_size=chunk_size, query_batch=query_batch, devices=devices
+        )
+        self.mesh = self.scan.mesh
 
-    def _layout(self, k: int) -> tuple[int, int, jax.Array]:
-        """(chunk, block, padded corpus on device) with chunk >= k; cached per chunk."""
-        n, ndev = self.embeddings.shape[0], self.mesh.devices.size
-        per_dev = -(-n // ndev)
-        chunk = max(k, min(self.chunk_size, per_dev))
-        if chunk not in self._layouts:
-            block = -(-per_dev // chunk) * chunk
-            padded = np.zeros((block * ndev, self.embeddings.shape[1]), np.float32)
-            padded[:n] = self.embeddings
-            self._layouts[chunk] = (block, _put(padded, NamedSharding(self.mesh, P("x"))))
-        block, arr = self._layouts[chunk]
-        return chunk, block, arr
+    def memory(self) -> dict[str, int]:
+        """Bytes of the searched vectors, and of the same vectors in float32 (equal here)."""
+        return {
+            "index_bytes": int(self.embeddings.nbytes),
+            "float32_bytes": self.embeddings.size * 4,
+        }
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """q (Q, D) -> (scores (Q, k') float32, rows (Q, k') int64), k' = min(k, N)."""
         q = check_queries(q, self.manifest)
+        q = truncate(q, self.truncate_dim, self.manifest.normalize)
         if self.similarity == "cos":
             q = l2_normalize(q)
-        k = min(int(k), self.manifest.count)
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
-        chunk, block, p = self._layout(k)
-        fn = _search_fn(self.mesh, k, chunk, block, self.manifest.count)
-        qb = min(self.query_batch, max(1, q.shape[0]))
-        out_s, out_i = [], []
-        rep = NamedSharding(self.mesh, P())
-        for start in range(0, q.shape[0], qb):
-            batch = q[start : start + qb]
-            pad = np.zeros((qb, q.shape[1]), np.float32)
-            pad[: len(batch)] = batch  # fixed shape: one compile per (qb, k)
-            s, i = multihost.to_host(fn(_put(pad, rep), p))  # replicated: no transfer between hosts
-            out_s.append(s[: len(batch)])
-            out_i.append(i[: len(batch)])
-        s, i = np.concatenate(out_s), np.concatenate(out_i).astype(np.int64)
-        return s[:, :k].astype(np.float32), i[:, :k]
+        return self.scan.search(q, k)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Writes embeddings.npy + manifest.json into `directory` (callers use atomic_dir)."""
@@ -177,15 +218,20 @@ class ExactIndex:
         m = read_manifest(directory, kind="exact")
         m.check(weights_hash=weights_hash)
         p = np.load(Path(directory) / EMBEDDINGS)
-        if p.shape != (m.count, m.dim):
+        dim, stored = m.dim, int(m.params.get("truncate_dim", 0)) or m.dim
+        if p.shape != (m.count, stored):
             raise ValueError(
-                f"{directory}: embeddings {p.shape} disagree with the manifest ({m.count}, {m.dim})"
+                f"{directory}: embeddings {p.shape} disagree with the manifest "
+                f"({m.count}, {stored})"
             )
-        return cls(
+        index = cls(
             p,
             m,
             similarity=m.similarity,
+            truncate_dim=int(m.params.get("truncate_dim", 0)),
             devices=devices,
             chunk_size=m.params.get("chunk_size", 16384),
             query_batch=m.params.get("query_batch", 1024),
         )
+        index.manifest.dim = dim  # the stored rows are truncated; queries arrive full width
+        return index

@@ -27,6 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.cache = True  # reuse corpus embeddings and BM25 indexes across runs (--nocache: off)
     c.cache_dir = ""  # "": $DUALENC_CACHE_DIR, else $XDG_CACHE_HOME/dualenc, else ~/.cache/dualenc
     c.similarity = "dot"  # dot | cos
+    c.quantize = ""  # "" (float32) | int8 | binary: compressed exact index (index.quantized)
+    c.rescore_multiplier = 4  # quantize: rescore the top multiplier * k in float32; 0: no rescore
+    c.rescore_with = ""  # quantize: "" the index's own codes | int8 | float (a copy kept aside)
+    c.truncate_dim = 0  # > 0: Matryoshka, search the first d dims (renormalised if normalising)
+    c.calibration_size = 10_000  # int8: corpus vectors sampled for the per-dim ranges
     c.fusion = "minmax"  # minmax | zscore | rrf
     c.hybrid_weight = 1.0  # weight of the dense run: bm25 + w * dense
     c.tune_split = ""  # e.g. "train": tune hybrid_weight on that split's queries

@@ -25,6 +25,11 @@ separate-tower export (MODEL/query + MODEL/passage). Run with several processes
 (DUALENC_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID, or a TPU pod), encoding and exact
 search shard over all devices of all hosts. Empty documents are evaluated (one warning).
 
+Compressed embeddings: `--quantize int8|binary --rescore_multiplier 4` searches int8 codes or
+sign bits and rescores the top 4k with the float32 query (`index.quantized`); `--truncate_dim
+256` searches the first 256 dims (Matryoshka). metrics.json reports index_bytes (what is
+searched), float32_bytes (the same vectors in float32) and rescore_bytes (a copy kept aside).
+
 Corpus embeddings and BM25 indexes are cached by default (see `dualenc.inference.corpus_cache`: in
 $XDG_CACHE_HOME/dualenc or --cache_dir), so `--index exact` then `--index scann` encodes the corpus
 once; `--nocache` neither reads nor writes the cache.
@@ -46,6 +51,7 @@ from dualenc.index.base import IndexManifest, Run, top_k_run
 from dualenc.index.bm25 import BM25Index, bm25_run
 from dualenc.index.exact import ExactIndex
 from dualenc.index.fusion import fuse, fuse_head, tune_weight
+from dualenc.index.quantized import QuantizedIndex, check_options
 from dualenc.index.scann_index import ScannIndex
 from dualenc.inference import chunking, corpus_cache, rerank
 from dualenc.io import InputError, read_jsonl, write_json
@@ -169,12 +175,26 @@ class DenseRetriever:
 
 
 def build_dense_index(p_emb, manifest, kind: str, cfg):
-    """Exact or ScaNN index over (N, D) embeddings with the config's similarity/params."""
+    """Exact (float32, or int8 / binary with `quantize`) or ScaNN index over (N, D) embeddings
+    with the config's similarity, truncation and params."""
     if kind == "scann":
         return ScannIndex.build(
             p_emb, manifest, similarity=cfg.similarity, k=cfg.k, **cfg.scann.to_dict()
         )
-    return ExactIndex(p_emb, manifest, similarity=cfg.similarity)
+    if cfg.get("quantize"):
+        return QuantizedIndex.build(
+            p_emb,
+            manifest,
+            precision=cfg.quantize,
+            rescore_multiplier=int(cfg.rescore_multiplier),
+            rescore_with=cfg.rescore_with,
+            truncate_dim=int(cfg.truncate_dim),
+            similarity=cfg.similarity,
+            calibration_size=int(cfg.calibration_size),
+        )
+    return ExactIndex(
+        p_emb, manifest, similarity=cfg.similarity, truncate_dim=int(cfg.get("truncate_dim", 0))
+    )
 
 
 def bm25_index(cfg, doc_ids, texts) -> tuple[BM25Index, bool]:
@@ -240,6 +260,13 @@ def check_config(cfg) -> None:
         )
     if cfg.chunk_size and cfg.index not in ("exact", "scann", "hybrid"):
         raise InputError("chunking applies to dense search (exact, scann, hybrid)", field="index")
+    args = (cfg.rescore_multiplier, cfg.rescore_with, cfg.truncate_dim, cfg.calibration_size)
+    check_options(cfg.quantize or "int8", *args)  # quantize '' (float32) passes; the rest not
+    for key in ("quantize", "truncate_dim"):
+        if cfg[key] and cfg.index not in ("exact", "hybrid"):
+            raise InputError(f"{key} applies to the exact dense index (exact, hybrid)", field=key)
+    if cfg.rescore_with and not cfg.quantize:
+        raise InputError("rescore_with needs quantize (int8 | binary)", field="rescore_with")
 
 
 def retrieve(
@@ -338,6 +365,9 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         metrics.update(answer_accuracy(run, docs, answers, tuple(cfg.answer_ks)))
         curve.update(answer_accuracy(run, docs, answers, CURVE_KS))
     metrics["num_queries"] = len(qids)
+    if hasattr(index, "memory"):  # dense indexes: bytes searched, and their float32 size
+        metrics.update(index.memory())
+        info["index"] = {"kind": index.manifest.kind, **index.manifest.params}
     info["total_s"] = round(time.time() - t0, 2)
     if cfg.output and multihost.is_main():
         out = multihost.epath(cfg.output)

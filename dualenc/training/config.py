@@ -169,6 +169,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.margin_in_batch = False  # adaptive_margin: every other passage is a negative
     c.loss.margin_stop_gradient = False  # adaptive_margin: no grad through the target
     c.loss.temperature = 1.0  # kl: teacher softmax temperature
+    c.loss.matryoshka_dims = ()  # e.g. (384, 256, 128, 64): the loss summed over these prefixes
+    c.loss.matryoshka_weights = ()  # one weight per matryoshka dim; () = all 1
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1)  # (data, fsdp); -1 = all remaining devices
