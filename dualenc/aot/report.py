@@ -59,9 +59,10 @@ class Report:
 
     @property
     def roofline_seconds(self) -> float:
-        """max(compute, HBM traffic) at peak; XLA's flops, else (the GPU compiler reports
-        none) the analytic model flops per chip."""
-        flops = self.xla_flops_per_chip or self.model_flops / self.chips
+        """max(compute, HBM traffic) at peak. Compute takes the larger of XLA's flops and the
+        analytic model flops per chip: the GPU compiler reports none, and XLA counts a loop's body
+        once (GradCache chunks, accumulation micro-batches), which undercounts those steps."""
+        flops = max(self.xla_flops_per_chip, self.model_flops / self.chips)
         return max(flops / self.peak_flops, self.bytes_accessed_per_chip / self.hbm_bandwidth)
 
     def mfu_at(self, step_seconds: float) -> float:
