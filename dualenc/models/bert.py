@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dualenc.models import target
 from dualenc.models.attention import Segments, attention
 from dualenc.models.dropout import Dropout
 from dualenc.models.layers import Dense, LayerNorm, maybe_remat
@@ -256,8 +257,9 @@ class LayerStack(nn.Module):
         cfg = self.config
         # static_argnums counts `self` as 0: deterministic is argument 3.
         cls = maybe_remat(self.layer_cls, cfg.remat, static_argnums=(3,))
+        x = target.keep_rows_split(x)
         for i in range(cfg.num_hidden_layers):
-            x = cls(cfg, name=str(i))(x, mask, deterministic)
+            x = target.keep_rows_split(cls(cfg, name=str(i))(x, mask, deterministic))
         return x
 
 

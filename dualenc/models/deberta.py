@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dualenc.models import target
 from dualenc.models.dropout import Dropout
 from dualenc.models.layers import Dense, LayerNorm, maybe_remat
 
@@ -357,8 +358,10 @@ class _Layers(nn.Module):
         cfg = self.config
         # static_argnums counts `self` as 0: deterministic is argument 4.
         layer_cls = maybe_remat(DebertaV2Layer, cfg.remat, static_argnums=(4,))
+        x = target.keep_rows_split(x)
         for i in range(cfg.num_hidden_layers):
             x = layer_cls(cfg, name=str(i))(x, mask2d, rel_embeddings, deterministic)
+            x = target.keep_rows_split(x)
         return x
 
 
