@@ -85,7 +85,7 @@ def test_store_round_trip_equals_in_memory(tok, tmp_path):
         records.build_store({"train": exs}, root)
     with pytest.raises(InputError, match="split 'test'"):
         records.open_split(root, "test")
-    with pytest.raises(InputError, match="meta.json"):
+    with pytest.raises(InputError, match="not a TFDS training dataset"):
         records.open_split(tmp_path)
 
 

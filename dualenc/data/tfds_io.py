@@ -1,0 +1,151 @@
+"""TFDS array_record datasets written in constant memory and read without TensorFlow.
+
+Why not `tfds.core.GeneratorBasedBuilder`: its writer buffers up to 1 GB of serialized examples
+in memory and sorts them by key before writing any shard, even with shuffling off. Here examples
+are serialized with TFDS's own feature connectors and serializer and streamed into array_record
+shards (`group_size:1`, what TFDS writes: one record per chunk, so any record is one seek), cut
+by size, in the order given; then `dataset_info.json`, `features.json` and `metadata.json` are
+written as `tfds.folder_dataset.write_metadata` does. The result is an ordinary TFDS dataset:
+`tfds.data_source(name, data_dir=...)` and `tfds.builder_from_directory(dir)` read it (`as_dataset`
+would need TensorFlow: nothing here calls it). Layout, as TFDS's:
+  <data_dir>/<name>[/<config>]/<version>/<name>-<split>.array_record-0000i-of-0000n
+Nothing in a dataset depends on time or path: the same examples give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordWriter
+from tensorflow_datasets.core import dataset_info, example_serializer, file_adapters, naming
+
+from dualenc.io import InputError
+
+VERSION = "1.0.0"
+SHARD_BYTES = 64 << 20  # serialized bytes per shard: a few open files even at 10M passages
+INFO = "dataset_info.json"
+
+
+class SplitWriter:
+    """Streams one split's examples, in order, into shards of about `shard_bytes` each."""
+
+    def __init__(self, version_dir: Path, name: str, split: str, features, shard_bytes: int):
+        self.dir, self.name, self.split = Path(version_dir), name, split
+        self.features = features
+        self.serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+        self.shard_bytes = int(shard_bytes)
+        self.lengths: list[int] = []
+        self.parts: list[Path] = []
+        self.writer, self.filled = None, 0
+
+    def write(self, example: Mapping) -> None:
+        record = self.serializer.serialize_example(self.features.encode_example(example))
+        if self.writer is None or self.filled >= self.shard_bytes:
+            self._next_shard()
+        self.writer.write(record)
+        self.lengths[-1] += 1
+        self.filled += len(record)
+
+    def _next_shard(self) -> None:
+        self._close_shard()
+        self.parts.append(self.dir / f".{self.name}-{self.split}.part-{len(self.parts):05d}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer = ArrayRecordWriter(str(self.parts[-1]), "group_size:1")
+        self.lengths.append(0)
+        self.filled = 0
+
+    def _close_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def close(self) -> tfds.core.SplitInfo:
+        """Closes the last shard, gives every shard its TFDS name, returns the SplitInfo."""
+        if self.writer is None and not self.parts:
+            self._next_shard()  # an empty split is still a (one empty shard) split
+        self._close_shard()
+        template = naming.ShardedFileTemplate(
+            data_dir=self.dir,
+            dataset_name=self.name,
+            split=self.split,
+            filetype_suffix=file_adapters.FileFormat.ARRAY_RECORD.file_suffix,
+        )
+        size = 0
+        for i, part in enumerate(self.parts):
+            size += part.stat().st_size
+            os.replace(part, template.sharded_filepath(shard_index=i, num_shards=len(self.parts)))
+        return tfds.core.SplitInfo(
+            name=self.split, shard_lengths=list(self.lengths), num_bytes=size,
+            filename_template=template,
+        )  # fmt: skip
+
+    def abort(self) -> None:
+        self._close_shard()
+
+
+def version_dir(data_dir: Path, name: str, config: str | None = None) -> Path:
+    return Path(data_dir, name, *([config] if config else []), VERSION)
+
+
+def write_info(
+    version_dir: Path,
+    name: str,
+    features,
+    splits: list[tfds.core.SplitInfo],
+    *,
+    config: str | None = None,
+    description: str = "",
+    metadata: Mapping | None = None,
+) -> None:
+    """Writes the TFDS metadata files that make `version_dir` a dataset (order kept on read)."""
+    identity = dataset_info.DatasetIdentity(
+        name=name,
+        version=tfds.core.Version(VERSION),
+        data_dir=os.fspath(version_dir),
+        module_name="",
+        config_name=config,
+    )
+    info = dataset_info.DatasetInfo(
+        builder=identity,
+        features=features,
+        description=description,
+        metadata=tfds.core.MetadataDict(metadata or {}),
+        disable_shuffling=True,
+    )
+    info.set_file_format(file_adapters.FileFormat.ARRAY_RECORD)
+    info.set_splits(tfds.core.SplitDict(splits))
+    info.write_to_directory(version_dir)
+
+
+def is_dataset(path: str | os.PathLike) -> bool:
+    return (Path(path) / INFO).is_file()
+
+
+def find_datasets(path: str | os.PathLike, *, configs: bool = False) -> list[Path]:
+    """Version dirs of the TFDS datasets at `path`: the dir itself, or below it as a data dir
+    (<name>/<version>, and <name>/<config>/<version> with `configs`), sorted; hidden (temporary)
+    dirs skipped. Cheap: dir listings only."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    if is_dataset(path):
+        return [path]
+    patterns = [f"*/*/{INFO}"] + ([f"*/*/*/{INFO}"] if configs else [])
+    found = [p.parent for pattern in patterns for p in path.glob(pattern)]
+    return sorted(p for p in found if not any(s.startswith(".") for s in p.relative_to(path).parts))
+
+
+def open_source(path: str | os.PathLike, split: str):
+    """(DatasetInfo, random-access data source) of one split: `tfds.data_source` on the dir."""
+    builder = tfds.builder_from_directory(os.fspath(path))
+    if split not in builder.info.splits:
+        raise InputError(f"no split {split!r} (has {sorted(builder.info.splits)})", path=path)
+    return builder.info, builder.as_data_source(split=split)
+
+
+def text(value: bytes | str) -> str:
+    """TFDS Text features come back as UTF-8 bytes."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
