@@ -158,7 +158,7 @@ def build_store(
     <name>/passages (record j = text of passage id j); atomically, deterministically."""
     from dualenc.data import tfds_io  # noqa: PLC0415 - tensorflow_datasets for store users only
 
-    out = Path(out_dir)
+    out, name = Path(out_dir), tfds_io.check_name(name)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to rebuild")
     meta = {"kind": KIND, "version": VERSION, "splits": {}}
@@ -292,6 +292,7 @@ def build_from_files(
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    name: str = STORE_NAME,
     tokenizer: str | os.PathLike | None = None,
     q_max_length: int = 32,
     p_max_length: int = 128,
@@ -299,7 +300,7 @@ def build_from_files(
     """Reads {split: training file} and stores them under out_dir; with a tokenizer (model dir),
     caches the token lengths training pads by. Returns (store dir, {split: number of examples})."""
     by_split = {s: load_examples(p, format, split=s) for s, p in inputs.items()}
-    out = build_store(by_split, out_dir, overwrite=overwrite)
+    out = build_store(by_split, out_dir, overwrite=overwrite, name=name)
     if tokenizer:
         tok = tokenization.load_tokenizer(tokenizer)
         for s in by_split:

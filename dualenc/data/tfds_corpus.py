@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from array import array
 from pathlib import Path
 
@@ -39,18 +38,11 @@ log = logging.getLogger(__name__)
 
 SPLIT = "corpus"
 KIND = "dualenc.corpus"
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # TFDS dataset names: snake_case
 
 
 def features() -> tfds.features.FeaturesDict:
     text = tfds.features.Text
     return tfds.features.FeaturesDict({"id": text(), "title": text(), "text": text()})
-
-
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise InputError(f"dataset name {name!r} is not snake_case ([a-z][a-z0-9_]*)", field="name")
-    return name
 
 
 class _UniqueIds:
@@ -103,7 +95,7 @@ def build_corpus(
 ) -> Path:
     """Streams a BEIR / JSONL / TSV corpus into a TFDS dataset at out_dir/<name>/1.0.0 (out_dir is
     its TFDS data dir), built in a temp dir renamed into place; bad input names file:line."""
-    out, name = Path(out_dir), check_name(name)
+    out, name = Path(out_dir), tfds_io.check_name(name)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to rebuild")
     feats, digest, ids, empty = features(), hashlib.sha256(), _UniqueIds(), 0
@@ -142,12 +134,7 @@ class TfdsCorpus:
             found = "none" if not dirs else ", ".join(str(d) for d in dirs)
             raise InputError(f"expected one TFDS dataset, found {found}", path=path)
         self.path = dirs[0]
-        info = tfds.builder_from_directory(os.fspath(self.path)).info
-        if split is None:
-            split = SPLIT if SPLIT in info.splits else next(iter(info.splits))
-            if split != SPLIT and len(info.splits) > 1:
-                raise InputError(f"which split? (has {sorted(info.splits)})", path=self.path)
-        self.info, self.source = tfds_io.open_source(self.path, split)
+        self.info, self.source = tfds_io.open_source(self.path, split, default=SPLIT)
         names = set(self.info.features.keys())
         if not {"id", "text"} <= names:
             raise InputError(f"not a corpus: features {sorted(names)} lack id / text", path=path)
@@ -167,11 +154,8 @@ class TfdsCorpus:
     def read(self, start: int, stop: int) -> tuple[list[str], list[Doc]]:
         if start < 0 or stop < 0:
             raise ValueError(f"read({start}, {stop}): rows are counted from 0")
-        rows = (
-            self.source.__getitems__(list(range(start, min(stop, len(self)))))
-            if stop > start
-            else []
-        )
+        keys = list(range(start, min(stop, len(self))))
+        rows = self.source.__getitems__(keys) if keys else []
         pairs = [self._doc(r) for r in rows]
         return [i for i, _ in pairs], [d for _, d in pairs]
 

@@ -15,6 +15,7 @@ Nothing in a dataset depends on time or path: the same examples give the same by
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +28,13 @@ from dualenc.io import InputError
 VERSION = "1.0.0"
 SHARD_BYTES = 64 << 20  # serialized bytes per shard: a few open files even at 10M passages
 INFO = "dataset_info.json"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")  # TFDS dataset names are snake_case
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise InputError(f"dataset name {name!r} is not snake_case ([a-z][a-z0-9_]*)", field="name")
+    return name
 
 
 class SplitWriter:
@@ -42,7 +50,8 @@ class SplitWriter:
         self.writer, self.filled = None, 0
 
     def write(self, example: Mapping) -> None:
-        record = self.serializer.serialize_example(self.features.encode_example(example))
+        proto = self.serializer.get_tf_example(self.features.encode_example(example))
+        record = proto.SerializeToString(deterministic=True)  # else map order varies by process
         if self.writer is None or self.filled >= self.shard_bytes:
             self._next_shard()
         self.writer.write(record)
@@ -138,11 +147,15 @@ def find_datasets(path: str | os.PathLike, *, configs: bool = False) -> list[Pat
     return sorted(p for p in found if not any(s.startswith(".") for s in p.relative_to(path).parts))
 
 
-def open_source(path: str | os.PathLike, split: str):
-    """(DatasetInfo, random-access data source) of one split: `tfds.data_source` on the dir."""
+def open_source(path: str | os.PathLike, split: str | None = None, *, default: str = "train"):
+    """(DatasetInfo, random-access data source) of one split (`tfds.data_source` on the dir);
+    split None: `default` if the dataset has it, else its only split."""
     builder = tfds.builder_from_directory(os.fspath(path))
-    if split not in builder.info.splits:
-        raise InputError(f"no split {split!r} (has {sorted(builder.info.splits)})", path=path)
+    splits = sorted(builder.info.splits)
+    if split is None:
+        split = default if default in splits or len(splits) != 1 else splits[0]
+    if split not in splits:
+        raise InputError(f"no split {split!r} (has {splits})", path=path)
     return builder.info, builder.as_data_source(split=split)
 
 
