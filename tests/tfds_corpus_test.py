@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import pytest
 import tensorflow_datasets as tfds
 
-from dualenc.data import records, tfds_corpus
+from dualenc.data import records, tfds_corpus, tfds_io
 from dualenc.data.beir import Doc, load_corpus
 from dualenc.data.examples import TrainExample
 from dualenc.io import InputError
@@ -114,7 +114,7 @@ def test_random_access_ranges(tmp_path):
     n = len(DOCS)
     for start, stop in [(0, 1), (5, 9), (17, 40), (n - 3, n), (30, 30), (40, 10), (n - 2, n + 5)]:
         assert corpus.read(start, stop) == (ids[start:stop], docs[start:stop]), (start, stop)
-    assert corpus[2] == (ids[2], docs[2]) and corpus[n - 1] == (ids[-1], docs[-1])
+    assert corpus.fast and [corpus[i] for i in range(n)] == list(zip(ids, docs, strict=True))
     with pytest.raises(ValueError):
         corpus.read(-1, 3)
 
@@ -205,6 +205,21 @@ def test_open_if_tfds(tmp_path):
         tfds_corpus.open_if_tfds(store / records.STORE_NAME)  # two configs: not one corpus
     with pytest.raises(InputError, match="lack id / text"):
         tfds_corpus.open_if_tfds(store / records.STORE_NAME / "passages" / "1.0.0")
+
+
+def test_a_tfds_dataset_built_elsewhere_reads_as_a_corpus(tmp_path):
+    feats = tfds.features.FeaturesDict({"id": tfds.features.Text(), "text": tfds.features.Text()})
+    vdir = tfds_io.version_dir(tmp_path, "theirs")
+    w = tfds_io.SplitWriter(vdir, "theirs", "train", feats, 1 << 20)
+    for doc_id, _, text in DOCS:
+        w.write({"id": doc_id, "text": text})
+    tfds_io.write_info(vdir, "theirs", feats, [w.close()])
+    for doc_id, _, text in DOCS:  # the direct all-Text path writes TFDS's own bytes
+        ex = {"id": doc_id, "text": text}
+        assert w.text_names and w.serialize(ex) == w.serialize(ex, generic=True)
+    corpus = tfds_corpus.open_if_tfds(tmp_path)  # no title feature, split 'train', no digest
+    assert _all(corpus) == ([d[0] for d in DOCS], [Doc("", d[2]) for d in DOCS])
+    assert corpus.fingerprint().startswith("tfds-info-sha256:")
 
 
 def _cli(*args):

@@ -139,6 +139,7 @@ class TfdsCorpus:
         if not {"id", "text"} <= names:
             raise InputError(f"not a corpus: features {sorted(names)} lack id / text", path=path)
         self.has_title = "title" in names
+        self.fast = tfds_io.all_text(self.info.features)  # every row read: decode the protos here
 
     def __len__(self) -> int:
         return len(self.source)
@@ -155,8 +156,10 @@ class TfdsCorpus:
         if start < 0 or stop < 0:
             raise ValueError(f"read({start}, {stop}): rows are counted from 0")
         keys = list(range(start, min(stop, len(self))))
-        rows = self.source.__getitems__(keys) if keys else []
-        pairs = [self._doc(r) for r in rows]
+        if self.fast and self.has_title:
+            rows = tfds_io.text_rows(self.source, keys, ("id", "title", "text"))
+            return [r[0] for r in rows], [Doc(r[1], r[2]) for r in rows]
+        pairs = [self._doc(r) for r in (self.source.__getitems__(keys) if keys else [])]
         return [i for i, _ in pairs], [d for _, d in pairs]
 
     def fingerprint(self) -> str:

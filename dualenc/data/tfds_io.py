@@ -22,6 +22,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, example_serializer, file_adapters, naming
+from tensorflow_datasets.proto import tf_example_pb2
 
 from dualenc.io import InputError
 
@@ -45,13 +46,25 @@ class SplitWriter:
         self.features = features
         self.serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
         self.shard_bytes = int(shard_bytes)
+        self.text_names = tuple(features.keys()) if all_text(features) else ()
         self.lengths: list[int] = []
         self.parts: list[Path] = []
         self.writer, self.filled = None, 0
 
+    def serialize(self, example: Mapping, *, generic: bool = False) -> bytes:
+        """The record TFDS would write; all-Text features build the tf.Example directly (twice
+        as fast as TFDS's generic encode, the same bytes)."""
+        if self.text_names and not generic:
+            proto = tf_example_pb2.Example()
+            feature = proto.features.feature
+            for n in self.text_names:
+                feature[n].bytes_list.value.append(example[n].encode("utf-8"))
+        else:
+            proto = self.serializer.get_tf_example(self.features.encode_example(example))
+        return proto.SerializeToString(deterministic=True)  # else map order varies by process
+
     def write(self, example: Mapping) -> None:
-        proto = self.serializer.get_tf_example(self.features.encode_example(example))
-        record = proto.SerializeToString(deterministic=True)  # else map order varies by process
+        record = self.serialize(example)
         if self.writer is None or self.filled >= self.shard_bytes:
             self._next_shard()
         self.writer.write(record)
@@ -162,3 +175,19 @@ def open_source(path: str | os.PathLike, split: str | None = None, *, default: s
 def text(value: bytes | str) -> str:
     """TFDS Text features come back as UTF-8 bytes."""
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def all_text(features) -> bool:
+    """True when every feature is a scalar Text (what `text_rows` can read)."""
+    return all(isinstance(f, tfds.features.Text) for f in features.values())
+
+
+def text_rows(source, keys: list[int], names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Rows `keys` of a source whose features are all scalar Text, as tuples of str in `names`
+    order: the tf.Example protos parsed straight from the array_record bytes (TFDS's own numpy
+    parser does the same, then a generic per-feature decode that costs 2/3 of the time)."""
+    rows = []
+    for raw in source.data_source.__getitems__(keys) if keys else []:
+        f = tf_example_pb2.Example.FromString(raw).features.feature
+        rows.append(tuple(f[n].bytes_list.value[0].decode("utf-8") for n in names))
+    return rows
