@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from dualenc.data import tfds_io
 from dualenc.data.beir import Doc
@@ -92,14 +93,14 @@ def build_corpus(
     name: str = "corpus",
     overwrite: bool = False,
     shard_bytes: int = tfds_io.SHARD_BYTES,
-) -> Path:
+) -> Path | epath.Path:
     """Streams a BEIR / JSONL / TSV corpus into a TFDS dataset at out_dir/<name>/1.0.0 (out_dir is
     its TFDS data dir), built in a temp dir renamed into place; bad input names file:line."""
-    out, name = Path(out_dir), tfds_io.check_name(name)
+    out, name = epath.Path(out_dir), tfds_io.check_name(name)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to rebuild")
     feats, digest, ids, empty = features(), hashlib.sha256(), _UniqueIds(), 0
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out_dir) as tmp:  # local temp dir; copied then renamed for a gs:// URL
         vdir = tfds_io.version_dir(tmp, name)
         writer = tfds_io.SplitWriter(vdir, name, SPLIT, feats, shard_bytes)
         try:
@@ -121,7 +122,7 @@ def build_corpus(
         )  # fmt: skip
     if empty:
         log.warning("%s: %d of %d documents are empty (kept)", src, empty, len(ids.lines))
-    return out
+    return out if "://" in os.fspath(out_dir) else Path(out_dir)
 
 
 class TfdsCorpus:

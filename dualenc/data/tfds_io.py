@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
+from etils import epath
 from tensorflow_datasets.core import dataset_info, example_serializer, file_adapters, naming
 from tensorflow_datasets.proto import tf_example_pb2
 
@@ -143,14 +144,14 @@ def write_info(
 
 
 def is_dataset(path: str | os.PathLike) -> bool:
-    return (Path(path) / INFO).is_file()
+    return (epath.Path(path) / INFO).exists()
 
 
 def find_datasets(path: str | os.PathLike, *, configs: bool = False) -> list[Path]:
     """Version dirs of the TFDS datasets at `path`: the dir itself, or below it as a data dir
     (<name>/<version>, and <name>/<config>/<version> with `configs`), sorted; hidden (temporary)
-    dirs skipped. Cheap: dir listings only."""
-    path = Path(path)
+    dirs skipped. Cheap: dir listings only. Local paths or `epath` URLs (gs://...)."""
+    path = epath.Path(path)
     if not path.is_dir():
         return []
     if is_dataset(path):
