@@ -39,6 +39,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("name", None, "dataset name, snake_case (default: corpus / dualenc_train)")
     flags.DEFINE_multi_string("split", ["train"], "training data: split name of each --src")
     flags.DEFINE_bool("overwrite", False, "replace an existing OUT")
+    flags.DEFINE_bool("progress", True, "corpora: show a progress bar (documents, rate)")
     flags.DEFINE_integer("shard_mb", 64, "corpora: serialized MB per array_record shard", 1)
     flags.DEFINE_string("tokenizer", None, "training data: model dir, precompute token lengths")
     flags.DEFINE_integer("q_max_length", 32, "with --tokenizer: data.q_max_length of the run")
@@ -53,7 +54,7 @@ def build(fv) -> dict:
             raise InputError(f"a corpus is one --src, got {len(fv.src)}", field="src")
         out = tfds_corpus.build_corpus(
             fv.src[0], fv.out, format=fv.format, name=fv.name or "corpus",
-            overwrite=fv.overwrite, shard_bytes=fv.shard_mb << 20,
+            overwrite=fv.overwrite, shard_bytes=fv.shard_mb << 20, progress=fv.progress,
         )  # fmt: skip
         corpus = tfds_corpus.TfdsCorpus(out)
         return {"out": str(out), "dataset": str(corpus.path), "docs": len(corpus),

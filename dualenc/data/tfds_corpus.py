@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from tqdm import tqdm
 
 from dualenc.data import tfds_io
 from dualenc.data.beir import Doc
@@ -93,6 +94,7 @@ def build_corpus(
     name: str = "corpus",
     overwrite: bool = False,
     shard_bytes: int = tfds_io.SHARD_BYTES,
+    progress: bool = False,
 ) -> Path | epath.Path:
     """Streams a BEIR / JSONL / TSV corpus into a TFDS dataset at out_dir/<name>/1.0.0 (out_dir is
     its TFDS data dir), built in a temp dir renamed into place; bad input names file:line."""
@@ -104,7 +106,8 @@ def build_corpus(
         vdir = tfds_io.version_dir(tmp, name)
         writer = tfds_io.SplitWriter(vdir, name, SPLIT, feats, shard_bytes)
         try:
-            for line, doc_id, doc in iter_corpus(src, format):
+            rows = tqdm(iter_corpus(src, format), "documents", disable=not progress, unit="")
+            for line, doc_id, doc in rows:
                 ids.add(doc_id, line)
                 _digest_update(digest, doc_id, doc)
                 writer.write({"id": doc_id, "title": doc.title, "text": doc.text})
