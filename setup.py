@@ -26,6 +26,7 @@ setup(
         "huggingface_hub>=1.0",
         "tensorflow-datasets>=4.9.10",
         "grain>=0.2.18",
+        "array-record>=0.8",  # imported directly: dualenc.data.tfds_io writes the shards
         "scann>=1.4.2",
         "bm25s>=0.3",
         "ir-measures>=0.4",

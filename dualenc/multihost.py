@@ -123,6 +123,16 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
+def host_range(n: int, process_index: int | None = None, process_count: int | None = None) -> range:
+    """This host's contiguous share of rows [0, n): hosts in order cover every row exactly once
+    and differ in size by at most one, so each host reads (and encodes) only its own rows."""
+    i = jax.process_index() if process_index is None else int(process_index)
+    c = jax.process_count() if process_count is None else int(process_count)
+    if n < 0 or c < 1 or not 0 <= i < c:
+        raise ValueError(f"host_range(n={n}, process_index={i}, process_count={c})")
+    return range(n * i // c, n * (i + 1) // c)
+
+
 def barrier(name: str) -> None:
     """Waits until every process reaches the barrier `name` (same name everywhere)."""
     if jax.process_count() > 1:

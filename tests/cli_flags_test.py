@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
         (["dualenc.encode", "--batch_size=0"], "--batch_size"),
         (["dualenc.search", "--k=ten"], "--k=ten"),
         (["dualenc.export", "--bogus=1"], "bogus"),
+        (["dualenc.build_tfds", "--src=x", "--out=o", "--format=parquet"], "--format"),
     ],
     ids=lambda a: a[0] if isinstance(a, list) else None,
 )

@@ -85,7 +85,7 @@ def test_store_round_trip_equals_in_memory(tok, tmp_path):
         records.build_store({"train": exs}, root)
     with pytest.raises(InputError, match="split 'test'"):
         records.open_split(root, "test")
-    with pytest.raises(InputError, match="meta.json"):
+    with pytest.raises(InputError, match="not a TFDS training dataset"):
         records.open_split(tmp_path)
 
 
@@ -212,3 +212,34 @@ def test_nq_toy_store_stores_each_passage_once(tok, tmp_path):
     kw = dict(global_batch_size=32, num_negatives=1, q_max_length=32, p_max_length=64)
     ref = _take(_pipe(tok, path=path, format="dpr", **kw), 2)
     _assert_same(_take(_pipe(tok, path=root, format="tfds", **kw), 2), ref)
+
+
+def test_build_tfds_cli_training_data_is_a_tfds_dataset_with_the_jsonl_batches(tmp_path, tok):
+    import tensorflow_datasets as tfds
+
+    exs = _examples(scores=True)
+    src = tmp_path / "train.jsonl"
+    rows = [
+        {"query": e.query, "positive": e.positives[0], "negative": e.negatives,
+         "scores": [e.scores[t] / 3 for t in (e.positives[0], *e.negatives)]}
+        for e in exs
+    ]  # fmt: skip
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cmd = [sys.executable, "-m", "dualenc.build_tfds", f"--src={src}", "--format=st_jsonl"]
+    for out in (tmp_path / "a", tmp_path / "b"):
+        done = subprocess.run([*cmd, f"--out={out}"], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"out": str(out), "examples": {"train": len(exs)}}
+    files = [sorted(p for p in (tmp_path / d).rglob("*") if p.is_file()) for d in "ab"]
+    assert [p.read_bytes() for p in files[0]] == [p.read_bytes() for p in files[1]]  # deterministic
+    ref = _take(_pipe(tok, path=src, format="st_jsonl"), 5)
+    _assert_same(_take(_pipe(tok, path=tmp_path / "a", format="tfds"), 5), ref)
+    mem = records.memory_split(st_format.load_st_jsonl(src))
+    assert list(records.open_split(tmp_path / "a").examples) == mem.examples  # float64 scores
+    passages = tfds.data_source("dualenc_train/passages", data_dir=tmp_path / "a", split="train")
+    got = [passages[i]["text"].decode() for i in range(3)]
+    assert got == mem.passages[:3]  # a real TFDS dataset: the standard API reads it
+    bad = subprocess.run([*cmd, f"--out={tmp_path / 'c'}", "--name=Bad"], capture_output=True,
+                         text=True, cwd=REPO)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: field")
+    assert not (tmp_path / "c").exists()

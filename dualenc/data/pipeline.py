@@ -27,7 +27,7 @@ from dualenc.inference import packing
 from dualenc.io import InputError
 
 FORMATS = (*TEXT_FORMATS, "tfds", "arrayrecord")
-STORE_FORMATS = ("tfds", "arrayrecord")  # both name a dir built by dualenc.data.store
+STORE_FORMATS = ("tfds", "arrayrecord")  # both: a TFDS training dataset (dualenc.build_tfds)
 
 __all__ = ["FORMATS", "TrainPipeline", "load_examples", "open_data"]
 

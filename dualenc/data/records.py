@@ -1,15 +1,17 @@
-"""Training data stored once as ArrayRecord: a passages table, and examples holding passage ids.
+"""Training data stored once as a TFDS dataset: a passages table, and examples holding passage ids.
 
-The library behind `python -m dualenc.data.store` and the pipeline's 'tfds' / 'arrayrecord' formats.
-A store dir holds, per split, `<split>.passages.array_record` (record i = the UTF-8 text of
-passage id i), `<split>.examples.array_record` (one JSON record per query: qid, query, positive
-and negative passage ids, teacher scores) and `meta.json` (counts, max positives per query).
-Passages shared by many queries are stored once; the grain pipeline reads both tables by random
-access, so nothing is copied into Python lists. Ids are assigned in first-seen order, exactly as
-the in-memory path does, so both give the same batches.
+The library behind `python -m dualenc.build_tfds` (and `dualenc.data.store`) and the pipeline's
+'tfds' / 'arrayrecord' formats. A store is a TFDS data dir holding one dataset with two configs,
+each with the same splits (array_record, read with `tfds.data_source`, no TensorFlow):
+`<name>/passages` (record i = the text of passage id i) and `<name>/examples` (one record per
+query: qid, query, positive and negative passage ids, teacher scores by passage id); the
+examples' metadata holds per split the counts and the most positives of any query. Passages
+shared by many queries are stored once; the grain pipeline reads both tables by random access,
+so nothing is copied into Python lists. Ids are assigned in first-seen order, exactly as the
+in-memory path does, so both give the same batches.
 
 Build from DPR / sentence-transformers / BEIR training files:
-  python -m dualenc.data.store --input=train.jsonl --format=st --output=/data/mystore
+  python -m dualenc.build_tfds --src=train.jsonl --format=st --out=/data/mystore
 and train with data.train.format='tfds', data.train.path=/data/mystore.
 """
 
@@ -17,15 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import tokenizers
-from array_record.python.array_record_module import ArrayRecordWriter
-from grain.sources import ArrayRecordDataSource
 
 from dualenc import tokenization
 from dualenc.data import dpr, st_format
@@ -35,8 +34,7 @@ from dualenc.io import InputError, atomic_dir
 
 TEXT_FORMATS = ("dpr", "st_jsonl", "st_tsv", "st", "beir")
 
-META = "meta.json"
-VERSION = 1
+VERSION = 2  # 1: dualenc's own ArrayRecord layout (meta.json); 2: TFDS datasets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,23 +47,6 @@ class Record:
     pos: tuple[int, ...]
     neg: tuple[int, ...]
     scores: dict[int, float] | None = None
-
-    def to_json(self) -> dict:
-        d = {"qid": self.qid, "query": self.query, "pos": list(self.pos), "neg": list(self.neg)}
-        if self.scores is not None:
-            d["scores"] = [[k, v] for k, v in sorted(self.scores.items())]
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping) -> Record:
-        scores = d.get("scores")
-        return cls(
-            qid=d["qid"],
-            query=d["query"],
-            pos=tuple(d["pos"]),
-            neg=tuple(d["neg"]),
-            scores={int(k): float(v) for k, v in scores} if scores is not None else None,
-        )
 
 
 @dataclasses.dataclass
@@ -129,14 +110,40 @@ def memory_split(examples: Sequence[TrainExample]) -> Split:
     return Split(records, passages, max_pos, _has_scores(records))
 
 
-def _write(path: Path, items) -> None:
-    # group_size:1 makes each record one chunk: fast random access (what TFDS sources use).
-    w = ArrayRecordWriter(str(path), "group_size:1")
-    try:
-        for item in items:
-            w.write(item)
-    finally:
-        w.close()
+# ----------------------------------------------------------------------------- TFDS store
+
+STORE_NAME = "dualenc_train"
+KIND = "dualenc.train"
+
+
+def _features(config: str):
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - only store users pay for the import
+
+    text, ids = tfds.features.Text(), tfds.features.Tensor(shape=(None,), dtype=np.int64)
+    if config == "passages":
+        return tfds.features.FeaturesDict({"text": text})
+    scores = tfds.features.Tensor(  # float64 as raw bytes: tf.Example would round to float32
+        shape=(None,), dtype=np.float64, encoding=tfds.features.Encoding.BYTES
+    )
+    return tfds.features.FeaturesDict(
+        {"qid": text, "query": text, "pos": ids, "neg": ids, "score_ids": ids, "scores": scores}
+    )
+
+
+def _row(r: Record) -> dict:
+    keys = sorted(r.scores) if r.scores is not None else []
+    scores = np.array([r.scores[k] for k in keys], np.float64)
+    return {"qid": r.qid, "query": r.query, "pos": np.array(r.pos, np.int64),
+            "neg": np.array(r.neg, np.int64), "score_ids": np.array(keys, np.int64),
+            "scores": scores}  # fmt: skip
+
+
+def _record(row: Mapping, has_scores: bool) -> Record:
+    scores = None
+    if has_scores:
+        scores = dict(zip(row["score_ids"].tolist(), row["scores"].tolist(), strict=True))
+    return Record(row["qid"].decode(), row["query"].decode(), tuple(row["pos"].tolist()),
+                  tuple(row["neg"].tolist()), scores)  # fmt: skip
 
 
 def build_store(
@@ -144,29 +151,40 @@ def build_store(
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    name: str = STORE_NAME,
 ) -> Path:
-    """Writes every split (its own passage table and examples) under out_dir, atomically."""
-    out = Path(out_dir)
+    """Writes every split as a TFDS array_record dataset under out_dir (its TFDS data dir), with
+    two configs: <name>/examples (one record per query: passage ids, teacher scores) and
+    <name>/passages (record j = text of passage id j); atomically, deterministically."""
+    from dualenc.data import tfds_io  # noqa: PLC0415 - tensorflow_datasets for store users only
+
+    out, name = Path(out_dir), tfds_io.check_name(name)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to rebuild")
-    meta = {"version": VERSION, "splits": {}}
+    meta = {"kind": KIND, "version": VERSION, "splits": {}}
+    infos: dict[str, list] = {"examples": [], "passages": []}
     with atomic_dir(out) as tmp:
         for split, examples in examples_by_split.items():
             if not examples:
                 raise InputError(f"split {split!r} has no examples")
             records, passages = records_from_examples(examples)
-            _write(tmp / f"{split}.passages.array_record", (t.encode() for t in passages))
-            _write(
-                tmp / f"{split}.examples.array_record",
-                (json.dumps(r.to_json(), ensure_ascii=False).encode() for r in records),
-            )
+            tables = {"examples": map(_row, records), "passages": ({"text": t} for t in passages)}
+            for config, rows in tables.items():
+                vdir = tfds_io.version_dir(tmp, name, config)
+                w = tfds_io.SplitWriter(vdir, name, split, _features(config), tfds_io.SHARD_BYTES)
+                for row in rows:
+                    w.write(row)
+                infos[config].append(w.close())
             meta["splits"][split] = {
                 "num_examples": len(records),
                 "num_passages": len(passages),
                 "max_positives": max(len(r.pos) for r in records),
                 "has_scores": _has_scores(records),
             }
-        (tmp / META).write_text(json.dumps(meta, indent=1))
+        for config, splits in infos.items():
+            vdir = tfds_io.version_dir(tmp, name, config)
+            tfds_io.write_info(vdir, name, _features(config), splits, config=config, metadata=meta,
+                               description=f"dualenc training data: {config}")  # fmt: skip
     return out
 
 
@@ -188,28 +206,43 @@ class _Decoded(Sequence):
         return (self[i] for i in range(len(self)))
 
 
+def _store_dirs(path: Path) -> dict[str, Path]:
+    from dualenc.data import tfds_io  # noqa: PLC0415
+
+    dirs = {d.parent.name: d for d in tfds_io.find_datasets(path, configs=True)}
+    return {c: dirs[c] for c in ("examples", "passages") if c in dirs}
+
+
 def is_store(path: str | os.PathLike) -> bool:
-    return (Path(path) / META).is_file()
+    """True for a TFDS training dataset (examples + passages configs) at or under `path`."""
+    return len(_store_dirs(Path(path))) == 2
 
 
 def open_split(path: str | os.PathLike, split: str = "train") -> Split:
-    """Opens one split of a store for random access (reads only meta.json up front)."""
+    """Opens one split of a TFDS training dataset for random access (`tfds.data_source`); reads
+    only its metadata up front. `path` is the data dir given to build_store (or <name> in it)."""
+    from dualenc.data import tfds_io  # noqa: PLC0415
+
     path = Path(path)
-    if not is_store(path):
-        raise InputError(f"no {META}: not a store built by dualenc.data.store", path=path)
-    meta = json.loads((path / META).read_text())
-    if split not in meta["splits"]:
-        raise InputError(f"no split {split!r} (has {sorted(meta['splits'])})", path=path)
-    m = meta["splits"][split]
-    ex = ArrayRecordDataSource([str(path / f"{split}.examples.array_record")])
-    ps = ArrayRecordDataSource([str(path / f"{split}.passages.array_record")])
+    dirs = _store_dirs(path)
+    if len(dirs) != 2:
+        old = " (a store of an older dualenc: rebuild it)" if (path / "meta.json").exists() else ""
+        raise InputError(
+            f"not a TFDS training dataset (<name>/examples and <name>/passages){old}; build one "
+            "with python -m dualenc.build_tfds",
+            path=path,
+        )
+    info, ex = tfds_io.open_source(dirs["examples"], split)
+    _, ps = tfds_io.open_source(dirs["passages"], split)
+    m = info.metadata["splits"][split]
     if (len(ex), len(ps)) != (m["num_examples"], m["num_passages"]):
-        raise InputError(f"split {split!r} does not match {META}", path=path)
+        raise InputError(f"split {split!r} does not match its metadata", path=path)
+    has_scores = bool(m["has_scores"])
     return Split(
-        examples=_Decoded(ex, lambda b: Record.from_json(json.loads(b))),
-        passages=_Decoded(ps, bytes.decode),
+        examples=_Decoded(ex, lambda row: _record(row, has_scores)),
+        passages=_Decoded(ps, lambda row: row["text"].decode()),
         max_positives=int(m["max_positives"]),
-        has_scores=bool(m["has_scores"]),
+        has_scores=has_scores,
         path=path,
         name=split,
     )
@@ -259,6 +292,7 @@ def build_from_files(
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    name: str = STORE_NAME,
     tokenizer: str | os.PathLike | None = None,
     q_max_length: int = 32,
     p_max_length: int = 128,
@@ -266,7 +300,7 @@ def build_from_files(
     """Reads {split: training file} and stores them under out_dir; with a tokenizer (model dir),
     caches the token lengths training pads by. Returns (store dir, {split: number of examples})."""
     by_split = {s: load_examples(p, format, split=s) for s, p in inputs.items()}
-    out = build_store(by_split, out_dir, overwrite=overwrite)
+    out = build_store(by_split, out_dir, overwrite=overwrite, name=name)
     if tokenizer:
         tok = tokenization.load_tokenizer(tokenizer)
         for s in by_split:

@@ -1,9 +1,10 @@
-"""Stores training files once as ArrayRecord for training (the library is `dualenc.data.records`).
+"""Stores training files once as a TFDS dataset for training (the library: `dualenc.data.records`).
 
   python -m dualenc.data.store --input=train.jsonl --format=st --output=/data/mystore
 
 then train with data.train.format='tfds', data.train.path=/data/mystore. `--tokenizer` also caches
-the token lengths the pipeline pads by (keyed by tokenizer and max lengths).
+the token lengths the pipeline pads by (keyed by tokenizer and max lengths). Kept for existing
+scripts: `python -m dualenc.build_tfds` builds the same datasets, and corpora too.
 """
 
 from __future__ import annotations
