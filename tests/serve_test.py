@@ -250,6 +250,10 @@ def test_hybrid_ranks_each_stage(built):
         assert h["stage_ranks"]["dense"] == (list(dense).index(d) + 1 if d in dense else None)
         assert h["stage_ranks"]["bm25"] == (list(lex).index(d) + 1 if d in lex else None)
     assert e.info()["index_kind"] == "hybrid"
+    lexical = SearchEngine(str(built["bm25"]), config=CONFIG)  # a BM25 index alone
+    lexical.warm_up()
+    (res,) = lexical.process([(Query(q, 10, False), 0.0)])
+    assert [(h["doc_id"], h["score"]) for h in res["hits"]] == list(lex.items())[:10]
 
 
 def test_snippet_window_and_marks():

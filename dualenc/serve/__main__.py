@@ -26,6 +26,7 @@ flags.DEFINE_float("hybrid_weight", 1.0, "Hybrid: bm25 + weight * dense (after -
 flags.DEFINE_enum("fusion", "minmax", ["minmax", "zscore", "rrf"], "Hybrid score normalisation.")
 flags.DEFINE_string("rerank_model", "", "Cross-encoder dir (*ForSequenceClassification).")
 flags.DEFINE_integer("rerank_top", 100, "First-stage hits the cross-encoder rescores.")
+flags.DEFINE_integer("rerank_max_length", 0, "Tokens per (query, doc) pair (0: the model's).")
 flags.DEFINE_integer("rerank_batch", 32, "(query, doc) pairs per cross-encoder call.")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 exposes it to the network).")
 flags.DEFINE_integer("port", 8080, "TCP port.")
@@ -72,6 +73,7 @@ def main(argv):
         engine = SearchEngine(
             f.index,
             rerank_model=f.rerank_model,
+            rerank_max_length=f.rerank_max_length,
             bm25_index=f.bm25_index,
             hybrid_weight=f.hybrid_weight,
             fusion=f.fusion,

@@ -66,6 +66,7 @@ class SearchEngine:
         index_dir: str,
         *,
         rerank_model: str = "",
+        rerank_max_length: int = 0,
         bm25_index: str = "",
         hybrid_weight: float = 1.0,
         fusion: str = "minmax",
@@ -77,7 +78,9 @@ class SearchEngine:
         self.bm25, self.hybrid_weight, self.fusion = None, float(hybrid_weight), fusion
         if bm25_index:
             self._open_bm25(bm25_index)
-        self.reranker = rerank.load_reranker(rerank_model) if rerank_model else None
+        self.reranker = None
+        if rerank_model:  # pairs truncated at rerank_max_length (0: the model's limit)
+            self.reranker = rerank.load_reranker(rerank_model, max_length=rerank_max_length or None)
         if self.reranker is not None and not self.searcher.corpus:
             raise InputError(
                 f"reranking reads the documents, but the index's corpus file "
@@ -300,6 +303,7 @@ class SearchEngine:
             else {"weight": self.hybrid_weight, "fusion": self.fusion},
             "rerank_model": self.reranker.source if self.reranker is not None else None,
             "rerank_top": cfg.rerank_top if self.reranker is not None else None,
+            "rerank_max_length": self.reranker.max_length if self.reranker is not None else None,
             "limits": {
                 "max_k": cfg.max_k,
                 "default_k": cfg.default_k,
