@@ -38,9 +38,9 @@ flags.DEFINE_string("rerank_model", "", "Cross-encoder dir (default: MiniLM + fr
 flags.DEFINE_integer("rerank_top", 20, "First-stage hits the cross-encoder rescores.")
 flags.DEFINE_integer("rerank_max_length", 256, "Tokens per (query, doc) pair, both stacks.")
 flags.DEFINE_integer("k", 10, "Hits per query.")
-flags.DEFINE_string("work_dir", "/tmp/dualenc_bench_rerank", "Where the default CE is built.")
+flags.DEFINE_string("ce_work_dir", "/tmp/dualenc_bench_rerank", "Where the default CE is built.")
 flags.DEFINE_bool("skip_baseline", False, "Time dualenc only.")
-flags.DEFINE_bool("markdown", False, "Also print a markdown table on stderr.")
+flags.DEFINE_bool("markdown", False, "Also print markdown tables on stderr.")
 # internal: this script is also the baseline server
 flags.DEFINE_bool("baseline_server", False, "Run the sentence-transformers server (internal).")
 flags.DEFINE_integer("port", 0, "Port of --baseline_server (internal).")
@@ -73,7 +73,7 @@ def baseline_app(index: str, rerank_model: str, rerank_top: int, max_length: int
 
     @api.post("/search")
     def search(req: dict):
-        q = model.encode([req["query"]], convert_to_numpy=True)[0]
+        q = model.encode([req["query"]], convert_to_numpy=True, show_progress_bar=False)[0]
         depth = max(req.get("k", 10), rerank_top if ce else 0)
         scores = emb @ q
         top = np.argpartition(-scores, depth)[:depth]
@@ -82,7 +82,8 @@ def baseline_app(index: str, rerank_model: str, rerank_top: int, max_length: int
         if ce is not None and req.get("rerank", True):
             head = hits[:rerank_top]
             docs = [beir_doc_text(corpus[d]) for d, _ in head]
-            ce_scores = ce.predict([(req["query"], t) for t in docs], batch_size=32)
+            pairs = [(req["query"], t) for t in docs]
+            ce_scores = ce.predict(pairs, batch_size=32, show_progress_bar=False)
             order = np.argsort(-ce_scores, kind="stable")
             hits = [(head[i][0], float(ce_scores[i])) for i in order] + hits[rerank_top:]
         k = req.get("k", 10)
@@ -163,6 +164,42 @@ async def load(url: str, queries: list[str], n: int, conc: int, body: dict) -> d
     }
 
 
+BAD_REQUESTS = [  # (input, path, body): the server's default limits (k ≤ 100, 2,048 characters)
+    ("malformed JSON", "/search", b'{"query": "fever", '),
+    ("body not an object", "/search", b'["fever"]'),
+    ("empty body", "/search", b""),
+    ("missing query", "/search", b'{"k": 5}'),
+    ("empty query", "/search", b'{"query": ""}'),
+    ("blank query", "/search", b'{"query": "   "}'),
+    ("query not a string", "/search", b'{"query": ["fever"]}'),
+    ("k = 0", "/search", b'{"query": "fever", "k": 0}'),
+    ("k = 1000", "/search", b'{"query": "fever", "k": 1000}'),
+    ("k a string", "/search", b'{"query": "fever", "k": "ten"}'),
+    ("unknown field", "/search", b'{"query": "fever", "index": "/etc/passwd"}'),
+    ("query of 3,000 characters", "/search", json.dumps({"query": "a " * 1500}).encode()),
+    ("1 MB query", "/search", json.dumps({"query": "a" * (1 << 20)}).encode()),
+    ("non-UTF-8 bytes", "/search", b'{"query": "fi\xe8vre"}'),
+    ("rerank without a cross-encoder", "/search", b'{"query": "fever", "rerank": true}'),
+    ("batch: no queries", "/search/batch", b'{"queries": []}'),
+    ("batch: 65 queries", "/search/batch", json.dumps({"queries": ["a"] * 65}).encode()),
+    ("batch: one blank", "/search/batch", b'{"queries": ["fever", " "]}'),
+]
+
+
+def bad_requests(url: str) -> list[dict]:
+    """Each bad input's status and error line, then whether /healthz still answers 200."""
+    import httpx
+
+    rows = []
+    for what, path, body in BAD_REQUESTS:
+        r = httpx.post(url + path, content=body, headers={"Content-Type": "application/json"})
+        rows.append({"input": what, "status": r.status_code, "error": r.json().get("error")})
+    rows.append(
+        {"input": "GET /healthz afterwards", "status": httpx.get(url + "/healthz").status_code}
+    )
+    return rows
+
+
 def run_system(system: str, mode: str, queries: list[str], rerank_model: str) -> dict:
     import psutil
 
@@ -186,6 +223,8 @@ def run_system(system: str, mode: str, queries: list[str], rerank_model: str) ->
             import httpx
 
             out["compiles_during_load"] = httpx.get(url + "/info").json()["compiles"]["since_ready"]
+            if mode == "exact":
+                out["bad_requests"] = bad_requests(url)
         return out
     finally:
         proc.terminate()
@@ -208,6 +247,8 @@ def markdown(res: dict) -> str:
     rows.append("|---|---|---|---|---|---|---|---|")
     for mode, systems in res["modes"].items():
         for system, r in systems.items():
+            if system == "qps_ratio":
+                continue
             for c in FLAGS.concurrency:
                 x = r[f"c{c}"]
                 mem = f"{r['rss_before_mb']} → {r['rss_after_mb']} ({r['rss_growth_pct']:+.1f} %)"
@@ -215,11 +256,19 @@ def markdown(res: dict) -> str:
                     f"| {mode} | {system} | {c} | {x['qps']} | {x['p50_ms']} | {x['p99_ms']} | "
                     f"{x['errors']} | {mem} |"
                 )
+    for systems in res["modes"].values():
+        if "bad_requests" in systems.get("dualenc", {}):
+            rows += ["", "| input | status | error |", "|---|---|---|"]
+            for r in systems["dualenc"]["bad_requests"]:
+                rows.append(f"| {r['input']} | {r['status']} | {r.get('error') or ''} |")
     return "\n".join(rows)
 
 
 def main(argv):
     del argv
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     if FLAGS.baseline_server:
         import uvicorn
 
@@ -233,7 +282,7 @@ def main(argv):
         sys.path.insert(0, str(Path(__file__).parent))
         from rerank import default_model  # noqa: PLC0415 - its flags stay unused here
 
-        rerank_model = default_model(FLAGS.work_dir)
+        rerank_model = default_model(FLAGS.ce_work_dir)
     queries = scifact_queries()
     res = {
         "benchmark": "serve",

@@ -23,7 +23,7 @@ from dualenc.retrieval.search import Searcher, build_index
 from dualenc.serve import SearchEngine, create_app
 from dualenc.serve.batcher import DynamicBatcher
 from dualenc.serve.engine import Query
-from dualenc.serve.snippets import query_terms, snippet
+from dualenc.serve.snippets import matcher, query_terms, snippet
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +260,15 @@ def test_snippet_window_and_marks():
     text = "Filler words here. " * 30 + "Fever and fevers in children with fever. " + "More. " * 40
     terms = query_terms("what causes fever in children?")
     assert terms == {"causes", "fever", "children"}
-    snip, marks = snippet(text, terms, width=120)
+    snip, marks = snippet(text, matcher(terms), width=120)
     assert snip.startswith("… ") and snip.endswith(" …") and len(snip) <= 150
     assert [snip[a:b] for a, b in marks] == ["Fever", "fevers", "children", "fever"]
+    # short terms match whole words only; long ones also start words; no terms: no marks
+    assert snippet("dna dnase DNA fevered", matcher(frozenset({"dna", "fever"}))) == (
+        "dna dnase DNA fevered",
+        [[0, 3], [10, 13], [14, 21]],
+    )
+    assert snippet("a b c", matcher(query_terms("the of"))) == ("a b c", [])
 
 
 BROWSER_HINT = (

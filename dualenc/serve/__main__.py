@@ -42,9 +42,7 @@ flags.DEFINE_string("log_level", "warning", "uvicorn log level (info logs every 
 def serve_config(f):
     from dualenc.serve.config import ServeConfig
 
-    b = [1]
-    while b[-1] * 2 < f.max_batch:
-        b.append(b[-1] * 2)
+    b = [n for n in ServeConfig.batch_buckets if n < f.max_batch]  # the defaults, up to max_batch
     return ServeConfig(
         max_k=f.max_k,
         default_k=min(10, f.max_k),

@@ -25,8 +25,10 @@ class ServeConfig:
     max_queue: int = 1024  # queued queries before new ones get 503
     max_batch: int = 32  # queries per encode call (the largest batch bucket)
     max_wait_ms: float = 5.0  # how long the batcher waits for more queries
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256)
+    # Queries of one length bucket are padded to the next batch bucket: finer buckets waste fewer
+    # rows (SciFact claims: 21 tokens p50, 34 p90) at the price of more warm-up compiles.
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32)
+    length_buckets: tuple[int, ...] = (16, 32, 48, 64, 128, 256)
     rerank_top: int = 100  # first-stage hits the cross-encoder rescores
     rerank_batch: int = 32  # (query, doc) pairs per cross-encoder call
     snippet_chars: int = 240

@@ -265,18 +265,19 @@ class SearchEngine:
         return out
 
     def _present(self, q: Query, hits: list[dict]) -> list[dict]:
-        terms, width = snippets.query_terms(q.text), self.config.snippet_chars
+        pattern = snippets.matcher(snippets.query_terms(q.text))
+        width = self.config.snippet_chars
         out = []
         for rank, h in enumerate(hits, 1):
             title, text = doc_fields(self.searcher.corpus.get(h["doc_id"]) or {})
-            snip, marks = snippets.snippet(text, terms, width)
+            snip, marks = snippets.snippet(text, pattern, width)
             rerank_score = h.get("rerank_score") if q.rerank else None
             out.append(
                 {
                     "rank": rank,
                     "doc_id": h["doc_id"],
                     "title": title,
-                    "title_marks": [list(s) for s in snippets.term_spans(title, terms)],
+                    "title_marks": [list(s) for s in snippets.term_spans(title, pattern)],
                     "snippet": snip,
                     "marks": marks,
                     "score": rerank_score if rerank_score is not None else h["first_stage_score"],

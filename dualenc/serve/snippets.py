@@ -20,33 +20,39 @@ def query_terms(query: str) -> frozenset[str]:
     )
 
 
-def _matches(word: str, terms: frozenset[str]) -> bool:
-    """A word matches a term exactly, or extends a term of 4+ characters (fever -> fevers)."""
-    w = word.lower()
-    return w in terms or any(len(t) >= 4 and w.startswith(t) for t in terms)
+def matcher(terms: frozenset[str]) -> re.Pattern | None:
+    """One regex finding the words that match a query term: the term itself, or, for terms of
+    4+ characters, any word it starts (fever -> fevers); None when there are no terms."""
+    if not terms:
+        return None
+    alts = [
+        re.escape(t) + (r"\w*" if len(t) >= 4 else r"(?!\w)")
+        for t in sorted(terms, key=lambda t: (-len(t), t))
+    ]
+    return re.compile(r"(?<!\w)(?:" + "|".join(alts) + ")", re.IGNORECASE)
 
 
-def term_spans(text: str, terms: frozenset[str]) -> list[tuple[int, int]]:
-    """[(start, end)] of every word of `text` that matches a query term."""
-    return [m.span() for m in _WORD.finditer(text) if _matches(m.group(), terms)]
+def term_spans(text: str, pattern: re.Pattern | None) -> list[tuple[int, int]]:
+    """[(start, end)] of every word of `text` that matches a query term (see `matcher`)."""
+    return [m.span() for m in pattern.finditer(text)] if pattern is not None else []
 
 
-def snippet(text: str, terms: frozenset[str], width: int = 240) -> tuple[str, list[list[int]]]:
+def snippet(text: str, pattern: re.Pattern | None, width: int = 240) -> tuple[str, list[list[int]]]:
     """(at most ~`width` characters of `text` around its densest run of query terms, the marked
     spans within it). Ellipses show where the text was cut."""
     text = " ".join(text.split())
-    spans = term_spans(text, terms)
+    spans = term_spans(text, pattern)
     if len(text) <= width:
         return text, [list(s) for s in spans]
     start = 0
     if spans:
         best, j = 0, 0
-        for s, _ in spans:  # the window [s, s + width) holding most matches
-            while spans[j][0] < s:
+        for i, (s, _) in enumerate(spans):  # the window [s, s + width) holding most matches
+            j = max(j, i)
+            while j < len(spans) and spans[j][1] <= s + width:
                 j += 1
-            count = sum(1 for a, b in spans[j:] if b <= s + width)
-            if count > best:
-                best, start = count, s
+            if j - i > best:
+                best, start = j - i, s
         start = max(0, start - width // 6)  # some context before the first match
         while start > 0 and not text[start - 1].isspace():
             start -= 1
