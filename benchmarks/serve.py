@@ -3,13 +3,15 @@ way (sentence-transformers `encode` per request + numpy top-k, and `CrossEncoder
 rerank, inside the same FastAPI/uvicorn), in one run, on loopback.
 
 Usage: python benchmarks/serve.py --index DIR [--requests 2000] [--concurrency 1,8,32]
-                                  [--rerank_requests 200] [--rerank_top 20] [--rerank_model CE]
+                                  [--rerank_requests 32] [--rerank_top 20] [--rerank_model CE]
 
 DIR: the SciFact index built with all-MiniLM-L6-v2 (README "Serving"). Queries: SciFact test
-queries, cycled. Each server runs in its own process (started, warmed up, then loaded at each
-concurrency in turn, then stopped); RSS is that process's, before the first load and after the
-last. Modes: `exact` (retrieval alone, k 10) and `rerank` (exact top 20 -> cross-encoder; the CE
-is --rerank_model, else all-MiniLM-L6-v2 + a fresh seeded head built by benchmarks/rerank.py:
+queries, cycled. Each server runs in its own process; both are started and warmed up, then
+loaded in turn at each concurrency (dualenc, baseline, next level), so that they share the
+machine's load as closely as a shared machine allows (the 1-minute load average is recorded
+with each figure); RSS is each server process's, before the first load and after the last.
+Modes: `exact` (retrieval alone, k 10) and `rerank` (exact top 20 -> cross-encoder; the CE is
+--rerank_model, else all-MiniLM-L6-v2 + a fresh seeded head built by benchmarks/rerank.py:
 no trained cross-encoder is available offline, and its speed does not depend on training).
 Prints one JSON; --markdown also prints the table for docs/results.md on stderr.
 """
@@ -31,7 +33,7 @@ from absl import app, flags
 REPO = Path(__file__).resolve().parents[1]
 flags.DEFINE_string("index", "workdirs/scifact_index", "Index dir (SciFact, all-MiniLM-L6-v2).")
 flags.DEFINE_integer("requests", 2000, "Requests per concurrency level, retrieval alone.")
-flags.DEFINE_integer("rerank_requests", 200, "Requests per concurrency level with reranking.")
+flags.DEFINE_integer("rerank_requests", 32, "Requests per concurrency level with reranking.")
 flags.DEFINE_list("concurrency", ["1", "8", "32"], "Concurrent clients.")
 flags.DEFINE_list("modes", ["exact", "rerank"], "exact (retrieval alone) and/or rerank.")
 flags.DEFINE_string("rerank_model", "", "Cross-encoder dir (default: MiniLM + fresh head).")
@@ -200,35 +202,47 @@ def bad_requests(url: str) -> list[dict]:
     return rows
 
 
-def run_system(system: str, mode: str, queries: list[str], rerank_model: str) -> dict:
+def run_mode(systems: list[str], mode: str, queries: list[str], rerank_model: str) -> dict:
+    """Starts every system's server, then loads them in turn at each concurrency (dualenc, then
+    the baseline, at c=1, then both at c=8, ...), so that both see the same machine load."""
+    import httpx
     import psutil
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start(system, port, rerank_model if mode == "rerank" else "")
+    n = FLAGS.requests if mode == "exact" else FLAGS.rerank_requests
+    body = {"k": FLAGS.k} if mode == "exact" else {"k": FLAGS.k, "rerank": True}
+    procs, urls, out = {}, {}, {}
     try:
-        ready_s = wait_ready(url, proc)
-        body = {"k": FLAGS.k} if mode == "exact" else {"k": FLAGS.k, "rerank": True}
-        asyncio.run(load(url, queries, 16, 4, body))  # warm the HTTP path
-        rss = psutil.Process(proc.pid).memory_info().rss
-        out = {"startup_s": round(ready_s, 1), "rss_before_mb": round(rss / 2**20, 1)}
-        n = FLAGS.requests if mode == "exact" else FLAGS.rerank_requests
+        for system in systems:
+            port = free_port()
+            urls[system] = f"http://127.0.0.1:{port}"
+            procs[system] = start(system, port, rerank_model if mode == "rerank" else "")
+            ready_s = wait_ready(urls[system], procs[system])
+            asyncio.run(load(urls[system], queries, 16, 4, body))  # warm the HTTP path
+            rss = psutil.Process(procs[system].pid).memory_info().rss
+            out[system] = {"startup_s": round(ready_s, 1), "rss_before_mb": round(rss / 2**20, 1)}
         for c in FLAGS.concurrency:
-            out[f"c{c}"] = asyncio.run(load(url, queries, n, int(c), body))
-            print(f"{system} {mode} c={c}: {out[f'c{c}']}", file=sys.stderr, flush=True)
-        rss_after = psutil.Process(proc.pid).memory_info().rss
-        out["rss_after_mb"] = round(rss_after / 2**20, 1)
-        out["rss_growth_pct"] = round(100 * (rss_after - rss) / rss, 2)
-        if system == "dualenc":
-            import httpx
-
-            out["compiles_during_load"] = httpx.get(url + "/info").json()["compiles"]["since_ready"]
+            for system in systems:
+                r = asyncio.run(load(urls[system], queries, n, int(c), body))
+                r["loadavg_1m"] = round(os.getloadavg()[0], 2)
+                out[system][f"c{c}"] = r
+                print(f"{system} {mode} c={c}: {r}", file=sys.stderr, flush=True)
+        for system in systems:
+            o = out[system]
+            o["rss_after_mb"] = round(
+                psutil.Process(procs[system].pid).memory_info().rss / 2**20, 1
+            )
+            o["rss_growth_pct"] = round(100 * (o["rss_after_mb"] / o["rss_before_mb"] - 1), 2)
+        if "dualenc" in urls:
+            info = httpx.get(urls["dualenc"] + "/info").json()
+            out["dualenc"]["compiles_during_load"] = info["compiles"]["since_ready"]
+            out["dualenc"]["compiles_at_warm_up"] = info["compiles"]["warm_up"]
             if mode == "exact":
-                out["bad_requests"] = bad_requests(url)
+                out["dualenc"]["bad_requests"] = bad_requests(urls["dualenc"])
         return out
     finally:
-        proc.terminate()
-        proc.wait(60)
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(60)
 
 
 def scifact_queries() -> list[str]:
@@ -297,7 +311,7 @@ def main(argv):
     }
     systems = ["dualenc"] + ([] if FLAGS.skip_baseline else ["baseline"])
     for mode in FLAGS.modes:
-        res["modes"][mode] = {s: run_system(s, mode, queries, rerank_model) for s in systems}
+        res["modes"][mode] = run_mode(systems, mode, queries, rerank_model)
         if not FLAGS.skip_baseline:
             d, b = res["modes"][mode]["dualenc"], res["modes"][mode]["baseline"]
             res["modes"][mode]["qps_ratio"] = {

@@ -21,7 +21,7 @@ from dualenc.inference import rerank
 from dualenc.inference.encode import beir_doc_text
 from dualenc.retrieval.search import Searcher, build_index
 from dualenc.serve import SearchEngine, create_app
-from dualenc.serve.batcher import DynamicBatcher
+from dualenc.serve.batcher import DynamicBatcher, QueueFull
 from dualenc.serve.engine import Query
 from dualenc.serve.snippets import matcher, query_terms, snippet
 
@@ -231,6 +231,10 @@ def test_batcher_survives_failures_and_drops_cancelled_requests():
     assert b.submit("d").result(5) == "D" and b.alive()
     b.close()
     assert not b.alive()
+    full = DynamicBatcher(process, max_batch=4, max_wait_s=0.0, max_queue=2)  # not started
+    full.submit("x"), full.submit("y")
+    with pytest.raises(QueueFull):  # the app answers 503 "server busy"
+        full.submit("z")
 
 
 def test_hybrid_ranks_each_stage(built):

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from importlib import resources
 from typing import Annotated, Any
 
@@ -86,20 +87,22 @@ def _validation_error(e: ValidationError | RequestValidationError) -> BadRequest
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
     field = ".".join(loc) or None
     kind, msg = err.get("type", ""), err.get("msg", "invalid")
+    msg = re.sub(r" after validation, not \d+$", "", msg)  # pydantic's list-length wording
     if kind == "missing":
         msg = "required"
     elif kind == "extra_forbidden":
         msg = "unknown field"
-    elif kind.startswith(("less_than", "greater_than", "too_long", "too_short", "string_too")):
-        got = err.get("input")
-        shown = (
-            f"{len(got):,} characters"
-            if isinstance(got, str)
-            else (f"{len(got):,} items" if isinstance(got, list) else repr(got))
-        )
-        msg = f"{msg[0].lower()}{msg[1:]}, got {shown}"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    elif kind.startswith(("less_than", "greater_than", "too_long", "too_short", "string_too")):
+        got = err.get("input")
+        if isinstance(got, str):
+            msg += f", got {len(got):,} characters"
+        elif isinstance(got, list):
+            msg += f", got {len(got):,} items"
+        else:
+            msg += f", got {got!r}"
+    msg = msg[:1].lower() + msg[1:]
     where = f"field '{field}': " if field else ""
     return BadRequest(422, f"{where}{msg}", field)
 
