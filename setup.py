@@ -10,7 +10,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["dualenc", "dualenc.*"]),
     # native CPU kernels, compiled on first use (dualenc/models/kernels.py)
-    package_data={"dualenc": ["kernels/*.cc", "aot/gpu_specs/*.txtpb"]},
+    # the search page of `dualenc.serve` (plain HTML + JS + CSS, no build step)
+    package_data={"dualenc": ["kernels/*.cc", "aot/gpu_specs/*.txtpb", "serve/static/*"]},
     install_requires=[
         "jax[cpu]>=0.10",
         "flax>=0.12",
@@ -38,7 +39,19 @@ setup(
         # torch comes from the Makefile (pinned CPU wheel); sentence-transformers is installed
         # --no-deps there too so that it cannot pull a CUDA build of torch.
         # setuptools >= 70.1 builds wheels by itself: tests/package_test.py builds one offline.
-        "test": ["pytest>=8", "ruff>=0.6", "setuptools>=70.1"],
+        # The serve tests drive the real app over HTTP (httpx) and its page in headless Chromium
+        # (selenium; the browser itself is Debian's chromium + chromium-driver, see .ci/run).
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "setuptools>=70.1",
+            "httpx>=0.27",
+            "selenium>=4.20",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+        ],
+        # `python -m dualenc.serve`: the HTTP API and search page.
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
         "bench": ["psutil>=5.9"],
         # `dualenc.export --format onnx` writes the graph with onnx; onnxruntime runs it.
         "export": ["onnx>=1.17", "onnxruntime>=1.20"],

@@ -64,6 +64,8 @@ def test_wheel_holds_the_package_and_its_defaults_only(installed):
     assert "dualenc/retrieval/eval_config.py" in names and "dualenc/train.py" in names
     assert "dualenc/index/scann_index.py" in names and "dualenc/models/bert.py" in names
     assert "dualenc/kernels/attention.cc" in names  # the CPU attention kernel's source
+    for page in ("index.html", "app.js", "style.css"):  # dualenc.serve's search page
+        assert f"dualenc/serve/static/{page}" in names
     assert not [n for n in names if n.startswith(("configs/", "tests/", "benchmarks/"))]
 
 
@@ -87,7 +89,11 @@ def test_installed_package_comes_from_the_wheel(installed):
 
 @pytest.mark.parametrize(
     "module,flags",
-    [("dualenc.evaluate", ("--index", "--data", "--model")), ("dualenc.train", ("--workdir",))],
+    [
+        ("dualenc.evaluate", ("--index", "--data", "--model")),
+        ("dualenc.train", ("--workdir",)),
+        ("dualenc.serve", ("--index", "--rerank_model", "--host")),
+    ],
 )
 def test_cli_help_from_another_directory(installed, module, flags):
     py, elsewhere, _ = installed

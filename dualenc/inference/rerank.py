@@ -222,6 +222,23 @@ def score_pairs(
     return out
 
 
+def warm_up(rr: Reranker, batch_size: int = 32) -> int:
+    """Compiles the scoring step for every length bucket at the row count `score_pairs(...,
+    batch_size=batch_size)` uses, so a server scores any pairs without compiling. Returns the
+    number of shapes compiled."""
+    mesh = scoring_mesh(rr)
+    step, params = score_step(rr.ce, mesh), _placed_params(rr, mesh)
+    rows = batch_rows(batch_size, mesh)
+    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names)) if mesh is not None else None
+    pad = tokenization.pad_id(rr.tokenizer)
+    for length in rr.buckets():
+        arrays = _pad_rows([[pad]], [[0]], [0], length, rows, pad)
+        if sharding is not None:
+            arrays = [put(a, sharding) for a in arrays]
+        multihost.to_host(step(params, *arrays))
+    return len(rr.buckets())
+
+
 def _pad_rows(ids, types, idx, padded: int, rows: int, pad: int) -> list[np.ndarray]:
     """(ids, mask, types) of shape (rows, padded); filler rows attend one [PAD] (no NaN)."""
     b_ids, mask = tokenization.pad_batch([ids[i] for i in idx], padded, pad)
