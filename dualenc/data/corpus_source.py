@@ -54,11 +54,14 @@ class CorpusSource(Protocol):
         ...
 
 
-def open_corpus(path: str | os.PathLike, *, allow_empty: bool = True) -> CorpusSource:
+def open_corpus(
+    path: str | os.PathLike, *, allow_empty: bool = True, require_ids: bool = True
+) -> CorpusSource:
     """The CorpusSource of a TFDS dataset dir, a BEIR dir, a JSONL(.gz) or a TSV(.gz) file.
 
     `allow_empty`: documents with no title and no text are kept (one warning counts them), as in
-    evaluation; False raises naming file:line (training readers)."""
+    evaluation; False raises naming file:line (training readers). `require_ids=False`: JSONL rows
+    without `_id` get their row number (the texts `dualenc.encode` reads)."""
     p = Path(path)
     if p.is_dir():
         tfds = _open_tfds(p)
@@ -66,14 +69,14 @@ def open_corpus(path: str | os.PathLike, *, allow_empty: bool = True) -> CorpusS
             return tfds
         for name in ("corpus.jsonl", "corpus.jsonl.gz", "corpus.tsv", "corpus.tsv.gz"):
             if (p / name).exists():
-                return open_corpus(p / name, allow_empty=allow_empty)
+                return open_corpus(p / name, allow_empty=allow_empty, require_ids=require_ids)
         raise InputError("no corpus.jsonl[.gz] / corpus.tsv or TFDS dataset here", path=p)
     if not p.exists():
         raise InputError("file not found", path=p)
     name = p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name
     if name.endswith(".tsv"):
         return TsvCorpus(p, allow_empty=allow_empty)
-    return JsonlCorpus(p, allow_empty=allow_empty)
+    return JsonlCorpus(p, allow_empty=allow_empty, require_ids=require_ids)
 
 
 def _open_tfds(path: Path):
