@@ -173,6 +173,15 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(_leaf_to_host, tree)
 
 
+def allgather(x: np.ndarray) -> np.ndarray:
+    """(processes, *x.shape): every process's `x` (same shape everywhere), on every process, in
+    process order. For small host values (per-host top-k lists), not for embeddings."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x[None]
+    return np.asarray(multihost_utils.process_allgather(x, tiled=False))
+
+
 def epath(p: str | os.PathLike) -> _epath.Path:
     """An `etils.epath.Path` that keeps `gs://` (and other URL schemes) intact."""
     if isinstance(p, _epath.Path):

@@ -25,7 +25,7 @@ from dualenc import multihost
 from dualenc.inference import packing as packing_lib
 from dualenc.inference.batching import Placer, default_mesh, progress_bar, tokenize_for_encoding
 from dualenc.io import InputError, read_jsonl, require_str
-from dualenc.models import dual_encoder
+from dualenc.models import dual_encoder, target
 from dualenc.models.loading import load_towers
 from dualenc.tokenization import DEFAULT_BUCKETS, bucket_batches, pad_batch, pad_id
 
@@ -127,8 +127,29 @@ def encode_texts(
     Texts are tokenised, sorted by length and padded to a few bucket lengths so that jit compiles
     a bounded number of shapes; batches are sharded over the devices when there are several
     (all devices of all hosts by default). Every process must call it with the same texts; all
-    get the full result.
+    get the full result. An explicit `mesh` (a host's own devices: `inference.shards`) also
+    decides the model's paths, as if only its devices existed, so a host encoding alone computes
+    bit for bit what one process would.
     """
+    kw = dict(batch_size=batch_size, max_length=max_length, mesh=mesh, progress=progress)
+    if mesh is None:
+        return _encode_texts(encoder, texts, buckets=buckets, packing=packing, **kw)
+    with target.compiling_for(mesh):  # paths (native kernels or XLA) chosen for THIS mesh
+        return _encode_texts(encoder, texts, buckets=buckets, packing=packing, **kw)
+
+
+def _encode_texts(
+    encoder,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    packing: bool | None = None,
+) -> np.ndarray:
+    """`encode_texts` inside its target context."""
     seqs, max_length = tokenize_for_encoding(encoder, texts, batch_size, max_length)
     if not seqs:
         return np.zeros((0, encoder.config.hidden_size), np.float32)

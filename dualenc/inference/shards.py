@@ -49,16 +49,17 @@ def shard_ranges(count: int, shard_rows: int) -> list[tuple[int, int]]:
 
 
 def host_shards(n_shards: int, host: int | None = None, hosts: int | None = None) -> range:
-    """The contiguous shards host `host` of `hosts` owns (default: this process)."""
+    """The contiguous shards host `host` of `hosts` owns (default: this process); the earlier
+    hosts take the extra ones (one shard on two hosts: host 0 holds it)."""
     host = multihost.process_index() if host is None else host
     hosts = multihost.process_count() if hosts is None else hosts
-    return range(n_shards * host // hosts, n_shards * (host + 1) // hosts)
+    return range(-(-n_shards * host // hosts), -(-n_shards * (host + 1) // hosts))
 
 
-def local_mesh() -> Mesh | None:
-    """A 1-D mesh over this host's devices (None for one): shards never span hosts."""
-    devs = jax.local_devices()
-    return Mesh(np.array(devs), ("data",)) if len(devs) > 1 else None
+def local_mesh() -> Mesh:
+    """A 1-D mesh over this host's devices (a mesh even for one device: None would mean every
+    device of every host to the encoders), so that shards never span hosts."""
+    return Mesh(np.array(jax.local_devices()), ("data",))
 
 
 def shard_tag(key: dict, count: int, shard_rows: int) -> str:
@@ -150,7 +151,18 @@ def encode_shards(
 
     key = {**key, "corpus_fingerprint": source.fingerprint()}
     shards = EmbeddingShards(directory, key, len(source), shard_rows)
-    todo = [j for j in shards.mine() if not shards.complete(j)]
+    mine = shards.mine()
+    rows = (shards.ranges[mine[0]][0], shards.ranges[mine[-1]][1]) if mine else (0, 0)
+    logging.info(
+        "host %d encodes shards [%d, %d) of %d: rows [%d, %d) of %d",
+        multihost.process_index(),
+        mine.start,
+        mine.stop,
+        len(shards.ranges),
+        *rows,
+        shards.count,
+    )
+    todo = [j for j in mine if not shards.complete(j)]
     reused = not multihost.any_host(bool(todo))
     if todo and len(todo) < len(shards.mine()):
         logging.info(
