@@ -124,6 +124,17 @@ class EmbeddingShards:
         training, quantisation)."""
         return np.concatenate([np.asarray(self.load(j)) for j in range(len(self.ranges))])
 
+    def rows(self, rows) -> np.ndarray:
+        """(len(rows), D) float32 vectors of the given global rows, read from the (mapped)
+        shards that hold them (any host's: needs them visible, e.g. a shared cache dir)."""
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), int(self.dim or 0)), np.float32)
+        shard = rows // self.shard_rows
+        for j in np.unique(shard):
+            sel = shard == j
+            out[sel] = self.load(int(j))[rows[sel] - self.ranges[int(j)][0]]
+        return out
+
     def nbytes(self) -> int:
         return self.count * int(self.dim or 0) * 4
 
