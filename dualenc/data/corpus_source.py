@@ -219,12 +219,18 @@ class _LineCorpus:
         return self._fingerprint
 
     def _seek(self, start: int):
-        """An open binary file positioned at row `start` (continuing the last stream if it
-        stopped there)."""
-        if self._stream is not None and self._stream[1] == start:
-            return self._stream[0]
+        """An open binary file positioned at row `start`: the open stream when it stopped
+        there, or moved forward in it (gzip: decompresses the gap, never from the start again),
+        else a reopened file."""
         if self._stream is not None:
-            self._stream[0].close()
+            f, row = self._stream
+            if row == start:
+                return f
+            if self.offsets[start] >= f.tell():
+                f.seek(int(self.offsets[start]))
+                self._stream = (f, start)
+                return f
+            f.close()
         f = self._open()
         f.seek(int(self.offsets[start]))  # gzip: decompresses and skips (sequential reads only)
         self._stream = (f, start)

@@ -255,12 +255,23 @@ def load_streamed(cfg):
     return source, doc_ids, qids, [queries[q] for q in qids], qrels
 
 
-def needs_texts(cfg, answers) -> bool:
-    """Whether this evaluation reads every document's text (BM25, hybrid, chunking, reranking,
-    answer accuracy); exact / ScaNN dense search streams the corpus instead."""
-    return bool(
-        cfg.index in ("bm25", "hybrid") or cfg.chunk_size > 0 or cfg.rerank_model or answers
-    )
+def needs_texts(cfg) -> bool:
+    """Whether this evaluation reads every document's text (BM25, hybrid, chunking); dense
+    search streams the corpus, and reranking / answer accuracy read only the retrieved docs."""
+    return bool(cfg.index in ("bm25", "hybrid") or cfg.chunk_size > 0)
+
+
+def run_docs(source, doc_ids, texts, run: Run) -> dict[str, str]:
+    """{doc id: 'title text'} of the docs in `run` (all of them when `texts` is in memory),
+    read from the source in row order (one forward pass, gzip included)."""
+    if texts is not None:
+        return dict(zip(doc_ids, texts, strict=True))
+    wanted = {d for ranked in run.values() for d in ranked}
+    out = {}
+    for row in (i for i, d in enumerate(doc_ids) if d in wanted):
+        ids, docs = source.read(row, row + 1)
+        out[ids[0]] = doc_text(docs[0])
+    return out
 
 
 def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
@@ -271,7 +282,7 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     source, doc_ids, qids, queries, qrels = load_streamed(cfg)
     answers = load_answers(Path(cfg.data), qids)
     texts = corpus = None
-    if needs_texts(cfg, answers):
+    if needs_texts(cfg):
         ids, docs = source.read(0, len(source))
         texts = [doc_text(d) for d in docs]
         corpus = dict(zip(ids, docs, strict=True)) if cfg.chunk_size > 0 else None
@@ -285,7 +296,7 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     }
     run, index, index_ids = retrieve(cfg, doc_ids, texts, qids, queries, info, corpus, source)
     if cfg.rerank_model:
-        docs = dict(zip(doc_ids, texts, strict=True))
+        docs = run_docs(source, doc_ids, texts, run)
         reranked = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
         info.update(rerank_model=cfg.rerank_model, rerank_top=cfg.rerank_top)
         if cfg.rerank_fusion_weight > 0:  # e.g. the weight a cross-encoder's training chose on dev
@@ -301,7 +312,7 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     metrics, _ = evaluate_run(run, qrels, tuple(cfg.measures))
     curve = {f"R@{k}": v for k, v in recall_curve(run, qrels, CURVE_KS).items()}
     if answers:
-        docs = dict(zip(doc_ids, texts, strict=True))
+        docs = run_docs(source, doc_ids, texts, run)
         metrics.update(answer_accuracy(run, docs, answers, tuple(cfg.answer_ks)))
         curve.update(answer_accuracy(run, docs, answers, CURVE_KS))
     metrics["num_queries"] = len(qids)
