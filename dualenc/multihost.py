@@ -131,6 +131,23 @@ def barrier(name: str) -> None:
 
 _any_calls = 0
 _ANY_TIMEOUT_MS = 30 * 60 * 1000
+_WAIT_TIMEOUT_MS = 24 * 3600 * 1000
+_waits = 0
+
+
+def wait_all(name: str) -> None:
+    """A barrier for hosts that arrive far apart (one host encodes more shards, process 0 builds
+    an index): the coordination service's barrier, which waits up to a day. A device barrier
+    (`barrier`) dies when the first gloo collective waits over 30 s for its peer."""
+    global _waits
+    if jax.process_count() == 1:
+        return
+    client, n = _client(), _waits
+    _waits += 1
+    if client is None:
+        barrier(name)
+        return
+    client.wait_at_barrier(f"dualenc_wait_{n}_{name}", _WAIT_TIMEOUT_MS)
 
 
 def any_host(flag: bool) -> bool:

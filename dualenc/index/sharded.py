@@ -102,6 +102,7 @@ class ShardedExactIndex:
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         s, i = self.search_local(q, k)
+        multihost.wait_all("sharded_search")  # hosts finish their shards far apart
         all_s, all_i = multihost.allgather(s), multihost.allgather(i)  # (hosts, Q, k)
         s, i = all_s[0], all_i[0]
         for h in range(1, all_s.shape[0]):  # host order = row order

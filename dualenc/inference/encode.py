@@ -263,7 +263,7 @@ def encode_file(
                 path=out.dir,
             )
         shards.concatenate_to_npy(out, output_path)
-    multihost.barrier("encode_file:written")
+    multihost.wait_all("encode_file:written")
     if multihost.is_local(output_path) and os.path.exists(output_path):
         return np.load(output_path, mmap_mode="r")
     return out

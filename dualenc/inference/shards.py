@@ -200,12 +200,12 @@ def encode_shards(
         shards.dim = int(emb.shape[1])
         bar.update(hi - lo)
     bar.close()
-    multihost.barrier("encode_shards:done")
+    multihost.wait_all("encode_shards:done")
     if shards.dim is None:  # a host with no shards of its own
         shards.dim = int(encoder.config.hidden_size)
     if multihost.is_main() and (not reused or not (shards.dir / MANIFEST).exists()):
         write_manifest(shards, source, write_ids)
-    multihost.barrier("encode_shards:manifest")
+    multihost.wait_all("encode_shards:manifest")
     return shards, reused
 
 

@@ -179,7 +179,7 @@ def shared_scann(shards, manifest, cfg) -> ScannIndex:
             )
             with atomic_dir(d) as tmp:
                 index.save(tmp)
-        multihost.barrier("scann:built")
+        multihost.wait_all("scann:built")
     index = ScannIndex.load(d)
     index.manifest = _with_params(manifest, index.manifest)
     return index
