@@ -5,11 +5,12 @@ Corpus: the real passages of ../shared/data (MS MARCO subset, NQ-Open oracle, Sc
 repeated, each copy's ids and texts given a suffix (unique ids, no duplicate texts); queries and
 qrels: the MS MARCO subset's (its first copy holds their positives). Tower: a random 2-layer BERT
 (hidden 64) with the MiniLM tokenizer, --max_length 128: the memory curve, not quality.
-Every command runs in its own child process(es); the parent reads each child's peak RSS from
-`os.wait4` (ru_maxrss) and the wall time. With 2 processes (a local JAX cluster, gloo), each
-host's peak is reported. `--before /work/main` also runs `dualenc.encode` from another checkout
-(the code before issue 25), and sentence-transformers encodes the same corpus with the same tower
-(its own per-batch tokenisation; all texts held, as its users do): ratios in the same run.
+Every command runs in its own child process(es); the parent polls each child's peak RSS
+(/proc/PID/status VmHWM, every 0.1 s) and the wall time. With 2 processes (a local JAX
+cluster, gloo), each host's peak is reported. `--before /work/main` also runs `dualenc.encode`
+from another checkout (the code before issue 25), and sentence-transformers encodes the same
+corpus with the same tower (its own per-batch tokenisation; all texts held, as its users do):
+ratios in the same run.
 
 python benchmarks/scale.py --sizes 10000,100000 [--procs 1,2] [--before /work/main] [--st]
 Prints one JSON object (and writes it to --out when given).
@@ -106,6 +107,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _vm_hwm_gib(pid: int) -> float:
+    """Peak resident set of process `pid` so far (VmHWM), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
+    return 0.0
+
+
 def measure(args: list[str], *, procs: int = 1, pythonpath: Path = REPO, timeout: int = 3600):
     """Runs `python -m args...` on `procs` processes; {'s', 'peak_rss_gib' per process, 'rc'}."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUALENC_")}
@@ -130,10 +142,16 @@ def measure(args: list[str], *, procs: int = 1, pythonpath: Path = REPO, timeout
                 log,
             )
         )
-    peaks, rcs = {}, {}
-    while len(peaks) < procs:
-        pid, status, usage = os.wait4(-1, 0)
-        peaks[pid], rcs[pid] = usage.ru_maxrss * 1024 / GIB, os.waitstatus_to_exitcode(status)
+    peaks = {p.pid: 0.0 for p, _ in children}
+    rcs: dict = {}
+    while len(rcs) < procs:  # VmHWM of each child's own address space (ru_maxrss would carry
+        for p, _ in children:  # over this parent's RSS at fork time: exec keeps the maximum)
+            if p.pid in rcs:
+                continue
+            peaks[p.pid] = max(peaks[p.pid], _vm_hwm_gib(p.pid))
+            if p.poll() is not None:
+                rcs[p.pid] = p.returncode
+        time.sleep(0.1)
     wall = time.time() - t
     out = {"s": round(wall, 1), "peak_rss_gib": [], "rc": []}
     for p, log in children:

@@ -163,6 +163,7 @@ def test_bm25_cache(beir, tmp_path):
     ix1, hit1 = build()
     ix2, hit2 = build()
     assert (hit1, hit2) == (False, True) and ix2.manifest.corpus_path == "x"
+    assert isinstance(ix2.retriever.scores["data"], np.memmap)  # loaded memory-mapped
     for a, b in zip(ix1.search(queries, 5), ix2.search(queries, 5), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not build(k1=1.2)[1] and not build(t=[*texts[:-1], "new text"])[1]
