@@ -244,6 +244,7 @@ def main() -> None:
             for kind in a.indexes.split(","):
                 if p > 1 and kind == "bm25":
                     continue  # BM25 does not shard over hosts
+                shutil.rmtree(work / f"ev{n}-{p}-{kind}", ignore_errors=True)  # no stale metrics
                 args = ["-m", "dualenc.evaluate", *common, "--data", str(root), "--split", "test"]
                 args += ["--index", kind, "--output", str(work / f"ev{n}-{p}-{kind}")]
                 args += ["--cache_dir", cache, "--k", "100"]
