@@ -20,6 +20,7 @@ from dualenc.io import InputError
 from dualenc.retrieval.evaluate import KINDS, default_config, run_evaluation
 
 _FLAG_KEYS = (
+    "shard_size",
     "model",
     "data",
     "split",
@@ -68,6 +69,8 @@ def _define_flags():
         "tune_split": "split whose queries tune the hybrid weight (never the test split)",
         "cache": "reuse cached corpus embeddings / BM25 indexes (--nocache: never read or write)",
         "cache_dir": "cache dir ('': $DUALENC_CACHE_DIR or $XDG_CACHE_HOME/dualenc)",
+        "shard_size": "corpus rows encoded and searched at a time (one memory-mapped .npy shard "
+        "each, in the cache dir; several hosts each encode and search their own shards)",
         "save_index": "also write the searched index here (for dualenc.search)",
         "rerank_model": "cross-encoder dir (*ForSequenceClassification) that reranks the run",
         "rerank_top": "first-stage docs per query rescored by --rerank_model (e.g. 100 or 500)",

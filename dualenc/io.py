@@ -6,11 +6,12 @@ Every user-facing reader raises `InputError` for bad input, and every writer goe
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
-import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -57,14 +58,135 @@ def data_dir() -> Path:
     return next((p for p in (here, checkout) if p.is_dir()), here)
 
 
-def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Opens a text file for reading, transparently gunzipping `*.gz`."""
+def open_text(path: str | os.PathLike) -> CheckedText:
+    """Opens a UTF-8 text file for reading, transparently gunzipping `*.gz`.
+
+    Bytes that are not UTF-8 raise InputError naming file:line (a plain text-mode file raised a
+    bare UnicodeDecodeError, a traceback from every reader)."""
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path=path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    return CheckedText(raw, path)
+
+
+def decode_line(raw: bytes, path, lineno: int) -> str:
+    """`raw` decoded as UTF-8, or InputError naming file:line and the byte's column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"bytes that are not UTF-8 at column {e.start + 1} ({raw[e.start : e.start + 4]!r})",
+            path=path,
+            line=lineno,
+        ) from None
+
+
+class CheckedText:
+    """A read-only text file over a binary one that decodes strictly and reports the line of a
+    bad byte; supports iteration, readline(), read(n) and `with`."""
+
+    def __init__(self, raw, path):
+        self.raw, self.path = raw, path
+        self.lineno = 0  # lines handed out so far (for errors)
+        self._dec = codecs.getincrementaldecoder("utf-8")("strict")
+        self._buf = ""
+
+    def _decode(self, data: bytes, final: bool = False) -> str:
+        try:
+            return self._dec.decode(data, final)
+        except UnicodeDecodeError as e:
+            line = self.lineno + self._buf.count("\n") + data[: e.start].count(b"\n") + 1
+            raise InputError(
+                f"bytes that are not UTF-8 ({data[e.start : e.start + 4]!r})",
+                path=self.path,
+                line=line,
+            ) from None
+
+    def readline(self) -> str:
+        while "\n" not in self._buf:
+            data = self.raw.readline()
+            if not data:
+                self._buf += self._decode(b"", final=True)
+                break
+            self._buf += self._decode(data)
+        cut = self._buf.find("\n") + 1 or len(self._buf)
+        line, self._buf = self._buf[:cut], self._buf[cut:]
+        self.lineno += line.endswith("\n")
+        return line
+
+    def read(self, n: int = -1) -> str:
+        if n is None or n < 0:
+            text = self._buf + self._decode(self.raw.read(), final=True)
+            self._buf = ""
+        else:
+            while len(self._buf) < n:
+                data = self.raw.read(max(n, 4096))
+                if not data:
+                    self._buf += self._decode(b"", final=True)
+                    break
+                self._buf += self._decode(data)
+            text, self._buf = self._buf[:n], self._buf[n:]
+        self.lineno += text.count("\n")
+        return text
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _bad_string_field(obj, prefix: str = "") -> str | None:
+    """The dotted field of the first string (or key) holding a lone surrogate, else None."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return prefix or "(value)"
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            name = f"{prefix}.{k}" if prefix else str(k)
+            found = _bad_string_field(k, name) or _bad_string_field(v, name)
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found = _bad_string_field(v, f"{prefix}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def check_json_strings(line: str, obj, path, lineno: int) -> None:
+    """Raises InputError naming file:line and field when a JSON string of `line` holds a lone
+    surrogate escape (`"\\ud800"`): valid JSON that no UTF-8 writer or tokenizer accepts."""
+    if not _SURROGATE_ESCAPE.search(line):
+        return
+    field = _bad_string_field(obj)
+    if field is not None:
+        raise InputError(
+            "string holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)",
+            path=path,
+            line=lineno,
+            field=field,
+        )
 
 
 def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
@@ -76,19 +198,12 @@ def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         raise InputError("file not found", path=path)
     with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(
-                    f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
-                    path=path,
-                    line=lineno,
-                ) from None
+            yield lineno, decode_line(raw, path, lineno)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (line_number, object) for each non-blank line; malformed JSON or bytes that are not
-    UTF-8 name file:line."""
+    """Yields (line_number, object) for each non-blank line; malformed JSON, bytes that are not
+    UTF-8 and lone surrogates name file:line."""
     for lineno, line in read_lines(path):
         if not line.strip():
             continue
@@ -102,6 +217,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             raise InputError(
                 f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno
             )
+        check_json_strings(line, obj, path, lineno)
         yield lineno, obj
 
 

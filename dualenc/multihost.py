@@ -141,6 +141,23 @@ def barrier(name: str) -> None:
 
 _any_calls = 0
 _ANY_TIMEOUT_MS = 30 * 60 * 1000
+_WAIT_TIMEOUT_MS = 24 * 3600 * 1000
+_waits = 0
+
+
+def wait_all(name: str) -> None:
+    """A barrier for hosts that arrive far apart (one host encodes more shards, process 0 builds
+    an index): the coordination service's barrier, which waits up to a day. A device barrier
+    (`barrier`) dies when the first gloo collective waits over 30 s for its peer."""
+    global _waits
+    if jax.process_count() == 1:
+        return
+    client, n = _client(), _waits
+    _waits += 1
+    if client is None:
+        barrier(name)
+        return
+    client.wait_at_barrier(f"dualenc_wait_{n}_{name}", _WAIT_TIMEOUT_MS)
 
 
 def any_host(flag: bool) -> bool:
@@ -181,6 +198,15 @@ def to_host(tree: Any) -> Any:
     A collective when some leaf spans other hosts' devices: every process must call it.
     """
     return jax.tree.map(_leaf_to_host, tree)
+
+
+def allgather(x: np.ndarray) -> np.ndarray:
+    """(processes, *x.shape): every process's `x` (same shape everywhere), on every process, in
+    process order. For small host values (per-host top-k lists), not for embeddings."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x[None]
+    return np.asarray(multihost_utils.process_allgather(x, tiled=False))
 
 
 def epath(p: str | os.PathLike) -> _epath.Path:

@@ -264,3 +264,22 @@ def test_accelerator_dry_run(tmp_path, minilm_path):
         assert row["dualenc"] > 0 and row["pytorch"] > 0 and row["ratio"] > 0
         assert row["dualenc_mfu"] is None and row["pytorch_mfu"] is None
     assert "| encode_scifact_device |" in proc.stderr and "mfu is null" in proc.stderr
+
+
+def test_scale_corpus_ids_unique_and_rss_measured(tmp_path, shared_data):
+    """benchmarks/scale.py: the repeated corpus has unique ids and texts, the MS MARCO qrels
+    point into it, and a child's peak RSS is read back (a 300 MiB buffer shows)."""
+    scale = _load("scale")
+    root = scale.make_corpus(shared_data, tmp_path / "c", 20_000)
+    rows = [json.loads(line) for line in (root / "corpus.jsonl").open()]
+    assert len(rows) == 20_000 == len({r["_id"] for r in rows})
+    texts = [(r["title"], r["text"]) for r in rows]
+    assert len(set(texts)) > 0.99 * len(texts)
+    ids = {r["_id"] for r in rows}
+    qrels = (root / "qrels" / "test.tsv").read_text().splitlines()[1:]
+    assert qrels and all(line.split("\t")[1] in ids for line in qrels)
+    fill = "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); "
+    big = scale.measure(["-c", fill + "import time; time.sleep(0.5)"])
+    small = scale.measure(["-c", "import time; time.sleep(0.5)"])
+    assert big["rc"] == [0] and 0.28 < big["peak_rss_gib"][0] < 0.35
+    assert small["peak_rss_gib"][0] < 0.05  # not this (pytest) process's RSS at fork time

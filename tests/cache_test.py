@@ -12,7 +12,7 @@ from multihost_test import run_pair, run_single
 from tiny_data import save_tiny_bert, write_beir
 
 from dualenc.index.base import IndexManifest
-from dualenc.inference import corpus_cache
+from dualenc.inference import corpus_cache, encode
 from dualenc.models.loading import encoder_from_params, load_encoder, load_towers
 from dualenc.retrieval import engine
 from dualenc.retrieval.evaluate import default_config, run_evaluation
@@ -38,7 +38,8 @@ def count_encodes(monkeypatch):
         calls.append(len(texts))
         return real(encoder, texts, **kw)
 
-    monkeypatch.setattr(engine, "encode_texts", counted)
+    monkeypatch.setattr(engine, "encode_texts", counted)  # queries
+    monkeypatch.setattr(encode, "encode_texts", counted)  # corpus shards (inference.shards)
     return calls
 
 
@@ -61,7 +62,7 @@ def test_default_dir_reused_by_exact_then_scann(
     monkeypatch.setenv("DUALENC_CACHE_DIR", str(tmp_path / "c"))
     m1 = run_evaluation(_cfg(beir, tiny_model, tmp_path / "o1"))
     assert count_encodes == [61, 20] and not _info(tmp_path / "o1")["cache_reused"]
-    assert len(list((tmp_path / "c").glob("emb-*/embeddings.npy"))) == 1
+    assert len(list((tmp_path / "c").glob("shards-*/emb-*.npy"))) == 1
     run_evaluation(_cfg(beir, tiny_model, tmp_path / "o2", index="scann"))
     m3 = run_evaluation(_cfg(beir, tiny_model, tmp_path / "o3"))
     assert count_encodes == [61, 20, 20, 20]  # only the queries after the first run
@@ -111,7 +112,7 @@ def test_nocache_never_reads_or_writes(beir, tiny_model, tmp_path, monkeypatch, 
     """A poisoned (well-formed, wrong) entry is read with the cache on and ignored with it off."""
     monkeypatch.setenv("DUALENC_CACHE_DIR", str(tmp_path / "c"))
     m1 = run_evaluation(_cfg(beir, tiny_model, tmp_path / "o1"))
-    (emb,) = (tmp_path / "c").glob("emb-*/embeddings.npy")
+    (emb,) = (tmp_path / "c").glob("shards-*/emb-*.npy")
     np.save(emb, np.zeros_like(np.load(emb)))
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "c").rglob("*"))
     m_off = run_evaluation(_cfg(beir, tiny_model, tmp_path / "o2", cache=False))
@@ -162,6 +163,7 @@ def test_bm25_cache(beir, tmp_path):
     ix1, hit1 = build()
     ix2, hit2 = build()
     assert (hit1, hit2) == (False, True) and ix2.manifest.corpus_path == "x"
+    assert isinstance(ix2.retriever.scores["data"], np.memmap)  # loaded memory-mapped
     for a, b in zip(ix1.search(queries, 5), ix2.search(queries, 5), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not build(k1=1.2)[1] and not build(t=[*texts[:-1], "new text"])[1]

@@ -14,6 +14,7 @@ import transformers
 from sentence_transformers import SentenceTransformer
 
 from dualenc.index.fusion import fuse
+from dualenc.inference import shards
 from dualenc.io import InputError
 from dualenc.metrics import evaluate_run
 from dualenc.retrieval.evaluate import default_config, run_evaluation
@@ -238,7 +239,7 @@ def test_bad_quantize_flags_exit_2_naming_the_field(tiny, tmp_path, flag, field)
 def test_bf16_evaluation_loads_bf16_towers(tiny, minilm_path, tmp_path, monkeypatch):
     """--dtype reaches the encoders (it was float32 whatever the flag said): the bf16 run's
     towers compute in bf16 and real MiniLM's ranking stays close to the float32 run's."""
-    from dualenc.retrieval import evaluate as ev
+    from dualenc.retrieval import dense as ev
 
     beir, model = tiny[0], minilm_path
     seen = []
@@ -406,8 +407,8 @@ def test_scifact_subset_matches_sentence_transformers(shared_data, minilm_path, 
             progress=False,
         )
     m = run_evaluation(cfg)
-    (emb_file,) = (tmp_path / "cache").glob("*/embeddings.npy")
-    ours = np.load(emb_file)  # (400, 384), in corpus-file order
+    (shard_dir,) = (tmp_path / "cache").glob("shards-*")
+    ours = shards.open_shards(shard_dir).to_array()  # (400, 384), in corpus-file order
 
     st = SentenceTransformer(str(minilm_path), device="cpu")
     docs = [json.loads(line) for line in (tmp_path / "sub" / "corpus.jsonl").open()]

@@ -177,12 +177,15 @@ def test_primitives_two_processes(tmp_path):
 
 def test_evaluate_two_processes_equal_one(tiny_model, tiny_beir, tmp_path):
     """Corpus encoding and exact search sharded over two hosts give one process's metrics and
-    run; only process 0 writes (process 1 is given another --output, which must stay absent)."""
+    run; only process 0 writes (process 1 is given another --output, which must stay absent).
+    Each host encodes and searches its own shards on its own device, so the one-process run it
+    equals bit for bit has one device too (a 2-device process shards each batch, and XLA's
+    sums then differ in the last bit)."""
     common = ["--model", str(tiny_model), "--data", str(tiny_beir), "--split", "dev"]
     common += ["--index", "exact", "--k", "20", "--batch_size", "8", "--max_length", "32"]
     common += ["--progress=false", "--nocache"]  # encode (sharded) in both runs
     one, two, stray = tmp_path / "one", tmp_path / "two", tmp_path / "stray"
-    r1 = run_single("dualenc.evaluate", [*common, "--output", str(one)])
+    r1 = run_single("dualenc.evaluate", [*common, "--output", str(one)], devices=1)
     t = time.time()
     res = run_pair(
         "dualenc.evaluate", [[*common, "--output", str(two)], [*common, "--output", str(stray)]]
@@ -207,8 +210,12 @@ def test_encode_two_processes_equal_one(tiny_model, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     common = ["--model", str(tiny_model), "--input", str(inp), "--batch_size", "8"]
-    common += ["--max_length", "32", "--progress=false"]
-    run_single("dualenc.encode", [*common, "--output", str(tmp_path / "one.npy")])
+    common += ["--max_length", "32", "--progress=false", "--shard_size", "16"]
+    one_cache = ["--cache_dir", str(tmp_path / "c1")]  # shards: a dir of their own per run,
+    common += ["--cache_dir", str(tmp_path / "c2")]  # shared by the two hosts of the pair
+    run_single(
+        "dualenc.encode", [*common, *one_cache, "--output", str(tmp_path / "one.npy")], devices=1
+    )
     t = time.time()
     run_pair(
         "dualenc.encode",
@@ -539,3 +546,60 @@ def test_no_tpu_chips_no_metadata_query(fake_tpu_vm, monkeypatch):
     monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
     assert not multihost.initialize()
     assert fake_tpu_vm["metadata"] == [] and fake_tpu_vm["initialize"] == []
+
+
+def test_sharded_encode_and_evaluate_two_processes_bit_identical(tiny_model, tiny_beir, tmp_path):
+    """Issue 25: streamed encoding in shards of 8 rows, each host its contiguous half over its
+    own device, equals one process bit for bit; shards deleted as by a kill are re-encoded alone
+    and the result is unchanged; exact search with each host searching only its own shards
+    (unshared cache dirs) gives one process's metrics and run."""
+    corpus = tiny_beir / "corpus.jsonl"
+    enc = ["--model", str(tiny_model), "--input", str(corpus), "--batch_size", "8"]
+    enc += ["--max_length", "32", "--progress=false", "--shard_size", "8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_single("dualenc.encode", [*enc, "--output_dir", str(one)], devices=1)
+    res = run_pair("dualenc.encode", [[*enc, "--output_dir", str(two)]] * 2)
+    assert "shards [0, 4) of 8: rows [0, 32) of 61" in res[0][2]
+    assert "shards [4, 8) of 8: rows [32, 61) of 61" in res[1][2]
+
+    def shard_bytes(d: Path) -> dict:
+        return {p.name: p.read_bytes() for p in sorted(d.glob("emb-*.npy"))}
+
+    ref = shard_bytes(one)
+    assert len(ref) == 8 and shard_bytes(two) == ref
+    assert (one / "ids.jsonl").read_text() == (two / "ids.jsonl").read_text()
+    names = sorted(ref)
+    for name in (names[1], names[6]):  # one shard of each host lost, as by a kill
+        (two / name).unlink()
+    res = run_pair("dualenc.encode", [[*enc, "--output_dir", str(two)]] * 2)
+    assert all("3 of this host's 4 shards are done" in err for _, _, err in res)
+    assert shard_bytes(two) == ref
+
+    ev = ["--model", str(tiny_model), "--data", str(tiny_beir), "--split", "dev"]
+    ev += ["--index", "exact", "--k", "20", "--batch_size", "8", "--max_length", "32"]
+    ev += ["--progress=false", "--shard_size", "8"]
+    run_single(
+        "dualenc.evaluate",
+        [*ev, "--output", str(one / "ev"), "--cache_dir", str(tmp_path / "c")],
+        devices=1,
+    )
+    c0, c1 = tmp_path / "c0", tmp_path / "c1"
+    run_pair(
+        "dualenc.evaluate",
+        [
+            [*ev, "--output", str(two / "ev"), "--cache_dir", str(c0)],
+            [*ev, "--output", str(tmp_path / "stray"), "--cache_dir", str(c1)],
+        ],
+    )
+    m1 = json.loads((one / "ev" / "metrics.json").read_text())
+    assert m1 == json.loads((two / "ev" / "metrics.json").read_text())
+    assert (one / "ev" / "run.trec").read_text() == (two / "ev" / "run.trec").read_text()
+    assert not (tmp_path / "stray").exists()
+    held = [sorted(p.name[-10:-4] for p in c.glob("shards-*/emb-*.npy")) for c in (c0, c1)]
+    assert held == [
+        ["000000", "000001", "000002", "000003"],
+        ["000004", "000005", "000006", "000007"],
+    ]
+    cached = {p.name: p.read_bytes() for p in (tmp_path / "c").glob("shards-*/emb-*.npy")}
+    both = {p.name: p.read_bytes() for c in (c0, c1) for p in c.glob("shards-*/emb-*.npy")}
+    assert cached == both

@@ -171,22 +171,30 @@ class BM25Scorer:
 
 
 class DenseScorer:
-    """Exact search (sharded over the mesh) and dot / cosine scores from query/pool embeddings."""
+    """Exact search and dot / cosine scores from query embeddings and the pool's: an (N, D)
+    array (searched on the mesh) or `EmbeddingShards` (searched shard by shard, each host its
+    own, the scored rows read from the memory-mapped shards: a pool of millions)."""
 
-    def __init__(self, q_emb: np.ndarray, p_emb: np.ndarray, similarity: str = "cos"):
+    def __init__(self, q_emb: np.ndarray, p_emb, similarity: str = "cos"):
         from dualenc.index.exact import ExactIndex, l2_normalize
+        from dualenc.index.sharded import ShardedExactIndex
 
-        if similarity == "cos":
-            q_emb, p_emb = l2_normalize(q_emb), l2_normalize(p_emb)
-        self.q_emb, self.p_emb = q_emb.astype(np.float32), p_emb.astype(np.float32)
-        self.index = ExactIndex(self.p_emb, similarity="dot")
+        cos = similarity == "cos"
+        self.q_emb = (l2_normalize(q_emb) if cos else q_emb).astype(np.float32)
+        if isinstance(p_emb, np.ndarray):
+            p = (l2_normalize(p_emb) if cos else p_emb).astype(np.float32)
+            self.index = ExactIndex(p, similarity="dot")
+            self._rows = lambda rows: p[rows]
+        else:
+            self.index = ShardedExactIndex(p_emb, similarity="cos" if cos else "dot")
+            self._rows = lambda rows: (l2_normalize if cos else np.asarray)(p_emb.rows(rows))
 
     def search(self, k: int) -> np.ndarray:
         return self.index.search(self.q_emb, k)[1]
 
     def score(self, q_idx: Sequence[int], rows: Sequence[Sequence[int]]) -> list[np.ndarray]:
         return [
-            self.p_emb[np.asarray(r, np.int64)] @ self.q_emb[i]
+            self._rows(np.asarray(r, np.int64)) @ self.q_emb[i]
             for i, r in zip(q_idx, rows, strict=True)
         ]
 

@@ -61,14 +61,28 @@ def load_data(path, format: str = "auto", split: str = "train") -> MiningData:
 
 
 def _encode(data: MiningData, model: str, *, batch_size: int, max_length, progress):
+    """(query embeddings, the pool's EmbeddingShards): the pool is streamed into memory-mapped
+    shards in the corpus cache (`inference.shards`; a rerun or a killed run reuses them), each
+    host encoding its own; queries are encoded on this host's devices."""
+    from dualenc.data.corpus_source import from_texts
+    from dualenc.inference import corpus_cache, shards
     from dualenc.inference.encode import encode_texts, warn_empty
     from dualenc.models.loading import load_towers
 
     q_enc, p_enc = load_towers(model)
     warn_empty(data.texts, "pool passages")
     kw = dict(batch_size=batch_size, max_length=max_length, progress=progress)
-    q_emb = encode_texts(q_enc, [q.text for q in data.queries], **kw)
-    return q_emb, encode_texts(p_enc, data.texts, **kw)
+    q_emb = encode_texts(q_enc, [q.text for q in data.queries], mesh=shards.local_mesh(), **kw)
+    pool, _ = corpus_cache.cached_shards(
+        p_enc,
+        from_texts(data.texts, data.ids),
+        cache_dir=corpus_cache.resolve_cache_dir(),
+        max_length=int(max_length or p_enc.max_length),
+        text_fn=lambda d: d.text,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return q_emb, pool
 
 
 def ce_score_fn(data: MiningData, reranker, *, batch_size: int = 32, progress=True):

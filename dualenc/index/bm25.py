@@ -23,6 +23,15 @@ def bm25_defaults() -> dict[str, Any]:
     return dict(_DEFAULTS)
 
 
+def search_threads() -> int:
+    """Threads for BM25 retrieval: the cores this process may use (each query is independent;
+    the results do not depend on the count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def tokenize(texts: list[str], stopwords: str):
     """bm25s tokens of each text (no stemming), as the index is built and searched with."""
     import bm25s
@@ -82,7 +91,7 @@ class BM25Index:
         live = [i for i, t in enumerate(toks) if t]
         if live:
             r, s = self.retriever.retrieve(
-                [toks[i] for i in live], k=k, show_progress=False, n_threads=1
+                [toks[i] for i in live], k=k, show_progress=False, n_threads=search_threads()
             )
             rows[live], scores[live] = r, s
         rows[scores <= 0] = -1  # a zero BM25 score shares no term with the query
@@ -101,10 +110,12 @@ class BM25Index:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, **_: Any) -> BM25Index:
+        """The saved index, its score matrix memory-mapped (pages read as queries touch them),
+        so a big corpus's index costs address space, not resident memory."""
         import bm25s
 
         m = read_manifest(directory, kind="bm25")
-        return cls(bm25s.BM25.load(str(Path(directory) / BM25_DIR)), m)
+        return cls(bm25s.BM25.load(str(Path(directory) / BM25_DIR), mmap=True), m)
 
 
 def bm25_run(

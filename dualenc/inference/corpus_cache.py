@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from dualenc import multihost
 from dualenc.io import atomic_dir, write_json
 
 T = TypeVar("T")
@@ -34,7 +35,7 @@ EMBEDDINGS, MANIFEST = "embeddings.npy", "manifest.json"
 KEY_FILE = "cache_key.json"  # the key of a BM25 entry (its index manifest is manifest.json)
 _PKG = Path(__file__).resolve().parent
 # Modules whose code decides the embedding of a text (tokenisation, forward pass, pooling).
-_ENCODER_CODE = ("encode.py", "models")
+_ENCODER_CODE = ("encode.py", "packing.py", "shards.py", "models")
 _BM25_CODE = ("index/bm25.py",)
 
 
@@ -96,10 +97,8 @@ def _config_str(encoder) -> str:
     return repr(cfg)
 
 
-def cache_manifest(
-    encoder, doc_ids: Sequence[str], texts: Sequence[str], max_length: int
-) -> dict[str, Any]:
-    """The fields that determine the embeddings (the cache key; dim/dtype are added on write)."""
+def encoder_key(encoder, max_length: int) -> dict[str, Any]:
+    """The fields of the encoder that determine the embeddings (a cache key without the corpus)."""
     return {
         "weights_hash": encoder.weights_hash(),
         "tokenizer_hash": _tokenizer_hash(encoder),
@@ -109,11 +108,48 @@ def cache_manifest(
         "normalize": bool(encoder.normalize),
         "max_length": int(max_length),
         "code_version": code_version(_ENCODER_CODE),
-        "corpus_fingerprint": corpus_fingerprint(doc_ids, texts),
-        "count": len(doc_ids),
         # 'highest' vs TPU's default bf16 passes give other f32 embeddings (None: XLA's default)
         "matmul_precision": jax.config.jax_default_matmul_precision,
     }
+
+
+def cache_manifest(
+    encoder, doc_ids: Sequence[str], texts: Sequence[str], max_length: int
+) -> dict[str, Any]:
+    """The fields that determine the embeddings (the cache key; dim/dtype are added on write)."""
+    return {
+        **encoder_key(encoder, max_length),
+        "corpus_fingerprint": corpus_fingerprint(doc_ids, texts),
+        "count": len(doc_ids),
+    }
+
+
+def cached_shards(
+    encoder, source, *, cache_dir: str | os.PathLike | None, max_length: int, **kwargs
+):
+    """(EmbeddingShards of `source`, reused?): the streamed corpus cache. Shards live in
+    cache_dir/shards-<digest of encoder and corpus> (a dir all hosts share lets them reuse each
+    other's shards; each host reads only its own), memory-mapped on reads; a killed encode
+    resumes there. `cache_dir=None`: a throwaway dir of this process, removed at exit."""
+    from dualenc.inference import shards  # noqa: PLC0415 - shards imports encode, a heavy module
+
+    key = encoder_key(encoder, max_length)
+    if cache_dir is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="dualenc_shards_"))
+        atexit.register(shutil.rmtree, d, True)
+    else:
+        digest = hashlib.sha256(
+            json.dumps({**key, "corpus": source.fingerprint()}, sort_keys=True).encode()
+        ).hexdigest()[:20]
+        d = multihost.epath(cache_dir) / f"shards-{digest}"
+    out, reused = shards.encode_shards(encoder, source, d, key, max_length=max_length, **kwargs)
+    if reused:
+        logging.info("reusing cached corpus embedding shards %s (%d x %d)", d, out.count, out.dim)
+    return out, reused
 
 
 def _entry_dir(cache_dir: Path, key: dict[str, Any], prefix: str = "emb") -> Path:

@@ -2,11 +2,12 @@
 `python -m dualenc.encode`; the one owner of text -> embedding for every caller).
 
 `read_texts` reads a JSONL file (a `text` field and an optional `title`, prepended as in BEIR);
-`encode_texts` returns float32 (N, D) embeddings in input order; `encode_file` does both and
-writes the .npy atomically from process 0. Empty texts are kept (one warning counts them) and
-embed as `[CLS] [SEP]`, as in sentence-transformers. With several processes
-(`multihost.initialize`), every batch is sharded over all devices of all hosts and the
-embeddings are gathered to every host.
+`encode_texts` returns float32 (N, D) embeddings in input order; `encode_file` streams a corpus
+into embedding shards (`inference.shards`: bounded chunks, each host its own share over its own
+devices, resumable) and process 0 concatenates them into the .npy, atomically. Empty texts are
+kept (one warning counts them) and embed as `[CLS] [SEP]`, as in sentence-transformers. With
+several processes, `encode_texts` shards every batch over all devices of all hosts and gathers
+the embeddings to every host (queries, small in-memory corpora).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from jax.sharding import Mesh
 from dualenc import multihost
 from dualenc.inference import packing as packing_lib
 from dualenc.inference.batching import Placer, default_mesh, progress_bar, tokenize_for_encoding
-from dualenc.io import InputError, atomic_write, read_jsonl, require_str
-from dualenc.models import dual_encoder
+from dualenc.io import InputError, read_jsonl, require_str
+from dualenc.models import dual_encoder, target
 from dualenc.models.loading import load_towers
 from dualenc.tokenization import DEFAULT_BUCKETS, bucket_batches, pad_batch, pad_id
 
@@ -126,8 +127,29 @@ def encode_texts(
     Texts are tokenised, sorted by length and padded to a few bucket lengths so that jit compiles
     a bounded number of shapes; batches are sharded over the devices when there are several
     (all devices of all hosts by default). Every process must call it with the same texts; all
-    get the full result.
+    get the full result. An explicit `mesh` (a host's own devices: `inference.shards`) also
+    decides the model's paths, as if only its devices existed, so a host encoding alone computes
+    bit for bit what one process would.
     """
+    kw = dict(batch_size=batch_size, max_length=max_length, mesh=mesh, progress=progress)
+    if mesh is None:
+        return _encode_texts(encoder, texts, buckets=buckets, packing=packing, **kw)
+    with target.compiling_for(mesh):  # paths (native kernels or XLA) chosen for THIS mesh
+        return _encode_texts(encoder, texts, buckets=buckets, packing=packing, **kw)
+
+
+def _encode_texts(
+    encoder,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    packing: bool | None = None,
+) -> np.ndarray:
+    """`encode_texts` inside its target context."""
     seqs, max_length = tokenize_for_encoding(encoder, texts, batch_size, max_length)
     if not seqs:
         return np.zeros((0, encoder.config.hidden_size), np.float32)
@@ -187,7 +209,7 @@ def _fetch(item, out: np.ndarray | None, n: int, bar) -> np.ndarray:
 def encode_file(
     model: str,
     input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
+    output_path: str | os.PathLike | None,
     *,
     batch_size: int = 64,
     max_length: int | None = None,
@@ -195,25 +217,53 @@ def encode_file(
     progress: bool = True,
     tower: str = "passage",
     packing: bool | None = None,
-) -> np.ndarray:
-    """Reads a JSONL file, encodes it with `model`; process 0 saves the (N, D) array atomically.
+    output_dir: str | os.PathLike | None = None,
+    shard_rows: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+):
+    """Streams a JSONL / TSV corpus through `model` into embedding shards
+    (`inference.shards`): each host encodes its own shards over its local devices, resuming
+    after a kill. The shards go to `output_dir` (with manifest.json and ids.jsonl), else to the
+    corpus cache (`cache_dir`; None: a throwaway dir). With `output_path`, process 0 then
+    concatenates them into one (N, D) float32 .npy, written atomically, shard by shard.
 
-    `tower` picks the query or passage tower of a separate-tower export (ignored otherwise);
-    `packing` as in `encode_texts`.
+    Returns the .npy memory-mapped (local paths), else the EmbeddingShards. `tower` picks the
+    query or passage tower of a separate-tower export; `packing` as in `encode_texts`.
     """
-    texts = read_texts(input_path)  # fails before the (slow) model load on bad input
+    from dualenc.data.corpus_source import open_corpus  # noqa: PLC0415
+    from dualenc.inference import corpus_cache, shards  # noqa: PLC0415 - corpus_cache -> shards
+
+    source = open_corpus(input_path, require_ids=False)  # bad input fails before the model load
     q_enc, p_enc = load_towers(model, dtype=dtype)
     encoder = q_enc if tower == "query" else p_enc
-    emb = encode_texts(
-        encoder,
-        texts,
+    max_length = int(max_length or encoder.max_length)
+    kw = dict(
+        shard_rows=shard_rows or shards.DEFAULT_SHARD_ROWS,
         batch_size=batch_size,
-        max_length=max_length,
-        progress=progress,
         packing=packing,
+        progress=progress,
     )
+    if output_dir:
+        key = corpus_cache.encoder_key(encoder, max_length)
+        out, _ = shards.encode_shards(
+            encoder, source, output_dir, key, max_length=max_length, write_ids=True, **kw
+        )
+    else:
+        out, _ = corpus_cache.cached_shards(
+            encoder, source, cache_dir=cache_dir, max_length=max_length, **kw
+        )
+    if not output_path:
+        return out
     if multihost.is_main():
-        with atomic_write(output_path, "wb") as f:
-            np.save(f, emb)
-    multihost.barrier("encode_file:written")
-    return emb
+        missing = [j for j in range(len(out.ranges)) if not out.path(j).exists()]
+        if missing:
+            raise InputError(
+                f"shard {missing[0]} of another host is not visible here: give all hosts one "
+                "shared --output_dir or --cache_dir",
+                path=out.dir,
+            )
+        shards.concatenate_to_npy(out, output_path)
+    multihost.wait_all("encode_file:written")
+    if multihost.is_local(output_path) and os.path.exists(output_path):
+        return np.load(output_path, mmap_mode="r")
+    return out

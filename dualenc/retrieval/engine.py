@@ -120,14 +120,20 @@ def dense_run(
     batch_size: int = 64,
     max_length: int | None = None,
     progress: bool = False,
+    mesh=None,
 ) -> Run:
-    """Encodes the queries with the query tower, searches `index`, maps rows to doc ids."""
+    """Encodes the queries with the query tower, searches `index`, maps rows to doc ids.
+
+    `mesh`: where the queries are encoded (default: all devices of all hosts); a host-local
+    mesh lets every host encode all queries alone, as a sharded index that searches per host
+    wants (the same query vectors as one host)."""
     q_emb = encode_texts(
         q_encoder,
         list(q_texts),
         batch_size=batch_size,
         max_length=max_length or q_encoder.max_length,
         progress=progress,
+        mesh=mesh,
     )
     scores, rows = index.search(np.asarray(q_emb, np.float32), k)
     return rows_to_run(list(qids), scores, rows, list(doc_ids))

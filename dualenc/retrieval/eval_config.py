@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.chunk_overlap = 32  # tokens shared by consecutive windows (chunk_size > 0)
     c.cache = True  # reuse corpus embeddings and BM25 indexes across runs (--nocache: off)
     c.cache_dir = ""  # "": $DUALENC_CACHE_DIR, else $XDG_CACHE_HOME/dualenc, else ~/.cache/dualenc
+    c.shard_size = 32768  # corpus rows encoded (and searched) at a time, one .npy shard each
     c.similarity = "dot"  # dot | cos
     c.quantize = ""  # "" (float32) | int8 | binary: compressed exact index (index.quantized)
     c.rescore_multiplier = 4  # quantize: rescore the top multiplier * k in float32; 0: no rescore

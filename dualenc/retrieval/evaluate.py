@@ -46,31 +46,25 @@ from typing import Any
 import ml_collections
 
 from dualenc import multihost
+from dualenc.data import corpus_source
+from dualenc.data.beir import filter_qrels, load_qrels, load_queries, qrels_path
+from dualenc.data.corpus_source import doc_text
 from dualenc.index import save_index_dir
 from dualenc.index.base import IndexManifest, Run, top_k_run
 from dualenc.index.bm25 import BM25Index, bm25_run
-from dualenc.index.exact import ExactIndex
 from dualenc.index.fusion import fuse, fuse_head, tune_weight
-from dualenc.index.quantized import QuantizedIndex, check_options
-from dualenc.index.scann_index import ScannIndex
-from dualenc.inference import chunking, corpus_cache, rerank
+from dualenc.index.quantized import check_options
+from dualenc.inference import corpus_cache, rerank
 from dualenc.io import InputError, read_jsonl, write_json
 from dualenc.metrics import answer_accuracy, evaluate_run, recall_curve
 from dualenc.models import target
-from dualenc.models.loading import load_towers
 from dualenc.retrieval import engine, report
+from dualenc.retrieval.dense import DenseRetriever, corpus_file
 from dualenc.runs import write_trec
 
 log = logging.getLogger(__name__)
 KINDS = ("exact", "scann", "bm25", "hybrid")
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
-
-
-def _corpus_file(root: Path) -> Path:
-    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
-        if (root / name).exists():
-            return root / name
-    raise InputError("no corpus.jsonl[.gz]", path=root)
 
 
 def load_answers(root: Path, qids) -> dict[str, list[str]]:
@@ -107,100 +101,10 @@ def split_parts(ds):
     return doc_ids, texts, qids, queries, ds.qrels
 
 
-class DenseRetriever:
-    """Towers + corpus embeddings + index, built once and reused for test and tune splits."""
-
-    def __init__(self, cfg, doc_ids, texts, kind: str, corpus=None):
-        if not cfg.model:
-            raise InputError("--model is required for dense retrieval", field="model")
-        self.cfg, self.doc_ids = cfg, doc_ids
-        # encoder = the passage tower
-        self.q_encoder, self.encoder = load_towers(cfg.model, dtype=cfg.get("dtype", "float32"))
-        self.max_length = cfg.max_length or self.encoder.max_length
-        self.chunks, self.chunk_info = None, None
-        self.ids, self.texts = doc_ids, texts  # what is indexed: docs, or their chunks
-        if cfg.chunk_size > 0:
-            if corpus is None:  # no titles known: chunk the 'title text' strings
-                corpus = {d: {"text": x} for d, x in zip(doc_ids, texts, strict=True)}
-            self.chunks = chunking.chunk_corpus(
-                self.encoder.tokenizer, corpus, int(cfg.chunk_size), int(cfg.chunk_overlap)
-            )
-            self.ids, self.texts = self.chunks.ids, self.chunks.texts
-            self.chunk_info = {
-                "size": int(cfg.chunk_size),
-                "overlap": int(cfg.chunk_overlap),
-                **chunking.chunk_stats(self.chunks),
-            }
-            log.info("chunked the corpus: %s", self.chunk_info)
-        t = time.time()
-        p_emb, self.reused = engine.encode_corpus(
-            self.encoder,
-            self.ids,
-            self.texts,
-            batch_size=cfg.batch_size,
-            max_length=self.max_length,
-            progress=cfg.progress,
-            cache_dir=corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir),
-        )
-        self.encode_s = time.time() - t
-        m = IndexManifest(
-            kind=kind,
-            count=len(self.ids),
-            model_source=str(cfg.model),
-            weights_hash=self.encoder.weights_hash(),
-            pooling=str(self.encoder.pooling),
-            normalize=bool(self.encoder.normalize),
-            corpus_path=str(_corpus_file(Path(cfg.data)).resolve()),
-            max_length=int(self.max_length),
-        )
-        t = time.time()
-        self.index = build_dense_index(p_emb, m, kind, cfg)
-        self.build_s = time.time() - t
-
-    def run(self, qids, queries, k: int) -> Run:
-        """Top-k docs per query; with chunks, each doc's best chunk (exact MaxP top-k)."""
-        depth = chunking.chunk_depth(k, self.chunks) if self.chunks else k
-        run = engine.dense_run(
-            self.q_encoder,
-            self.index,
-            qids,
-            list(queries),
-            self.ids,
-            depth,
-            batch_size=self.cfg.batch_size,
-            max_length=self.cfg.max_length or self.q_encoder.max_length,
-            progress=self.cfg.progress,
-        )
-        return chunking.max_p(run, self.chunks, k) if self.chunks else run
-
-
-def build_dense_index(p_emb, manifest, kind: str, cfg):
-    """Exact (float32, or int8 / binary with `quantize`) or ScaNN index over (N, D) embeddings
-    with the config's similarity, truncation and params."""
-    if kind == "scann":
-        return ScannIndex.build(
-            p_emb, manifest, similarity=cfg.similarity, k=cfg.k, **cfg.scann.to_dict()
-        )
-    if cfg.get("quantize"):
-        return QuantizedIndex.build(
-            p_emb,
-            manifest,
-            precision=cfg.quantize,
-            rescore_multiplier=int(cfg.rescore_multiplier),
-            rescore_with=cfg.rescore_with,
-            truncate_dim=int(cfg.truncate_dim),
-            similarity=cfg.similarity,
-            calibration_size=int(cfg.calibration_size),
-        )
-    return ExactIndex(
-        p_emb, manifest, similarity=cfg.similarity, truncate_dim=int(cfg.get("truncate_dim", 0))
-    )
-
-
 def bm25_index(cfg, doc_ids, texts) -> tuple[BM25Index, bool]:
     """(BM25 index over `texts`, whether it came from the cache)."""
     m = IndexManifest(
-        kind="bm25", count=len(doc_ids), corpus_path=str(_corpus_file(Path(cfg.data)).resolve())
+        kind="bm25", count=len(doc_ids), corpus_path=str(corpus_file(Path(cfg.data)).resolve())
     )
     cache_dir = corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir)
     return corpus_cache.cached_bm25(
@@ -270,17 +174,20 @@ def check_config(cfg) -> None:
 
 
 def retrieve(
-    cfg, doc_ids, texts, qids, queries, info: dict[str, Any], corpus=None
+    cfg, doc_ids, texts, qids, queries, info: dict[str, Any], corpus=None, source=None
 ) -> tuple[Run, Any, list[str]]:
     """(run for `queries` with the configured system, the searched index, the ids of its rows:
-    chunk ids when chunked). `corpus` (id -> doc) gives chunks their titles."""
+    chunk ids when chunked). `corpus` (id -> doc) gives chunks their titles; `source` (a
+    `CorpusSource` of the same rows) lets dense search stream the corpus (`texts` may then be
+    None unless BM25 needs them)."""
     kind = cfg.index
     depth = first_stage_depth(cfg)
     if kind == "hybrid":
         depth = max(cfg.fusion_depth, depth)
     dense = bm25 = None
     if kind in ("exact", "scann", "hybrid"):
-        dense = DenseRetriever(cfg, doc_ids, texts, "exact" if kind == "hybrid" else kind, corpus)
+        sub = "exact" if kind == "hybrid" else kind
+        dense = DenseRetriever(cfg, doc_ids, texts, sub, corpus, source)
         if dense.chunks is not None:
             info["chunking"] = dense.chunk_info
         info.update(
@@ -328,13 +235,58 @@ def retrieve(
     return run, bm25, list(doc_ids)
 
 
+def load_streamed(cfg):
+    """(corpus source, doc ids, judged qids, their texts, qrels) of cfg's split, the corpus
+    validated in one streaming pass and never held: only its ids (rows -> ids) are kept."""
+    root = Path(cfg.data)
+    source = corpus_source.open_corpus(corpus_file(root), allow_empty=True)
+    doc_ids = corpus_source.read_ids(source)
+    qfile = next(
+        (root / n for n in ("queries.jsonl", "queries.jsonl.gz") if (root / n).exists()), None
+    )
+    if qfile is None:
+        raise InputError("missing file (looked for queries.jsonl, queries.jsonl.gz)", path=root)
+    queries = load_queries(qfile)
+    qpath = Path(cfg.qrels_file) if cfg.qrels_file else qrels_path(root, cfg.split)
+    qrels = filter_qrels(load_qrels(qpath), queries, set(doc_ids), source=str(qpath))
+    if not qrels:
+        raise InputError(f"no judged queries for split {cfg.split!r}", path=root)
+    qids = sorted(q for q in qrels if q in queries)
+    return source, doc_ids, qids, [queries[q] for q in qids], qrels
+
+
+def needs_texts(cfg) -> bool:
+    """Whether this evaluation reads every document's text (BM25, hybrid, chunking); dense
+    search streams the corpus, and reranking / answer accuracy read only the retrieved docs."""
+    return bool(cfg.index in ("bm25", "hybrid") or cfg.chunk_size > 0)
+
+
+def run_docs(source, doc_ids, texts, run: Run) -> dict[str, str]:
+    """{doc id: 'title text'} of the docs in `run` (all of them when `texts` is in memory),
+    read from the source in row order (one forward pass, gzip included)."""
+    if texts is not None:
+        return dict(zip(doc_ids, texts, strict=True))
+    wanted = {d for ranked in run.values() for d in ranked}
+    out = {}
+    for row in (i for i, d in enumerate(doc_ids) if d in wanted):
+        ids, docs = source.read(row, row + 1)
+        out[ids[0]] = doc_text(docs[0])
+    return out
+
+
 def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     """Runs the evaluation described by `cfg`, writes cfg.output/*, returns the metrics."""
     check_config(cfg)
     target.set_precision(cfg.get("matmul_precision", "default"))
     t0 = time.time()
-    ds = engine.load_split(cfg.data, cfg.split, 0, cfg.qrels_file)  # corpus: chunk titles
-    doc_ids, texts, qids, queries, qrels = split_parts(ds)
+    source, doc_ids, qids, queries, qrels = load_streamed(cfg)
+    answers = load_answers(Path(cfg.data), qids)
+    texts = corpus = None
+    if needs_texts(cfg):
+        ids, docs = source.read(0, len(source))
+        texts = [doc_text(d) for d in docs]
+        corpus = dict(zip(ids, docs, strict=True)) if cfg.chunk_size > 0 else None
+        del ids, docs
     info: dict[str, Any] = {
         "system": cfg.index,
         "data": str(cfg.data),
@@ -342,9 +294,9 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         "num_docs": len(doc_ids),
         "num_queries": len(qids),
     }
-    run, index, index_ids = retrieve(cfg, doc_ids, texts, qids, queries, info, ds.corpus)
+    run, index, index_ids = retrieve(cfg, doc_ids, texts, qids, queries, info, corpus, source)
     if cfg.rerank_model:
-        docs = dict(zip(doc_ids, texts, strict=True))
+        docs = run_docs(source, doc_ids, texts, run)
         reranked = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
         info.update(rerank_model=cfg.rerank_model, rerank_top=cfg.rerank_top)
         if cfg.rerank_fusion_weight > 0:  # e.g. the weight a cross-encoder's training chose on dev
@@ -359,9 +311,8 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         info["final_top"] = cfg.final_top
     metrics, _ = evaluate_run(run, qrels, tuple(cfg.measures))
     curve = {f"R@{k}": v for k, v in recall_curve(run, qrels, CURVE_KS).items()}
-    answers = load_answers(Path(cfg.data), qids)
     if answers:
-        docs = dict(zip(doc_ids, texts, strict=True))
+        docs = run_docs(source, doc_ids, texts, run)
         metrics.update(answer_accuracy(run, docs, answers, tuple(cfg.answer_ks)))
         curve.update(answer_accuracy(run, docs, answers, CURVE_KS))
     metrics["num_queries"] = len(qids)

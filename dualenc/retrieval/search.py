@@ -23,7 +23,8 @@ from dualenc.index.bm25 import BM25Index
 from dualenc.inference.encode import beir_doc_text, encode_texts
 from dualenc.models.loading import load_towers
 from dualenc.retrieval import engine
-from dualenc.retrieval.evaluate import build_dense_index, default_config
+from dualenc.retrieval.dense import build_dense_index
+from dualenc.retrieval.evaluate import default_config
 
 
 def build_index(
