@@ -154,7 +154,7 @@ BAD = {
     "surrogate": (
         b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "x\\ud800y"}\n',
         2,
-        "field 'text': lone surrogate",
+        "field 'text': string holds a lone UTF-16 surrogate",
     ),
     "duplicate": (
         b'{"_id": "a", "text": "1"}\n{"_id": "b", "text": "2"}\n{"_id": "a", "text": "3"}\n',
