@@ -23,7 +23,7 @@ from absl import logging
 
 from dualenc import multihost
 from dualenc.inference import corpus_cache
-from dualenc.inference.encode import encode_file
+from dualenc.inference.corpus_encode import encode_file
 from dualenc.io import InputError
 from dualenc.models import target
 

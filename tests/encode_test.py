@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from dualenc.inference import batching, encode
+from dualenc.inference import batching, corpus_encode, encode
 from dualenc.io import InputError
 from dualenc.models import loading
 
@@ -171,7 +171,7 @@ def test_read_texts_empty_and_missing_file(tmp_path):
 def test_encode_file_is_atomic(tiny_dir, tmp_path, monkeypatch):
     inp = _write(tmp_path / "in.jsonl", [json.dumps({"text": f"text {i}"}) for i in range(5)])
     out = tmp_path / "out" / "emb.npy"
-    emb = encode.encode_file(str(tiny_dir), inp, out, batch_size=4, progress=False)
+    emb = corpus_encode.encode_file(str(tiny_dir), inp, out, batch_size=4, progress=False)
     np.testing.assert_array_equal(np.load(out), emb)
     before = out.read_bytes()
 
@@ -181,12 +181,12 @@ def test_encode_file_is_atomic(tiny_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        encode.encode_file(str(tiny_dir), inp, out, batch_size=4, progress=False)
+        corpus_encode.encode_file(str(tiny_dir), inp, out, batch_size=4, progress=False)
     assert out.read_bytes() == before  # the old output survives, no partial file
     assert sorted(p.name for p in out.parent.iterdir()) == ["emb.npy"]
     out2 = tmp_path / "out" / "new.npy"
     with pytest.raises(OSError):
-        encode.encode_file(str(tiny_dir), inp, out2, batch_size=4, progress=False)
+        corpus_encode.encode_file(str(tiny_dir), inp, out2, batch_size=4, progress=False)
     assert not out2.exists()
 
 

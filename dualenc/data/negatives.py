@@ -65,7 +65,7 @@ def _encode(data: MiningData, model: str, *, batch_size: int, max_length, progre
     shards in the corpus cache (`inference.shards`; a rerun or a killed run reuses them), each
     host encoding its own; queries are encoded on this host's devices."""
     from dualenc.data.corpus_source import from_texts
-    from dualenc.inference import corpus_cache, shards
+    from dualenc.inference import corpus_cache, corpus_encode, shards
     from dualenc.inference.encode import encode_texts, warn_empty
     from dualenc.models.loading import load_towers
 
@@ -73,7 +73,7 @@ def _encode(data: MiningData, model: str, *, batch_size: int, max_length, progre
     warn_empty(data.texts, "pool passages")
     kw = dict(batch_size=batch_size, max_length=max_length, progress=progress)
     q_emb = encode_texts(q_enc, [q.text for q in data.queries], mesh=shards.local_mesh(), **kw)
-    pool, _ = corpus_cache.cached_shards(
+    pool, _ = corpus_encode.cached_shards(
         p_enc,
         from_texts(data.texts, data.ids),
         cache_dir=corpus_cache.resolve_cache_dir(),

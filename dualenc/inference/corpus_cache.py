@@ -27,7 +27,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from dualenc import multihost
 from dualenc.io import atomic_dir, write_json
 
 T = TypeVar("T")
@@ -122,34 +121,6 @@ def cache_manifest(
         "corpus_fingerprint": corpus_fingerprint(doc_ids, texts),
         "count": len(doc_ids),
     }
-
-
-def cached_shards(
-    encoder, source, *, cache_dir: str | os.PathLike | None, max_length: int, **kwargs
-):
-    """(EmbeddingShards of `source`, reused?): the streamed corpus cache. Shards live in
-    cache_dir/shards-<digest of encoder and corpus> (a dir all hosts share lets them reuse each
-    other's shards; each host reads only its own), memory-mapped on reads; a killed encode
-    resumes there. `cache_dir=None`: a throwaway dir of this process, removed at exit."""
-    from dualenc.inference import shards  # noqa: PLC0415 - shards imports encode, a heavy module
-
-    key = encoder_key(encoder, max_length)
-    if cache_dir is None:
-        import atexit
-        import shutil
-        import tempfile
-
-        d = Path(tempfile.mkdtemp(prefix="dualenc_shards_"))
-        atexit.register(shutil.rmtree, d, True)
-    else:
-        digest = hashlib.sha256(
-            json.dumps({**key, "corpus": source.fingerprint()}, sort_keys=True).encode()
-        ).hexdigest()[:20]
-        d = multihost.epath(cache_dir) / f"shards-{digest}"
-    out, reused = shards.encode_shards(encoder, source, d, key, max_length=max_length, **kwargs)
-    if reused:
-        logging.info("reusing cached corpus embedding shards %s (%d x %d)", d, out.count, out.dim)
-    return out, reused
 
 
 def _entry_dir(cache_dir: Path, key: dict[str, Any], prefix: str = "emb") -> Path:

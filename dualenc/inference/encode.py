@@ -2,9 +2,8 @@
 `python -m dualenc.encode`; the one owner of text -> embedding for every caller).
 
 `read_texts` reads a JSONL file (a `text` field and an optional `title`, prepended as in BEIR);
-`encode_texts` returns float32 (N, D) embeddings in input order; `encode_file` streams a corpus
-into embedding shards (`inference.shards`: bounded chunks, each host its own share over its own
-devices, resumable) and process 0 concatenates them into the .npy, atomically. Empty texts are
+`encode_texts` returns float32 (N, D) embeddings in input order (a corpus file streams through it
+shard by shard: `inference.corpus_encode.encode_file`). Empty texts are
 kept (one warning counts them) and embed as `[CLS] [SEP]`, as in sentence-transformers. With
 several processes, `encode_texts` shards every batch over all devices of all hosts and gathers
 the embeddings to every host (queries, small in-memory corpora).
@@ -26,7 +25,6 @@ from dualenc.inference import packing as packing_lib
 from dualenc.inference.batching import Placer, default_mesh, progress_bar, tokenize_for_encoding
 from dualenc.io import InputError, read_jsonl, require_str
 from dualenc.models import dual_encoder, target
-from dualenc.models.loading import load_towers
 from dualenc.tokenization import DEFAULT_BUCKETS, bucket_batches, pad_batch, pad_id
 
 _STEPS: dict = {}
@@ -203,67 +201,4 @@ def _fetch(item, out: np.ndarray | None, n: int, bar) -> np.ndarray:
         out = np.empty((n, emb.shape[-1]), np.float32)
     out[idx] = emb[: len(idx)]
     bar.update(len(idx))
-    return out
-
-
-def encode_file(
-    model: str,
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike | None,
-    *,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    dtype: str = "float32",
-    progress: bool = True,
-    tower: str = "passage",
-    packing: bool | None = None,
-    output_dir: str | os.PathLike | None = None,
-    shard_rows: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-):
-    """Streams a JSONL / TSV corpus through `model` into embedding shards
-    (`inference.shards`): each host encodes its own shards over its local devices, resuming
-    after a kill. The shards go to `output_dir` (with manifest.json and ids.jsonl), else to the
-    corpus cache (`cache_dir`; None: a throwaway dir). With `output_path`, process 0 then
-    concatenates them into one (N, D) float32 .npy, written atomically, shard by shard.
-
-    Returns the .npy memory-mapped (local paths), else the EmbeddingShards. `tower` picks the
-    query or passage tower of a separate-tower export; `packing` as in `encode_texts`.
-    """
-    from dualenc.data.corpus_source import open_corpus  # noqa: PLC0415
-    from dualenc.inference import corpus_cache, shards  # noqa: PLC0415 - corpus_cache -> shards
-
-    source = open_corpus(input_path, require_ids=False)  # bad input fails before the model load
-    q_enc, p_enc = load_towers(model, dtype=dtype)
-    encoder = q_enc if tower == "query" else p_enc
-    max_length = int(max_length or encoder.max_length)
-    kw = dict(
-        shard_rows=shard_rows or shards.DEFAULT_SHARD_ROWS,
-        batch_size=batch_size,
-        packing=packing,
-        progress=progress,
-    )
-    if output_dir:
-        key = corpus_cache.encoder_key(encoder, max_length)
-        out, _ = shards.encode_shards(
-            encoder, source, output_dir, key, max_length=max_length, write_ids=True, **kw
-        )
-    else:
-        out, _ = corpus_cache.cached_shards(
-            encoder, source, cache_dir=cache_dir, max_length=max_length, **kw
-        )
-    if not output_path:
-        return out
-    if multihost.is_main():
-        missing = [j for j in range(len(out.ranges)) if not out.path(j).exists()]
-        if missing:
-            raise InputError(
-                f"shard {missing[0]} of another host is not visible here: give all hosts one "
-                "shared --output_dir or --cache_dir",
-                path=out.dir,
-            )
-        shards.concatenate_to_npy(out, output_path)
-    multihost.wait_all("encode_file:written")
-    if multihost.is_local(output_path) and os.path.exists(output_path):
-        return np.load(output_path, mmap_mode="r")
     return out

@@ -18,7 +18,7 @@ from dualenc.index.exact import ExactIndex
 from dualenc.index.quantized import QuantizedIndex
 from dualenc.index.scann_index import ScannIndex
 from dualenc.index.sharded import ShardedExactIndex
-from dualenc.inference import chunking, corpus_cache
+from dualenc.inference import chunking, corpus_cache, corpus_encode
 from dualenc.inference import shards as shards_lib
 from dualenc.io import InputError, atomic_dir
 from dualenc.models.loading import load_towers
@@ -71,7 +71,7 @@ class DenseRetriever:
         elif source is None:
             source, text_fn = corpus_source.from_texts(texts, doc_ids), plain_text
         t = time.time()
-        self.shards, self.reused = corpus_cache.cached_shards(
+        self.shards, self.reused = corpus_encode.cached_shards(
             self.encoder,
             source,
             cache_dir=corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir),
