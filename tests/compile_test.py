@@ -191,6 +191,7 @@ def _gpu():
         pytest.skip(f"no GPU compile support (make compile-gpu): {e}")
 
 
+@pytest.mark.gpu  # the CUDA plugin (~5 GB) is outside `make setup`: `make compile-gpu` runs this
 def test_gpu_train_step_uses_cudnn_attention():
     _gpu()
     c = tiny_config(**{"model.dtype": "bfloat16", "train.dropout": False})
