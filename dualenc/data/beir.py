@@ -32,7 +32,8 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]]
 
 
-def _read_id(obj: dict, path, line: int) -> str:
+def read_doc_id(obj: dict, path, line: int) -> str:
+    """The `_id` of a BEIR row (ints accepted), or InputError naming file:line."""
     if "_id" not in obj:
         raise InputError("missing field", path=path, line=line, field="_id")
     val = obj["_id"]
@@ -54,7 +55,7 @@ def load_corpus(path: str | os.PathLike, *, allow_empty: bool = False) -> dict[s
     first_line: dict[str, int] = {}
     empty = []
     for lineno, obj in read_jsonl(path):
-        doc_id = _read_id(obj, path, lineno)
+        doc_id = read_doc_id(obj, path, lineno)
         if doc_id in corpus:
             raise InputError(
                 f"duplicate doc id {doc_id!r} (also on line {first_line[doc_id]})",
@@ -93,7 +94,7 @@ def load_queries(path: str | os.PathLike) -> dict[str, str]:
     queries: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for lineno, obj in read_jsonl(path):
-        qid = _read_id(obj, path, lineno)
+        qid = read_doc_id(obj, path, lineno)
         if qid in queries:
             raise InputError(
                 f"duplicate query id {qid!r} (also on line {first_line[qid]})",

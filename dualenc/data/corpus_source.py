@@ -33,7 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dualenc.data.beir import Doc
+from dualenc.data.beir import Doc, read_doc_id
 from dualenc.io import InputError, check_json_strings, decode_line, require_str
 
 log = logging.getLogger(__name__)
@@ -267,20 +267,6 @@ class _LineCorpus:
     def __del__(self):
         if getattr(self, "_stream", None) is not None:
             self._stream[0].close()
-
-
-def read_doc_id(obj: dict, path, line: int) -> str:
-    """The `_id` of a BEIR row (ints accepted), or InputError naming file:line."""
-    if "_id" not in obj:
-        raise InputError("missing field", path=path, line=line, field="_id")
-    val = obj["_id"]
-    if isinstance(val, int) and not isinstance(val, bool):
-        val = str(val)
-    if not isinstance(val, str) or not val:
-        raise InputError(
-            f"expected a non-empty string id, got {val!r}", path=path, line=line, field="_id"
-        )
-    return val
 
 
 class JsonlCorpus(_LineCorpus):
