@@ -4,6 +4,7 @@ rerank, inside the same FastAPI/uvicorn), in one run, on loopback.
 
 Usage: python benchmarks/serve.py --index DIR [--requests 2000] [--concurrency 1,8,32]
                                   [--rerank_requests 32] [--rerank_top 20] [--rerank_model CE]
+                                  [--client raw|httpx]
 
 DIR: the SciFact index built with all-MiniLM-L6-v2 (README "Serving"). Queries: SciFact test
 queries, cycled. Each server runs in its own process; both are started and warmed up, then
@@ -42,6 +43,7 @@ flags.DEFINE_integer("rerank_max_length", 256, "Tokens per (query, doc) pair, bo
 flags.DEFINE_integer("k", 10, "Hits per query.")
 flags.DEFINE_string("ce_work_dir", "/tmp/dualenc_bench_rerank", "Where the default CE is built.")
 flags.DEFINE_bool("skip_baseline", False, "Time dualenc only.")
+flags.DEFINE_enum("client", "raw", ["raw", "httpx"], "Load generator (RawClient or httpx).")
 flags.DEFINE_bool("markdown", False, "Also print markdown tables on stderr.")
 # internal: this script is also the baseline server
 flags.DEFINE_bool("baseline_server", False, "Run the sentence-transformers server (internal).")
@@ -132,30 +134,85 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 1800) -> float
     raise RuntimeError("server did not come up")
 
 
-async def load(url: str, queries: list[str], n: int, conc: int, body: dict) -> dict:
-    """n POST /search at `conc` in flight: queries/s, p50/p99 latency (ms), errors."""
+class RawClient:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: a load generator that costs
+    ~0.2 ms of CPU per request where httpx's AsyncClient costs ~1.8 ms. On a 2-core machine
+    the client shares the cores with the server, so a heavy client measures itself: with httpx,
+    dualenc's p99 at concurrency 32 reads ~90 ms higher than the server's own timing shows."""
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.reader = self.writer = None
+
+    async def post(self, path: str, payload: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(payload).encode()
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        try:
+            lines = (await self.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+            length = [
+                x.split(b":", 1)[1] for x in lines if x.lower().startswith(b"content-length:")
+            ]
+            if not length:
+                raise ValueError("no Content-Length")
+            return int(lines[0].split()[1]), await self.reader.readexactly(int(length[0]))
+        except BaseException:
+            self.close()  # a broken exchange: the next request reconnects
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
+async def load(
+    url: str, queries: list[str], n: int, conc: int, body: dict, server_pid: int = 0
+) -> dict:
+    """n POST /search at `conc` in flight (one connection each, --client): queries/s, p50/p99
+    latency (ms), errors, and the CPU milliseconds per request of the server and of this client
+    (on 2 cores they share)."""
     import httpx
     import numpy as np
+    import psutil
+
+    def cpu(pid: int) -> float:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
 
     lat, errors, nxt = [], 0, iter(range(n))
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
 
+        async def post(raw: RawClient | None, payload: dict) -> tuple[int, bytes]:
+            if raw is not None:
+                return await raw.post("/search", payload)
+            r = await c.post("/search", json=payload)
+            return r.status_code, r.content
+
         async def worker():
             nonlocal errors
+            raw = RawClient(url) if FLAGS.client == "raw" else None
             for i in nxt:
                 t = time.perf_counter()
                 try:
-                    r = await c.post("/search", json={"query": queries[i % len(queries)], **body})
-                    ok = r.status_code == 200 and r.json()["hits"]
-                except httpx.HTTPError:
+                    status, data = await post(raw, {"query": queries[i % len(queries)], **body})
+                    ok = status == 200 and json.loads(data)["hits"]
+                except (httpx.HTTPError, OSError, ValueError, asyncio.IncompleteReadError):
                     ok = False
                 lat.append(time.perf_counter() - t)
                 errors += not ok
+            if raw is not None:
+                raw.close()
 
+        cpu0 = (cpu(server_pid) if server_pid else 0.0), cpu(os.getpid())
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(conc)))
         wall = time.perf_counter() - t0
+        cpu1 = (cpu(server_pid) if server_pid else 0.0), cpu(os.getpid())
     ms = np.array(lat) * 1e3
     return {
         "requests": n,
@@ -163,6 +220,8 @@ async def load(url: str, queries: list[str], n: int, conc: int, body: dict) -> d
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "errors": errors,
+        "server_cpu_ms": round((cpu1[0] - cpu0[0]) * 1e3 / n, 2) if server_pid else None,
+        "client_cpu_ms": round((cpu1[1] - cpu0[1]) * 1e3 / n, 2),
     }
 
 
@@ -222,7 +281,7 @@ def run_mode(systems: list[str], mode: str, queries: list[str], rerank_model: st
             out[system] = {"startup_s": round(ready_s, 1), "rss_before_mb": round(rss / 2**20, 1)}
         for c in FLAGS.concurrency:
             for system in systems:
-                r = asyncio.run(load(urls[system], queries, n, int(c), body))
+                r = asyncio.run(load(urls[system], queries, n, int(c), body, procs[system].pid))
                 r["loadavg_1m"] = round(os.getloadavg()[0], 2)
                 out[system][f"c{c}"] = r
                 print(f"{system} {mode} c={c}: {r}", file=sys.stderr, flush=True)
@@ -236,6 +295,7 @@ def run_mode(systems: list[str], mode: str, queries: list[str], rerank_model: st
             info = httpx.get(urls["dualenc"] + "/info").json()
             out["dualenc"]["compiles_during_load"] = info["compiles"]["since_ready"]
             out["dualenc"]["compiles_at_warm_up"] = info["compiles"]["warm_up"]
+            out["dualenc"]["batch_sizes"] = info["served"]["batch_sizes"]  # all levels together
             if mode == "exact":
                 out["dualenc"]["bad_requests"] = bad_requests(urls["dualenc"])
         return out
@@ -307,6 +367,7 @@ def main(argv):
         "queries": len(queries),
         "rerank_model": rerank_model if "rerank" in FLAGS.modes else None,
         "rerank_top": FLAGS.rerank_top,
+        "client": FLAGS.client,
         "modes": {},
     }
     systems = ["dualenc"] + ([] if FLAGS.skip_baseline else ["baseline"])

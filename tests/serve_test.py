@@ -6,8 +6,11 @@ page in headless Chromium (tests/serve_browser_test.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import json
 import socket
+import threading
 import time
 
 import httpx
@@ -24,6 +27,7 @@ from dualenc.serve import SearchEngine, create_app
 from dualenc.serve.batcher import DynamicBatcher, QueueFull
 from dualenc.serve.engine import Query
 from dualenc.serve.snippets import matcher, query_terms, snippet
+from dualenc.tokenization import tokenize
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +111,28 @@ def test_rerank_matches_rerank_run(client, engine, built):
     assert [h["first_stage_rank"] for h in got["hits"][8:]] == [9, 10]  # the tail keeps its order
 
 
+def test_packed_query_encoding_equals_padded(built):
+    """Packed query rows (short queries sharing rows of the cheapest length, long ones sharing
+    rows of their bucket, more rows than one call takes) embed every query as the padded path
+    does, in input order, with no compile after warm-up."""
+    cfg = dataclasses.replace(
+        CONFIG, length_buckets=(8, 16, 32), pack_row_length=16, pack_segments=3
+    )
+    packed = SearchEngine(str(built["ix"]), config=cfg)
+    padded = SearchEngine(str(built["ix"]), config=dataclasses.replace(cfg, pack_row_length=0))
+    assert packed.packed and not padded.packed
+    words = "fever cough children vitamin bone density trial outcome risk".split()
+    texts = [" ".join(words[: 1 + (i * 7) % 30 % len(words)] * (1 + i % 4)) for i in range(30)]
+    lengths = {len(s) for s in tokenize(packed.searcher.encoder.tokenizer, texts, 32)}
+    assert min(lengths) <= 8 and max(lengths) > 16  # both groups, several row lengths
+    want = padded.encode(texts)
+    packed.warm_up()  # compiles are counted process-wide: after the padded engine's
+    got = packed.encode(texts)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    assert len({tuple(r) for r in got.round(5).tolist()}) > 10  # distinct rows, not one repeated
+    assert packed.compiles_since_ready() == 0
+
+
 def test_batch_endpoint_equals_single_queries(client):
     qs = ["apple", "ocean violin desert", "meadow 30"]
     r = client.post("/search/batch", json={"queries": qs, "k": 5, "rerank": True})
@@ -125,7 +151,9 @@ def test_info_and_healthz(client, built):
     assert info["index_kind"] == "exact" and info["corpus_size"] == 61 and info["dim"] == 32
     assert info["model"] and info["rerank_model"] == str(built["ce"]) and info["rerank_top"] == 8
     assert info["limits"]["max_k"] == 20 and info["batching"]["batch_buckets"] == [1, 2, 4, 8]
-    assert info["compiles"]["warm_up"] > 0
+    assert info["compiles"]["warm_up"] > 0 and info["batching"]["packed"]
+    assert sum(info["served"]["batch_sizes"].values()) == info["served"]["batches"]
+    assert gc.get_freeze_count() > 0  # the app froze what was loaded: no 270 ms full GCs
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/openapi.json").json()["paths"]["/search"]["post"]["requestBody"]
     page = client.get("/")
@@ -237,6 +265,43 @@ def test_batcher_survives_failures_and_drops_cancelled_requests():
         full.submit("z")
 
 
+def test_batcher_respond_stage_overlaps_the_next_batch():
+    """With a respond stage, batch 2 is processed while batch 1 is still being responded to
+    (the device work of one batch overlaps the Python of the previous one); a failing respond
+    fails its batch only."""
+    events, release = [], threading.Event()
+
+    def process(items):
+        events.append(("process", [x for x, _ in items]))
+        return [x for x, _ in items]
+
+    def respond(xs):
+        if xs == ["slow"]:
+            release.wait(5)  # held until batch 2 has been processed
+        if xs == ["bad"]:
+            raise ValueError("respond failed")
+        events.append(("respond", xs))
+        return [x.upper() for x in xs]
+
+    b = DynamicBatcher(process, respond=respond, max_batch=4, max_wait_s=0.0)
+    b.start()
+    first = b.submit("slow")
+    time.sleep(0.2)  # batch 1 processed, its respond waiting
+    second = b.submit("next")
+    for _ in range(100):
+        if ("process", ["next"]) in events:
+            break
+        time.sleep(0.02)
+    assert ("process", ["next"]) in events and not first.done()  # overlapped
+    release.set()
+    assert first.result(5) == "SLOW" and second.result(5) == "NEXT"
+    with pytest.raises(ValueError):
+        b.submit("bad").result(5)
+    assert b.submit("ok").result(5) == "OK" and b.alive()
+    b.close()
+    assert not b.alive()
+
+
 def test_hybrid_ranks_each_stage(built):
     """With a BM25 index beside the dense one, hits are fused as `fuse` ranks them and carry
     their rank in each stage."""
@@ -273,6 +338,22 @@ def test_snippet_window_and_marks():
         [[0, 3], [10, 13], [14, 21]],
     )
     assert snippet("a b c", matcher(query_terms("the of"))) == ("a b c", [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "xfever fever Fever FEVERS _fever fever_x 2fever fever2 dnadna dna-dna DNA. déjà-fever",
+        "İstanbul fever and dna: a lower case longer than its upper case (İ -> i̇)",
+        "Ωmega fever ωmega ΣΊΣΥΦΟΣ dna2 (dna) [fever] fever-fever — fevered.",
+    ],
+)
+def test_snippet_matcher_equals_the_word_boundary_regex(text):
+    """The fast matcher (lower-cased text, no leading assertion, in-word starts dropped) finds
+    exactly what the plain IGNORECASE regex anchored at word starts finds."""
+    m = matcher(frozenset({"fever", "dna", "ωmega", "σίσυφος"}))
+    want = [x.span() for x in m.ignorecase.finditer(text)]
+    assert m.spans(text) == want and want
 
 
 BROWSER_HINT = (

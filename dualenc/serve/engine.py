@@ -11,6 +11,7 @@ compiles again: `compile_count()` counts XLA compiles process-wide to prove it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from typing import Any
@@ -21,9 +22,10 @@ import numpy as np
 import dualenc
 from dualenc.index import load_doc_ids, load_index
 from dualenc.index.fusion import METHODS, fuse
-from dualenc.inference import rerank
+from dualenc.inference import packing, rerank
 from dualenc.inference.encode import beir_doc_text, doc_fields, encode_step
 from dualenc.io import InputError
+from dualenc.models.dual_encoder import PACKABLE_ARCHS
 from dualenc.retrieval.search import Searcher
 from dualenc.serve import snippets
 from dualenc.serve.config import ServeConfig, bucket
@@ -56,6 +58,18 @@ class Query:
     text: str
     k: int
     rerank: bool
+
+
+@dataclasses.dataclass
+class Batch:
+    """A searched batch on its way to responses: its items, hits best first, stage times."""
+
+    items: list[tuple[Query, float]]
+    hits: list[list[dict]]
+    started: float  # time.perf_counter() when its search began
+    encode_s: float
+    search_s: float
+    rerank_s: float
 
 
 class SearchEngine:
@@ -96,6 +110,9 @@ class SearchEngine:
             self.lengths = tuple(sorted(lengths))
             self.params = jax.device_put(enc.params, jax.local_devices()[0])
             self.step = encode_step(enc.spec)
+            self.packed = bool(self.config.pack_row_length) and enc.spec.arch in PACKABLE_ARCHS
+            if self.packed:
+                self.packed_step = packing.packed_step(enc.spec, self.config.pack_segments)
         self.warm_compiles = 0
         self.ready_compiles: int | None = None
 
@@ -118,11 +135,19 @@ class SearchEngine:
 
     # -- shapes ---------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> np.ndarray:
-        """(N, D) float32 query embeddings; rows padded to batch buckets, tokens to lengths."""
-        enc, cfg = self.searcher.encoder, self.config
+        """(N, D) float32 query embeddings, computed on packed rows where the tower packs, else
+        on rows padded to length buckets; row counts padded to batch buckets."""
+        enc = self.searcher.encoder
         seqs = tokenize(enc.tokenizer, texts, self.max_length)
         out = np.empty((len(seqs), enc.dim), np.float32)
-        pad = pad_id(enc.tokenizer)
+        if self.packed:
+            self._encode_packed(seqs, out)
+        else:
+            self._encode_padded(seqs, out)
+        return out
+
+    def _encode_padded(self, seqs: list[list[int]], out: np.ndarray) -> None:
+        cfg, pad = self.config, pad_id(self.searcher.encoder.tokenizer)
         by_len: dict[int, list[int]] = {}
         for i, s in enumerate(seqs):
             by_len.setdefault(bucket(len(s), self.lengths), []).append(i)
@@ -133,7 +158,40 @@ class SearchEngine:
                 rows = bucket(len(part), cfg.batch_buckets)
                 ids, mask = _fill_rows(ids, mask, rows, pad)
                 out[part] = np.asarray(self.step(self.params, ids, mask))[: len(part)]
-        return out
+
+    def _encode_packed(self, seqs: list[list[int]], out: np.ndarray) -> None:
+        """Queries up to `pack_row_length` tokens share rows, longer ones share rows of their
+        length bucket; each embeds as it does alone (segment-masked attention, per-segment
+        pooling). The short rows take the length bucket that computes the fewest positions
+        (a lone 20-token query: one row of 32; 32 SciFact queries: ~8 rows of 64)."""
+        cfg, pad = self.config, pad_id(self.searcher.encoder.tokenizer)
+        lengths = np.array([len(s) for s in seqs])
+        cap = max([b for b in self.lengths if b <= cfg.pack_row_length] or self.lengths[:1])
+        for group in (np.flatnonzero(lengths <= cap), np.flatnonzero(lengths > cap)):
+            if not group.size:
+                continue
+            longest = bucket(int(lengths[group].max()), self.lengths)
+            options = [b for b in self.lengths if longest <= b <= max(cap, longest)]
+            row_length = min(options, key=lambda b: self._packed_positions(lengths[group], b))
+            p = packing.pack([seqs[i] for i in group], row_length, cfg.pack_segments, pad)
+            n_rows = len(p.input_ids)
+            for r0 in range(0, n_rows, cfg.max_batch):
+                r1 = min(r0 + cfg.max_batch, n_rows)
+                rows = bucket(r1 - r0, cfg.batch_buckets)
+                ids = np.full((rows, row_length), pad, np.int32)
+                seg = np.zeros((rows, row_length), np.int32)  # filler rows: all padding
+                ids[: r1 - r0], seg[: r1 - r0] = p.input_ids[r0:r1], p.segment_ids[r0:r1]
+                emb = np.asarray(self.packed_step(self.params, ids, seg))  # (rows, S, D)
+                here = (p.row >= r0) & (p.row < r1)
+                out[group[here]] = emb[p.row[here] - r0, p.segment[here]]
+
+    def _packed_positions(self, lengths: np.ndarray, row_length: int) -> int:
+        """Token positions the packed step computes for texts of these lengths in such rows."""
+        cfg = self.config
+        used = packing.first_fit(lengths, row_length, cfg.pack_segments)[3]
+        full, rest = divmod(used, cfg.max_batch)
+        rows = full * cfg.max_batch + (bucket(rest, cfg.batch_buckets) if rest else 0)
+        return rows * row_length
 
     def _dense(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) (Q, depth') of the dense index, queries padded to batch buckets."""
@@ -157,8 +215,11 @@ class SearchEngine:
                 for rows in cfg.batch_buckets:
                     ids = np.full((rows, length), pad, np.int32)
                     mask = np.zeros_like(ids)
-                    mask[:, 0] = 1
-                    np.asarray(self.step(self.params, ids, mask))
+                    mask[:, 0] = 1  # one token per row: a packed row holds one text
+                    if self.packed:
+                        np.asarray(self.packed_step(self.params, ids, mask))
+                    else:
+                        np.asarray(self.step(self.params, ids, mask))
             for rows in cfg.batch_buckets:
                 zeros = np.zeros((rows, self.manifest.dim), np.float32)
                 self.searcher.index.search(zeros, self.depth)
@@ -173,30 +234,34 @@ class SearchEngine:
         return None if self.ready_compiles is None else compile_count() - self.ready_compiles
 
     # -- one batch ------------------------------------------------------------------------------
-    def first_stage(self, texts: list[str]) -> tuple[list[list[dict]], float, float]:
-        """Per query [{doc_id, first_stage_score/rank, stage_ranks}] best first; seconds spent
-        encoding and searching."""
+    def first_stage(
+        self, texts: list[str], keep: list[int] | None = None
+    ) -> tuple[list[list[dict]], float, float]:
+        """Per query its best `keep[i]` (default: all `depth`) hits [{doc_id, first_stage_score,
+        first_stage_rank, stage_ranks}] best first; seconds spent encoding and searching. The
+        index always returns `depth` (one compiled shape); only the hits kept become dicts."""
         t0 = time.perf_counter()
         vecs = self.encode(texts) if self.searcher.encoder is not None else None
         t1 = time.perf_counter()
-        ids = self.searcher.doc_ids
+        ids, keep = self.searcher.doc_ids, keep or [self.depth] * len(texts)
         if vecs is None:
-            runs = _runs(self.searcher.index.search(texts, self.depth), ids)
+            runs = _runs(self.searcher.index.search(texts, self.depth), ids, keep)
             stages = {}
-        else:
-            dense = _runs(self._dense(vecs), ids)
-            runs, stages = dense, {}
-            if self.bm25 is not None:
-                lex = _runs(self.bm25.search(texts, self.depth), ids)
-                keys = [str(i) for i in range(len(texts))]
-                fused = fuse(
-                    dict(zip(keys, lex, strict=True)),
-                    dict(zip(keys, dense, strict=True)),
-                    self.fusion,
-                    self.hybrid_weight,
-                    depth=self.depth,
-                )
-                runs, stages = [fused[q] for q in keys], {"bm25": lex, "dense": dense}
+        elif self.bm25 is None:
+            runs, stages = _runs(self._dense(vecs), ids, keep), {}
+        else:  # the fusion sees both full runs
+            full = [self.depth] * len(texts)
+            dense = _runs(self._dense(vecs), ids, full)
+            lex = _runs(self.bm25.search(texts, self.depth), ids, full)
+            keys = [str(i) for i in range(len(texts))]
+            fused = fuse(
+                dict(zip(keys, lex, strict=True)),
+                dict(zip(keys, dense, strict=True)),
+                self.fusion,
+                self.hybrid_weight,
+                depth=self.depth,
+            )
+            runs, stages = [fused[q] for q in keys], {"bm25": lex, "dense": dense}
         out = []
         for qi, run in enumerate(runs):
             ranks = {name: {d: r for r, d in enumerate(st[qi], 1)} for name, st in stages.items()}
@@ -208,7 +273,7 @@ class SearchEngine:
                         "first_stage_rank": rank,
                         "stage_ranks": {n: rk.get(d) for n, rk in ranks.items()},
                     }
-                    for rank, (d, s) in enumerate(run.items(), 1)
+                    for rank, (d, s) in enumerate(itertools.islice(run.items(), keep[qi]), 1)
                 ]
             )
         return out, t1 - t0, time.perf_counter() - t1
@@ -232,37 +297,46 @@ class SearchEngine:
             head = sorted(hits[qi][:top], key=lambda h: -h["rerank_score"])  # stable on ties
             hits[qi] = head + hits[qi][top:]
 
-    def process(self, items: list[tuple[Query, float]]) -> list[dict]:
-        """Answers a batch: [(query, seconds it waited)] -> one response dict per query."""
+    def search(self, items: list[tuple[Query, float]]) -> Batch:
+        """The device part of a batch, [(query, seconds it waited)]: encode, search, rerank."""
         t0 = time.perf_counter()
         texts = [q.text for q, _ in items]
-        hits, encode_s, search_s = self.first_stage(texts)
-        which = [q.rerank for q, _ in items]
+        which = [q.rerank and self.reranker is not None for q, _ in items]
+        top = self.config.rerank_top
+        keep = [max(q.k, top) if rr else q.k for (q, _), rr in zip(items, which, strict=True)]
+        hits, encode_s, search_s = self.first_stage(texts, keep)
         t1 = time.perf_counter()
-        if self.reranker is not None and any(which):
+        if any(which):
             self.rerank(texts, hits, which)
-        rerank_s = time.perf_counter() - t1
-        batch_s = time.perf_counter() - t0
+        return Batch(items, hits, t0, encode_s, search_s, time.perf_counter() - t1)
+
+    def respond(self, batch: Batch) -> list[dict]:
+        """The host part: one response per query (hits with titles, snippets, marks; times)."""
         out = []
-        for (q, waited), h in zip(items, hits, strict=True):
+        for (q, waited), h in zip(batch.items, batch.hits, strict=True):
+            hits = self._present(q, h[: q.k])
             timing = {
                 "queue_ms": waited * 1e3,
-                "encode_ms": encode_s * 1e3,
-                "search_ms": search_s * 1e3,
-                "rerank_ms": rerank_s * 1e3 if q.rerank else 0.0,
-                "total_ms": (waited + batch_s) * 1e3,
+                "encode_ms": batch.encode_s * 1e3,
+                "search_ms": batch.search_s * 1e3,
+                "rerank_ms": batch.rerank_s * 1e3 if q.rerank else 0.0,
+                "total_ms": (waited + time.perf_counter() - batch.started) * 1e3,
             }
             out.append(
                 {
                     "query": q.text,
                     "k": q.k,
                     "reranked": q.rerank,
-                    "hits": self._present(q, h[: q.k]),
+                    "hits": hits,
                     "timing": {k: round(v, 3) for k, v in timing.items()},
-                    "batch_size": len(items),
+                    "batch_size": len(batch.items),
                 }
             )
         return out
+
+    def process(self, items: list[tuple[Query, float]]) -> list[dict]:
+        """Answers a batch: [(query, seconds it waited)] -> one response dict per query."""
+        return self.respond(self.search(items))
 
     def _present(self, q: Query, hits: list[dict]) -> list[dict]:
         pattern = snippets.matcher(snippets.query_terms(q.text))
@@ -317,6 +391,7 @@ class SearchEngine:
                 "max_wait_ms": cfg.max_wait_ms,
                 "batch_buckets": list(cfg.batch_buckets),
                 "length_buckets": list(getattr(self, "lengths", ())),
+                "packed": getattr(self, "packed", False),
                 "first_stage_depth": self.depth,
             },
             "compiles": {"warm_up": self.warm_compiles, "since_ready": self.compiles_since_ready()},
@@ -334,9 +409,12 @@ def _fill_rows(ids: np.ndarray, mask: np.ndarray, rows: int, pad: int):
     return ids, mask
 
 
-def _runs(found: tuple[np.ndarray, np.ndarray], doc_ids: list[str]) -> list[dict[str, float]]:
-    """Per query {doc id: score} best first from (scores, rows), dropping padding rows (< 0)."""
+def _runs(
+    found: tuple[np.ndarray, np.ndarray], doc_ids: list[str], keep: list[int]
+) -> list[dict[str, float]]:
+    """Per query its best `keep[i]` {doc id: score} from (scores, rows), dropping padding
+    rows (< 0)."""
     return [
-        {doc_ids[r]: float(x) for x, r in zip(s, rows, strict=True) if r >= 0}
-        for s, rows in zip(*found, strict=True)
+        {doc_ids[r]: x for x, r in zip(s[:n].tolist(), rows[:n].tolist(), strict=True) if r >= 0}
+        for s, rows, n in zip(*found, keep, strict=True)
     ]

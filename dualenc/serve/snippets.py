@@ -20,24 +20,52 @@ def query_terms(query: str) -> frozenset[str]:
     )
 
 
-def matcher(terms: frozenset[str]) -> re.Pattern | None:
-    """One regex finding the words that match a query term: the term itself, or, for terms of
-    4+ characters, any word it starts (fever -> fevers); None when there are no terms."""
-    if not terms:
-        return None
-    alts = [
-        re.escape(t) + (r"\w*" if len(t) >= 4 else r"(?!\w)")
-        for t in sorted(terms, key=lambda t: (-len(t), t))
-    ]
-    return re.compile(r"(?<!\w)(?:" + "|".join(alts) + ")", re.IGNORECASE)
+class Matcher:
+    """Finds the words of a text that match query terms: the term itself, or, for terms of 4+
+    characters, any word it starts (fever -> fevers), case-insensitively.
+
+    The pattern has no leading word-boundary assertion, so that the regex engine can skip
+    ahead on the terms' first characters, and runs on the lower-cased text (an IGNORECASE
+    pattern is 4x slower); matches that start inside a word are dropped afterwards. A match
+    inside a word runs to that word's end, so no match at a word start is skipped. 1.8x
+    faster than the asserted IGNORECASE pattern on SciFact abstracts, which mattered: snippets
+    were most of a serving batch's Python time.
+    """
+
+    def __init__(self, terms: frozenset[str]):
+        alts = "|".join(
+            re.escape(t) + (r"\w*" if len(t) >= 4 else r"(?!\w)")
+            for t in sorted(terms, key=lambda t: (-len(t), t))
+        )
+        self.pattern = re.compile(f"(?:{alts})")
+        self.ignorecase = re.compile(rf"(?<!\w)(?:{alts})", re.IGNORECASE)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        low = text.lower()
+        if len(low) != len(text):  # a character whose lower case is longer (İ): exact path
+            return [m.span() for m in self.ignorecase.finditer(text)]
+        return [
+            m.span()
+            for m in self.pattern.finditer(low)
+            if not (m.start() and _is_word_char(low[m.start() - 1]))
+        ]
 
 
-def term_spans(text: str, pattern: re.Pattern | None) -> list[tuple[int, int]]:
-    """[(start, end)] of every word of `text` that matches a query term (see `matcher`)."""
-    return [m.span() for m in pattern.finditer(text)] if pattern is not None else []
+def _is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"  # what `\w` matches in a str pattern
 
 
-def snippet(text: str, pattern: re.Pattern | None, width: int = 240) -> tuple[str, list[list[int]]]:
+def matcher(terms: frozenset[str]) -> Matcher | None:
+    """The Matcher of these query terms; None when there are none."""
+    return Matcher(terms) if terms else None
+
+
+def term_spans(text: str, pattern: Matcher | None) -> list[tuple[int, int]]:
+    """[(start, end)] of every word of `text` that matches a query term (see `Matcher`)."""
+    return pattern.spans(text) if pattern is not None else []
+
+
+def snippet(text: str, pattern: Matcher | None, width: int = 240) -> tuple[str, list[list[int]]]:
     """(at most ~`width` characters of `text` around its densest run of query terms, the marked
     spans within it). Ellipses show where the text was cut."""
     text = " ".join(text.split())
