@@ -17,6 +17,7 @@ import sys
 
 from dualenc import multihost
 from dualenc.io import InputError
+from dualenc.models import target
 from dualenc.retrieval.search import Searcher, build_index
 
 
@@ -26,6 +27,7 @@ def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     multihost.initialize()
+    target.set_precision(flags.FLAGS.matmul_precision)
     try:
         _main(flags.FLAGS)
     except InputError as e:  # bad user input: one clear line, no traceback, exit code 2
@@ -40,7 +42,13 @@ def _main(f) -> None:
         if not f.corpus:
             raise InputError("--build needs --corpus", field="corpus")
         build_index(
-            f.kind, f.corpus, f.index, model=f.model, similarity=f.similarity, cache_dir=f.cache_dir
+            f.kind,
+            f.corpus,
+            f.index,
+            model=f.model,
+            similarity=f.similarity,
+            cache_dir=f.cache_dir,
+            dtype=f.dtype,
         )
         if f.query is None:
             if multihost.is_main():
@@ -48,7 +56,7 @@ def _main(f) -> None:
             return
     if not multihost.is_main():
         return  # interactive search is host-local: process 0 answers
-    s = Searcher(f.index)
+    s = Searcher(f.index, dtype=f.dtype)
     if f.query is not None:
         print(s.format(s.search(f.query, f.k)))
         return
@@ -71,4 +79,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("corpus", "", "BEIR corpus.jsonl[.gz] for --build.")
     flags.DEFINE_enum("similarity", "dot", ["dot", "cos"], "Similarity for --build.")
     flags.DEFINE_string("cache_dir", "", "Corpus embedding cache for --build.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Encoder compute dtype.")
+    cli.define_matmul_precision()
     cli.run(main)

@@ -192,6 +192,11 @@ def test_quantize_and_truncate_flags_reach_the_index(tiny, tmp_path):
     t1 = [(d, v) for d, v in _trec(tmp_path / "i8" / "run.trec")["t1"][:3]]
     assert [d for d, _ in hits] == [d for d, _ in t1]
     np.testing.assert_allclose([v for _, v in hits], [v for _, v in t1], atol=1e-4)
+    bf16 = Searcher(str(ix), dtype="bfloat16")  # `dualenc.search --dtype bfloat16`
+    assert str(bf16.encoder.config.dtype) == "bfloat16"
+    low = dict(bf16.search("capital of France", k=8))
+    assert low != dict(Searcher(str(ix)).search("capital of France", k=8))  # computed in bf16
+    np.testing.assert_allclose([low[d] for d, _ in hits], [v for _, v in hits], atol=5e-2)
     b = run_evaluation(
         _cfg(beir, model, tmp_path / "b0", quantize="binary", rescore_multiplier=0, **kw)
     )

@@ -37,10 +37,12 @@ def build_index(
     batch_size: int = 64,
     max_length: int = 0,
     cache_dir: str = "",
+    dtype: str = "float32",
 ) -> None:
     """Encodes (or tokenises) a BEIR corpus file and saves a searchable index dir.
 
-    Every process calls it (encoding is sharded over all hosts); process 0 writes.
+    Every process calls it (encoding is sharded over all hosts); process 0 writes. `dtype` is
+    the encoder's compute dtype (its weights, and so the index's weights hash, stay as saved).
     """
     corpus = load_corpus(corpus_path, allow_empty=True)
     doc_ids = list(corpus)
@@ -49,7 +51,7 @@ def build_index(
     if kind == "bm25":
         index = BM25Index.build(texts, m)
     else:
-        _, enc = load_towers(model)  # the passage tower encodes documents
+        _, enc = load_towers(model, dtype=dtype)  # the passage tower encodes documents
         max_length = max_length or enc.max_length
         emb, _ = engine.encode_corpus(
             enc,
@@ -78,7 +80,7 @@ class Searcher:
     answer queries alone in a multi-host launch.
     """
 
-    def __init__(self, index_dir: str):
+    def __init__(self, index_dir: str, dtype: str = "float32"):
         devices = jax.local_devices()
         self.mesh = Mesh(np.array(devices), ("data",))
         self.manifest = read_manifest(index_dir)
@@ -86,7 +88,7 @@ class Searcher:
         self.encoder = None  # the query tower (None for BM25)
         wh = None
         if self.manifest.kind != "bm25":
-            self.encoder, p_enc = load_towers(self.manifest.model_source)
+            self.encoder, p_enc = load_towers(self.manifest.model_source, dtype=dtype)
             wh = p_enc.weights_hash()  # the index holds passage-tower vectors
         self.index = load_index(index_dir, weights_hash=wh, devices=devices)
         path = self.manifest.corpus_path
