@@ -120,14 +120,14 @@ def test_packed_query_encoding_equals_padded(built):
     )
     packed = SearchEngine(str(built["ix"]), config=cfg)
     padded = SearchEngine(str(built["ix"]), config=dataclasses.replace(cfg, pack_row_length=0))
-    assert packed.packed and not padded.packed
+    assert packed.queries.packed and not padded.queries.packed
     words = "fever cough children vitamin bone density trial outcome risk".split()
     texts = [" ".join(words[: 1 + (i * 7) % 30 % len(words)] * (1 + i % 4)) for i in range(30)]
     lengths = {len(s) for s in tokenize(packed.searcher.encoder.tokenizer, texts, 32)}
     assert min(lengths) <= 8 and max(lengths) > 16  # both groups, several row lengths
-    want = padded.encode(texts)
+    want = padded.queries.encode(texts)
     packed.warm_up()  # compiles are counted process-wide: after the padded engine's
-    got = packed.encode(texts)
+    got = packed.queries.encode(texts)
     np.testing.assert_allclose(got, want, atol=2e-6)
     assert len({tuple(r) for r in got.round(5).tolist()}) > 10  # distinct rows, not one repeated
     assert packed.compiles_since_ready() == 0

@@ -22,14 +22,13 @@ import numpy as np
 import dualenc
 from dualenc.index import load_doc_ids, load_index
 from dualenc.index.fusion import METHODS, fuse
-from dualenc.inference import packing, rerank
-from dualenc.inference.encode import beir_doc_text, doc_fields, encode_step
+from dualenc.inference import rerank
+from dualenc.inference.encode import beir_doc_text, doc_fields
 from dualenc.io import InputError
-from dualenc.models.dual_encoder import PACKABLE_ARCHS
 from dualenc.retrieval.search import Searcher
 from dualenc.serve import snippets
 from dualenc.serve.config import ServeConfig, bucket
-from dualenc.tokenization import pad_batch, pad_id, tokenize
+from dualenc.serve.query_encoder import QueryEncoder
 
 # jax.monitoring event recorded once per XLA backend compile (jax._src.dispatch names it).
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -102,17 +101,11 @@ class SearchEngine:
                 field="rerank_model",
             )
         self.depth = self.config.depth(self.reranker is not None)
-        enc = self.searcher.encoder
-        if enc is not None:
-            top = self.config.length_buckets[-1]
-            self.max_length = min(self.manifest.max_length or enc.max_length, top)
-            lengths = {min(b, self.max_length) for b in self.config.length_buckets}
-            self.lengths = tuple(sorted(lengths))
-            self.params = jax.device_put(enc.params, jax.local_devices()[0])
-            self.step = encode_step(enc.spec)
-            self.packed = bool(self.config.pack_row_length) and enc.spec.arch in PACKABLE_ARCHS
-            if self.packed:
-                self.packed_step = packing.packed_step(enc.spec, self.config.pack_segments)
+        self.queries = None  # the query encoder (None for a BM25 index)
+        if self.searcher.encoder is not None:
+            self.queries = QueryEncoder(
+                self.searcher.encoder, self.manifest.max_length, self.config
+            )
         self.warm_compiles = 0
         self.ready_compiles: int | None = None
 
@@ -133,66 +126,6 @@ class SearchEngine:
     def kind(self) -> str:
         return "hybrid" if self.bm25 is not None else self.manifest.kind
 
-    # -- shapes ---------------------------------------------------------------------------------
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(N, D) float32 query embeddings, computed on packed rows where the tower packs, else
-        on rows padded to length buckets; row counts padded to batch buckets."""
-        enc = self.searcher.encoder
-        seqs = tokenize(enc.tokenizer, texts, self.max_length)
-        out = np.empty((len(seqs), enc.dim), np.float32)
-        if self.packed:
-            self._encode_packed(seqs, out)
-        else:
-            self._encode_padded(seqs, out)
-        return out
-
-    def _encode_padded(self, seqs: list[list[int]], out: np.ndarray) -> None:
-        cfg, pad = self.config, pad_id(self.searcher.encoder.tokenizer)
-        by_len: dict[int, list[int]] = {}
-        for i, s in enumerate(seqs):
-            by_len.setdefault(bucket(len(s), self.lengths), []).append(i)
-        for length, idx in by_len.items():
-            for start in range(0, len(idx), cfg.max_batch):
-                part = idx[start : start + cfg.max_batch]
-                ids, mask = pad_batch([seqs[i] for i in part], length, pad)
-                rows = bucket(len(part), cfg.batch_buckets)
-                ids, mask = _fill_rows(ids, mask, rows, pad)
-                out[part] = np.asarray(self.step(self.params, ids, mask))[: len(part)]
-
-    def _encode_packed(self, seqs: list[list[int]], out: np.ndarray) -> None:
-        """Queries up to `pack_row_length` tokens share rows, longer ones share rows of their
-        length bucket; each embeds as it does alone (segment-masked attention, per-segment
-        pooling). The short rows take the length bucket that computes the fewest positions
-        (a lone 20-token query: one row of 32; 32 SciFact queries: ~8 rows of 64)."""
-        cfg, pad = self.config, pad_id(self.searcher.encoder.tokenizer)
-        lengths = np.array([len(s) for s in seqs])
-        cap = max([b for b in self.lengths if b <= cfg.pack_row_length] or self.lengths[:1])
-        for group in (np.flatnonzero(lengths <= cap), np.flatnonzero(lengths > cap)):
-            if not group.size:
-                continue
-            longest = bucket(int(lengths[group].max()), self.lengths)
-            options = [b for b in self.lengths if longest <= b <= max(cap, longest)]
-            row_length = min(options, key=lambda b: self._packed_positions(lengths[group], b))
-            p = packing.pack([seqs[i] for i in group], row_length, cfg.pack_segments, pad)
-            n_rows = len(p.input_ids)
-            for r0 in range(0, n_rows, cfg.max_batch):
-                r1 = min(r0 + cfg.max_batch, n_rows)
-                rows = bucket(r1 - r0, cfg.batch_buckets)
-                ids = np.full((rows, row_length), pad, np.int32)
-                seg = np.zeros((rows, row_length), np.int32)  # filler rows: all padding
-                ids[: r1 - r0], seg[: r1 - r0] = p.input_ids[r0:r1], p.segment_ids[r0:r1]
-                emb = np.asarray(self.packed_step(self.params, ids, seg))  # (rows, S, D)
-                here = (p.row >= r0) & (p.row < r1)
-                out[group[here]] = emb[p.row[here] - r0, p.segment[here]]
-
-    def _packed_positions(self, lengths: np.ndarray, row_length: int) -> int:
-        """Token positions the packed step computes for texts of these lengths in such rows."""
-        cfg = self.config
-        used = packing.first_fit(lengths, row_length, cfg.pack_segments)[3]
-        full, rest = divmod(used, cfg.max_batch)
-        rows = full * cfg.max_batch + (bucket(rest, cfg.batch_buckets) if rest else 0)
-        return rows * row_length
-
     def _dense(self, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) (Q, depth') of the dense index, queries padded to batch buckets."""
         cfg, out_s, out_r = self.config, [], []
@@ -209,17 +142,8 @@ class SearchEngine:
         """Compiles every shape serving uses (encoder, index, cross-encoder); returns how many
         XLA compiles that took. After it, `compiles_since_ready()` stays 0 under any load."""
         before, cfg = compile_count(), self.config
-        if self.searcher.encoder is not None:
-            pad = pad_id(self.searcher.encoder.tokenizer)
-            for length in self.lengths:
-                for rows in cfg.batch_buckets:
-                    ids = np.full((rows, length), pad, np.int32)
-                    mask = np.zeros_like(ids)
-                    mask[:, 0] = 1  # one token per row: a packed row holds one text
-                    if self.packed:
-                        np.asarray(self.packed_step(self.params, ids, mask))
-                    else:
-                        np.asarray(self.step(self.params, ids, mask))
+        if self.queries is not None:
+            self.queries.warm_up()
             for rows in cfg.batch_buckets:
                 zeros = np.zeros((rows, self.manifest.dim), np.float32)
                 self.searcher.index.search(zeros, self.depth)
@@ -241,7 +165,7 @@ class SearchEngine:
         first_stage_rank, stage_ranks}] best first; seconds spent encoding and searching. The
         index always returns `depth` (one compiled shape); only the hits kept become dicts."""
         t0 = time.perf_counter()
-        vecs = self.encode(texts) if self.searcher.encoder is not None else None
+        vecs = self.queries.encode(texts) if self.queries is not None else None
         t1 = time.perf_counter()
         ids, keep = self.searcher.doc_ids, keep or [self.depth] * len(texts)
         if vecs is None:
@@ -372,7 +296,7 @@ class SearchEngine:
             "corpus_size": m.count,
             "dim": m.dim or None,
             "similarity": m.similarity if self.searcher.encoder is not None else None,
-            "query_max_length": getattr(self, "max_length", None),
+            "query_max_length": self.queries.max_length if self.queries else None,
             "hybrid": None
             if self.bm25 is None
             else {"weight": self.hybrid_weight, "fusion": self.fusion},
@@ -390,23 +314,12 @@ class SearchEngine:
                 "max_batch": cfg.max_batch,
                 "max_wait_ms": cfg.max_wait_ms,
                 "batch_buckets": list(cfg.batch_buckets),
-                "length_buckets": list(getattr(self, "lengths", ())),
-                "packed": getattr(self, "packed", False),
+                "length_buckets": list(self.queries.lengths if self.queries else ()),
+                "packed": bool(self.queries and self.queries.packed),
                 "first_stage_depth": self.depth,
             },
             "compiles": {"warm_up": self.warm_compiles, "since_ready": self.compiles_since_ready()},
         }
-
-
-def _fill_rows(ids: np.ndarray, mask: np.ndarray, rows: int, pad: int):
-    """Pads a batch to `rows` with filler rows attending one [PAD] (no NaN), discarded later."""
-    n = ids.shape[0]
-    if rows == n:
-        return ids, mask
-    ids = np.concatenate([ids, np.full((rows - n, ids.shape[1]), pad, np.int32)])
-    mask = np.concatenate([mask, np.zeros((rows - n, mask.shape[1]), np.int32)])
-    mask[n:, 0] = 1
-    return ids, mask
 
 
 def _runs(
