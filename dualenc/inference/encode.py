@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import jax
 import jax.numpy as jnp
@@ -129,25 +130,15 @@ def encode_texts(
     decides the model's paths, as if only its devices existed, so a host encoding alone computes
     bit for bit what one process would.
     """
-    kw = dict(batch_size=batch_size, max_length=max_length, mesh=mesh, progress=progress)
-    if mesh is None:
-        return _encode_texts(encoder, texts, buckets=buckets, packing=packing, **kw)
-    with target.compiling_for(mesh):  # paths (native kernels or XLA) chosen for THIS mesh
-        return _encode_texts(encoder, texts, buckets=buckets, packing=packing, **kw)
+    context = nullcontext() if mesh is None else target.compiling_for(mesh)
+    with context:  # an explicit mesh: paths (native kernels or XLA) chosen for THIS mesh
+        return _encode_texts(
+            encoder, texts, batch_size, max_length, mesh, progress, buckets, packing
+        )
 
 
-def _encode_texts(
-    encoder,
-    texts: Sequence[str],
-    *,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    mesh: Mesh | None = None,
-    progress: bool = True,
-    buckets: Sequence[int] = DEFAULT_BUCKETS,
-    packing: bool | None = None,
-) -> np.ndarray:
-    """`encode_texts` inside its target context."""
+def _encode_texts(encoder, texts, batch_size, max_length, mesh, progress, buckets, packing):
+    """`encode_texts` inside its target context (same arguments)."""
     seqs, max_length = tokenize_for_encoding(encoder, texts, batch_size, max_length)
     if not seqs:
         return np.zeros((0, encoder.config.hidden_size), np.float32)
