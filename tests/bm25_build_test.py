@@ -1,6 +1,7 @@
 """The streamed BM25 builder (`index.bm25_build`, issue 25): the same CSC arrays and bit-identical
 search results as `bm25s.BM25.index`, whatever the chunk and bucket sizes; the corpus read in
-bounded ranges and the postings sorted in bounded buckets."""
+bounded ranges and the postings sorted in bounded buckets; the evaluation's BM25 cache keyed on
+the streamed source."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from pathlib import Path
 import bm25s
 import numpy as np
 import pytest
+from tiny_data import write_beir
 
 from dualenc.data import corpus_source
 from dualenc.data.beir import Doc
 from dualenc.index import bm25_build
+from dualenc.index.base import IndexManifest
 from dualenc.index.bm25 import BM25Index
+from dualenc.inference import corpus_cache
 from dualenc.io import InputError
+from dualenc.retrieval import evaluate
 
 WORDS = (
     "apple river stone cloud tiger piano garden rocket silver forest castle ocean violin "
@@ -171,3 +176,61 @@ def test_corpus_without_terms_raises(tmp_path):
     with pytest.raises(InputError, match="no document has an indexable term"):
         bm25_build.write_bm25(["the of", "", "a"], tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cached_bm25_from_a_source(tmp_path):
+    """Keyed on the source's fingerprint: the second call reuses the entry (memory-mapped), a
+    changed corpus misses, and both equal the in-memory index's search."""
+    texts = _texts(200, seed=3)
+    src = corpus_source.from_texts(texts)
+    ids = src.ids
+
+    def build(source, **kw):
+        m = IndexManifest(kind="bm25", count=len(source), corpus_path="x")
+        return corpus_cache.cached_bm25(None, ids, m, cache_dir=tmp_path, source=source, **kw)
+
+    ix1, hit1 = build(src)
+    ix2, hit2 = build(corpus_source.from_texts(texts))
+    assert (hit1, hit2) == (False, True) and ix2.manifest.corpus_path == "x"
+    assert isinstance(ix2.retriever.scores["data"], np.memmap)
+    (entry,) = tmp_path.glob("bm25-*")
+    key = json.loads((entry / corpus_cache.KEY_FILE).read_text())
+    assert key["corpus_fingerprint"] == src.fingerprint()
+    s_ref, r_ref = BM25Index.build(texts).search(QUERIES, 10)
+    for ix in (ix1, ix2):
+        s, r = ix.search(QUERIES, 10)
+        np.testing.assert_array_equal(r, r_ref)
+        assert s.tobytes() == s_ref.tobytes()
+    assert not build(corpus_source.from_texts([*texts[:-1], "new text"]))[1]
+    assert not build(src, k1=1.2)[1]
+
+
+def test_evaluate_bm25_streams_and_hits_the_cache(tmp_path, monkeypatch):
+    """`--index bm25` (and hybrid) no longer read every text; the second run reuses the cached
+    index and reproduces the metrics exactly."""
+    (tmp_path / "beir").mkdir()
+    beir = write_beir(tmp_path / "beir")
+
+    def no_in_memory_build(*a, **k):
+        raise AssertionError("the in-memory BM25 build was used")
+
+    monkeypatch.setattr(BM25Index, "build", no_in_memory_build)
+    cfg = evaluate.default_config()
+    with cfg.unlocked():
+        cfg.update(data=str(beir), split="dev", index="bm25", k=5, progress=False)
+        cfg.update(cache_dir=str(tmp_path / "cache"))
+    assert not evaluate.needs_texts(cfg)
+    metrics, infos = [], []
+    for run in ("a", "b"):
+        cfg.output = str(tmp_path / run)
+        metrics.append(evaluate.run_evaluation(cfg))
+        infos.append(json.loads((tmp_path / run / "info.json").read_text()))
+    assert [i["bm25_cache_reused"] for i in infos] == [False, True]
+    (entry,) = (tmp_path / "cache").glob("bm25-*")  # keyed on the streamed source, not texts
+    key = json.loads((entry / corpus_cache.KEY_FILE).read_text())
+    assert key["corpus_fingerprint"] == corpus_source.open_corpus(beir).fingerprint()
+    assert metrics[0] == metrics[1] and metrics[0]["nDCG@10"] > 0.5
+    assert (tmp_path / "a" / "run.trec").read_text() == (tmp_path / "b" / "run.trec").read_text()
+    with cfg.unlocked():
+        cfg.index = "hybrid"
+    assert not evaluate.needs_texts(cfg)
