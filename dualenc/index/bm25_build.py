@@ -36,8 +36,9 @@ from dualenc.io import InputError, atomic_dir
 
 log = logging.getLogger(__name__)
 STREAMED_METHODS = ("lucene", "robertson", "atire")
-CHUNK_DOCS = 32768  # texts tokenised at a time (their token lists: ~10 KB a text)
-BUCKET_NNZ = 1 << 22  # (term, doc) records scored and sorted in memory at a time (~60 B each)
+CHUNK_DOCS = 16384  # texts tokenised at a time (~70 B a token at the peak: 140 MB at 120 a text)
+BUCKET_NNZ = 1 << 21  # (term, doc) records scored and sorted in memory at a time (~80 B each)
+SCATTER_BLOCK = 1 << 20  # records read at a time to split them by bucket (~50 B each)
 PAIR = np.dtype([("term", "<i4"), ("doc", "<i4"), ("tf", "<i4")])
 DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
 VOCAB, PARAMS = "vocab.index.json", "params.index.json"
@@ -260,7 +261,7 @@ def write_bm25(
             counts.nnz,
             len(bounds) - 1,
         )
-        paths = _scatter(work / "pairs.bin", bounds, bucket_nnz)
+        paths = _scatter(work / "pairs.bin", bounds, min(bucket_nnz, SCATTER_BLOCK))
         score = scorer(method, ref.k1, ref.b, ref.delta, df, doc_len)
         _write_csc(out, paths, bounds, indptr, score)
         shutil.rmtree(work)
