@@ -136,7 +136,7 @@ class BM25Scorer:
     """BM25 ranking and exact BM25 scores of given (query, row) pairs from the same index."""
 
     def __init__(self, texts: Sequence[str]):
-        self.index = BM25Index.build(list(texts))
+        self.index = BM25Index.build_streamed(list(texts))  # = build, in bounded memory
         r = self.index.retriever
         self._vocab = r.vocab_dict
         s = r.scores

@@ -268,7 +268,7 @@ def bm25_negatives(ds, depth: int, skip: int = 0) -> dict[str, list[str]]:
     empty = sum(not t.strip() for t in texts)
     if empty:
         logging.warning("mining: %d of %d documents are empty (never negatives)", empty, len(texts))
-    index = BM25Index.build(texts)
+    index = BM25Index.build_streamed(texts)  # bit-identical to build, tokens never all held
     qids = [q for q in ds.qrels if q in ds.queries]
     _, rows = index.search_texts([ds.queries[q] for q in qids], depth + skip + 10)
     out = {}

@@ -45,6 +45,7 @@ __all__ = [
     "load_index",
     "read_manifest",
     "save_index_dir",
+    "write_index_dir",
     "rows_to_run",
 ]
 
@@ -54,16 +55,22 @@ DOC_IDS = "doc_ids.json"
 
 def save_index_dir(index, doc_ids, directory) -> None:
     """Writes index + doc ids (row -> id) atomically, so `dualenc.search` can serve it."""
+    doc_ids = list(doc_ids)
+    if len(doc_ids) != index.manifest.count:
+        raise ValueError(f"{len(doc_ids)} doc ids for an index of {index.manifest.count} rows")
+    write_index_dir(index.save, doc_ids, directory)
+
+
+def write_index_dir(save, doc_ids, directory) -> None:
+    """`save(tmp)` (writes an index into dir `tmp`) + the doc ids, swapped in as `directory`."""
     import json
 
     from dualenc.index.base import check_doc_ids
     from dualenc.io import atomic_dir
 
     doc_ids = check_doc_ids(list(doc_ids))
-    if len(doc_ids) != index.manifest.count:
-        raise ValueError(f"{len(doc_ids)} doc ids for an index of {index.manifest.count} rows")
     with atomic_dir(directory) as tmp:
-        index.save(tmp)
+        save(tmp)
         (tmp / DOC_IDS).write_text(json.dumps(doc_ids))
 
 

@@ -1,11 +1,17 @@
 """BM25 over raw text with bm25s (Lucene BM25, k1=1.5, b=0.75, English stop words, no stemmer).
 
 This configuration reproduces the reference SciFact test nDCG@10 of 0.6617 (see the data README).
+`BM25Index.build` indexes texts held in memory with bm25s (which also holds every document's
+tokens); `build_streamed` writes the same index from a corpus read chunk by chunk
+(`bm25_build`), in memory that does not grow with the corpus, and opens it memory-mapped.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dualenc.index.base import IndexManifest, check_doc_ids, read_manifest, write_manifest
+from dualenc.index.bm25_build import tokenize, write_bm25
 
 BM25_DIR = "bm25"
 _DEFAULTS = {"k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"}
@@ -30,15 +37,6 @@ def search_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def tokenize(texts: list[str], stopwords: str):
-    """bm25s tokens of each text (no stemming), as the index is built and searched with."""
-    import bm25s
-
-    return bm25s.tokenize(
-        texts, stopwords=stopwords, stemmer=None, show_progress=False, return_ids=False
-    )
 
 
 class BM25Index:
@@ -70,10 +68,48 @@ class BM25Index:
             raise InputError("empty corpus: nothing to index")
         retriever = bm25s.BM25(k1=k1, b=b, method=method)
         retriever.index(tokenize(list(texts), stopwords), show_progress=False)
-        m = manifest or IndexManifest(kind="bm25", count=len(texts))
-        m.kind, m.count, m.dim, m.similarity = "bm25", len(texts), 0, "bm25"
-        m.params = {"k1": k1, "b": b, "method": method, "stopwords": stopwords, "stemmer": None}
-        return cls(retriever, m)
+        params = {"k1": k1, "b": b, "method": method, "stopwords": stopwords}
+        return cls(retriever, bm25_manifest(manifest, len(texts), params))
+
+    @staticmethod
+    def write_streamed(
+        corpus, directory: str | os.PathLike, manifest: IndexManifest | None = None, **params
+    ) -> IndexManifest:
+        """Writes the index of `corpus` (a CorpusSource, a list of texts or an iterable of text
+        lists) into `directory` as `save` lays it out, never holding the corpus (`bm25_build`);
+        `params`: k1, b, method, stopwords, chunk_docs, bucket_nnz. Returns its manifest."""
+        keys = ("k1", "b", "method", "stopwords")
+        n = write_bm25(corpus, Path(directory) / BM25_DIR, **params)
+        m = bm25_manifest(manifest, n, {k: params.get(k, _DEFAULTS[k]) for k in keys})
+        write_manifest(directory, m)
+        return m
+
+    @classmethod
+    def build_streamed(
+        cls,
+        corpus,
+        manifest: IndexManifest | None = None,
+        *,
+        directory: str | os.PathLike | None = None,
+        **params,
+    ) -> BM25Index:
+        """`write_streamed` into `directory` (default: a temp dir removed with the index), opened
+        memory-mapped: the same search results as `build`, in memory that does not grow with
+        the corpus. Set TMPDIR to a disk (not a tmpfs) for corpora bigger than memory."""
+        tmp = None
+        if directory is None:
+            directory = tmp = tempfile.mkdtemp(prefix="dualenc-bm25-")
+        try:
+            m = cls.write_streamed(corpus, directory, manifest, **params)
+            index = cls.load(directory)
+        except BaseException:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        index.manifest = m
+        if tmp:  # the mapped pages stay readable until unmapped, even after the files go
+            weakref.finalize(index, shutil.rmtree, tmp, ignore_errors=True)
+        return index
 
     def search_texts(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries (Q,) -> (scores (Q, k') float32, rows (Q, k') int64), k' = min(k, N).
@@ -116,6 +152,14 @@ class BM25Index:
 
         m = read_manifest(directory, kind="bm25")
         return cls(bm25s.BM25.load(str(Path(directory) / BM25_DIR), mmap=True), m)
+
+
+def bm25_manifest(manifest: IndexManifest | None, count: int, params: dict) -> IndexManifest:
+    """`manifest` (or a new one) describing a BM25 index of `count` documents."""
+    m = manifest or IndexManifest(kind="bm25", count=count)
+    m.kind, m.count, m.dim, m.similarity = "bm25", count, 0, "bm25"
+    m.params = {**params, "stemmer": None}
+    return m
 
 
 def bm25_run(

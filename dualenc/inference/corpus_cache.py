@@ -4,8 +4,9 @@ A dense entry is reused only when everything that determines the vectors matches
 tokenizer, architecture config (dtype included), pooling, normalisation, max_length, the encoder's
 code version (a hash of the modules that compute embeddings, plus the jax version) and a
 fingerprint of the corpus (sha256 over ids and texts). A BM25 entry is keyed by the corpus
-fingerprint, the BM25 parameters and its code version. Entries are swapped in atomically; an
-unreadable or partial entry is ignored and recomputed, never trusted and never fatal.
+fingerprint (a streamed corpus: its source's), the BM25 parameters and its code version.
+Entries are swapped in atomically; an unreadable or partial entry is ignored and recomputed,
+never trusted and never fatal.
 
 Where: `cache_dir` if given, else $DUALENC_CACHE_DIR, else $XDG_CACHE_HOME/dualenc, else
 ~/.cache/dualenc (`default_cache_dir`). With several hosts only process 0 writes, so a cache
@@ -35,7 +36,7 @@ KEY_FILE = "cache_key.json"  # the key of a BM25 entry (its index manifest is ma
 _PKG = Path(__file__).resolve().parent
 # Modules whose code decides the embedding of a text (tokenisation, forward pass, pooling).
 _ENCODER_CODE = ("encode.py", "packing.py", "shards.py", "models")
-_BM25_CODE = ("index/bm25.py",)
+_BM25_CODE = ("index/bm25.py", "index/bm25_build.py")
 
 
 def default_cache_dir() -> Path:
@@ -208,26 +209,33 @@ def cached_embeddings(
 
 
 def cached_bm25(
-    texts: Sequence[str],
+    texts: Sequence[str] | None,
     doc_ids: Sequence[str],
     manifest,
     *,
     cache_dir: str | os.PathLike | None,
     write: bool = True,
+    source=None,
     **params: Any,
 ):
     """(BM25Index over `texts`, reused?): loaded from the cache when corpus and params match.
 
-    `manifest` (an IndexManifest) describes this run's corpus; it replaces the cached one."""
+    `source` (a CorpusSource of the rows `doc_ids` names; `texts` then None) streams the corpus
+    instead and keys the entry on `source.fingerprint()`. Either way the index is built in
+    bounded memory (`BM25Index.build_streamed`) straight into the entry and opened
+    memory-mapped. `manifest` (an IndexManifest) describes this run's corpus; it replaces the
+    cached one."""
     from dualenc.index.bm25 import BM25Index, bm25_defaults
 
+    corpus = source if source is not None else list(texts)
     if cache_dir is None:
-        return BM25Index.build(list(texts), manifest, **params), False
+        return BM25Index.build_streamed(corpus, manifest, **params), False
+    fingerprint = source.fingerprint() if source is not None else corpus_fingerprint(doc_ids, texts)
     key = {
         "kind": "bm25",
         "params": json.dumps({**bm25_defaults(), **params}, sort_keys=True),
         "code_version": code_version(_BM25_CODE) + "-" + bm25_version(),
-        "corpus_fingerprint": corpus_fingerprint(doc_ids, texts),
+        "corpus_fingerprint": fingerprint,
         "count": len(doc_ids),
     }
     d = _entry_dir(Path(cache_dir), key, "bm25")
@@ -238,15 +246,18 @@ def cached_bm25(
         manifest.similarity, manifest.params = "bm25", hit.manifest.params
         hit.manifest = manifest
         return hit, True
-    index = BM25Index.build(list(texts), manifest, **params)
     if write:
-
-        def save(tmp: Path) -> None:
-            index.save(tmp)
-            write_json(tmp / KEY_FILE, key)
-
-        _write_entry(d, save)
-    return index, False
+        try:
+            with atomic_dir(d) as tmp:
+                m = BM25Index.write_streamed(corpus, tmp, manifest, **params)
+                write_json(tmp / KEY_FILE, key)
+        except OSError as e:  # e.g. a read-only or full disk: build it uncached
+            logging.warning("could not write cache entry %s: %s", d, e)
+        else:
+            index = BM25Index.load(d)
+            index.manifest = m
+            return index, False
+    return BM25Index.build_streamed(corpus, manifest, **params), False
 
 
 def bm25_version() -> str:

@@ -101,14 +101,20 @@ def split_parts(ds):
     return doc_ids, texts, qids, queries, ds.qrels
 
 
-def bm25_index(cfg, doc_ids, texts) -> tuple[BM25Index, bool]:
-    """(BM25 index over `texts`, whether it came from the cache)."""
+def bm25_index(cfg, doc_ids, texts=None, source=None) -> tuple[BM25Index, bool]:
+    """(BM25 index over `texts`, or streamed from `source` (a CorpusSource of the same rows)
+    without holding the corpus, whether it came from the cache)."""
     m = IndexManifest(
         kind="bm25", count=len(doc_ids), corpus_path=str(corpus_file(Path(cfg.data)).resolve())
     )
     cache_dir = corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir)
     return corpus_cache.cached_bm25(
-        texts, doc_ids, m, cache_dir=cache_dir, write=multihost.is_main()
+        None if source is not None else texts,
+        doc_ids,
+        m,
+        cache_dir=cache_dir,
+        write=multihost.is_main(),
+        source=source,
     )
 
 
@@ -178,8 +184,8 @@ def retrieve(
 ) -> tuple[Run, Any, list[str]]:
     """(run for `queries` with the configured system, the searched index, the ids of its rows:
     chunk ids when chunked). `corpus` (id -> doc) gives chunks their titles; `source` (a
-    `CorpusSource` of the same rows) lets dense search stream the corpus (`texts` may then be
-    None unless BM25 needs them)."""
+    `CorpusSource` of the same rows) lets dense search and BM25 stream the corpus (`texts` may
+    then be None unless chunking needs them)."""
     kind = cfg.index
     depth = first_stage_depth(cfg)
     if kind == "hybrid":
@@ -198,7 +204,7 @@ def retrieve(
         )
     if kind in ("bm25", "hybrid"):
         t = time.time()
-        bm25, info["bm25_cache_reused"] = bm25_index(cfg, doc_ids, texts)
+        bm25, info["bm25_cache_reused"] = bm25_index(cfg, doc_ids, texts, source)
         info["bm25_build_s"] = round(time.time() - t, 2)
     t = time.time()
     if kind == "bm25":
@@ -208,7 +214,7 @@ def retrieve(
     else:
         weight = cfg.hybrid_weight
         if cfg.tune_split:
-            _, _, t_qids, t_queries, t_qrels = split_texts(cfg, cfg.tune_split)
+            t_qids, t_queries, t_qrels = judged_split(cfg.data, cfg.tune_split, doc_ids)
             weight, grid = tune_weight(
                 bm25_run(bm25, t_qids, t_queries, doc_ids, depth),
                 dense.run(t_qids, t_queries, depth),
@@ -238,27 +244,34 @@ def retrieve(
 def load_streamed(cfg):
     """(corpus source, doc ids, judged qids, their texts, qrels) of cfg's split, the corpus
     validated in one streaming pass and never held: only its ids (rows -> ids) are kept."""
-    root = Path(cfg.data)
-    source = corpus_source.open_corpus(corpus_file(root), allow_empty=True)
+    source = corpus_source.open_corpus(corpus_file(Path(cfg.data)), allow_empty=True)
     doc_ids = corpus_source.read_ids(source)
+    qids, queries, qrels = judged_split(cfg.data, cfg.split, doc_ids, cfg.qrels_file)
+    return source, doc_ids, qids, queries, qrels
+
+
+def judged_split(data, split: str, doc_ids, qrels_file: str = ""):
+    """(judged qids sorted, their texts, qrels) of one split of BEIR dir `data` whose corpus
+    has `doc_ids`, read without the corpus's texts; `qrels_file` replaces the split's qrels."""
+    root = Path(data)
     qfile = next(
         (root / n for n in ("queries.jsonl", "queries.jsonl.gz") if (root / n).exists()), None
     )
     if qfile is None:
         raise InputError("missing file (looked for queries.jsonl, queries.jsonl.gz)", path=root)
     queries = load_queries(qfile)
-    qpath = Path(cfg.qrels_file) if cfg.qrels_file else qrels_path(root, cfg.split)
+    qpath = Path(qrels_file) if qrels_file else qrels_path(root, split)
     qrels = filter_qrels(load_qrels(qpath), queries, set(doc_ids), source=str(qpath))
     if not qrels:
-        raise InputError(f"no judged queries for split {cfg.split!r}", path=root)
+        raise InputError(f"no judged queries for split {split!r}", path=root)
     qids = sorted(q for q in qrels if q in queries)
-    return source, doc_ids, qids, [queries[q] for q in qids], qrels
+    return qids, [queries[q] for q in qids], qrels
 
 
 def needs_texts(cfg) -> bool:
-    """Whether this evaluation reads every document's text (BM25, hybrid, chunking); dense
-    search streams the corpus, and reranking / answer accuracy read only the retrieved docs."""
-    return bool(cfg.index in ("bm25", "hybrid") or cfg.chunk_size > 0)
+    """Whether this evaluation reads every document's text (chunking); dense search and BM25
+    stream the corpus, and reranking / answer accuracy read only the retrieved docs."""
+    return cfg.chunk_size > 0
 
 
 def run_docs(source, doc_ids, texts, run: Run) -> dict[str, str]:

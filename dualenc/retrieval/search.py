@@ -17,7 +17,8 @@ from jax.sharding import Mesh
 
 from dualenc import multihost
 from dualenc.data.beir import load_corpus
-from dualenc.index import load_doc_ids, load_index, read_manifest, save_index_dir
+from dualenc.data.corpus_source import open_corpus, read_ids
+from dualenc.index import load_doc_ids, load_index, read_manifest, save_index_dir, write_index_dir
 from dualenc.index.base import IndexManifest
 from dualenc.index.bm25 import BM25Index
 from dualenc.inference.encode import beir_doc_text, encode_texts
@@ -43,31 +44,40 @@ def build_index(
 
     Every process calls it (encoding is sharded over all hosts); process 0 writes. `dtype` is
     the encoder's compute dtype (its weights, and so the index's weights hash, stay as saved).
+    BM25 streams the corpus (`BM25Index.write_streamed`): neither its texts nor their tokens
+    are held.
     """
+    if kind == "bm25":
+        source = open_corpus(corpus_path, allow_empty=True)
+        doc_ids = read_ids(source)
+        m = IndexManifest(
+            kind=kind, count=len(doc_ids), corpus_path=str(Path(corpus_path).resolve())
+        )
+        if multihost.is_main():
+            write_index_dir(lambda tmp: BM25Index.write_streamed(source, tmp, m), doc_ids, out_dir)
+        multihost.barrier("search:index_written")
+        return
     corpus = load_corpus(corpus_path, allow_empty=True)
     doc_ids = list(corpus)
     texts = [beir_doc_text(corpus[d]) for d in doc_ids]
     m = IndexManifest(kind=kind, count=len(doc_ids), corpus_path=str(Path(corpus_path).resolve()))
-    if kind == "bm25":
-        index = BM25Index.build(texts, m)
-    else:
-        _, enc = load_towers(model, dtype=dtype)  # the passage tower encodes documents
-        max_length = max_length or enc.max_length
-        emb, _ = engine.encode_corpus(
-            enc,
-            doc_ids,
-            texts,
-            batch_size=batch_size,
-            max_length=max_length,
-            progress=True,
-            cache_dir=cache_dir or None,
-        )
-        m.model_source, m.weights_hash = str(model), enc.weights_hash()
-        m.pooling, m.normalize, m.max_length = str(enc.pooling), bool(enc.normalize), max_length
-        cfg = default_config()
-        with cfg.unlocked():
-            cfg.similarity = similarity
-        index = build_dense_index(emb, m, kind, cfg)
+    _, enc = load_towers(model, dtype=dtype)  # the passage tower encodes documents
+    max_length = max_length or enc.max_length
+    emb, _ = engine.encode_corpus(
+        enc,
+        doc_ids,
+        texts,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=True,
+        cache_dir=cache_dir or None,
+    )
+    m.model_source, m.weights_hash = str(model), enc.weights_hash()
+    m.pooling, m.normalize, m.max_length = str(enc.pooling), bool(enc.normalize), max_length
+    cfg = default_config()
+    with cfg.unlocked():
+        cfg.similarity = similarity
+    index = build_dense_index(emb, m, kind, cfg)
     if multihost.is_main():
         save_index_dir(index, doc_ids, out_dir)
     multihost.barrier("search:index_written")
