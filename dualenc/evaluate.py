@@ -25,6 +25,7 @@ _FLAG_KEYS = (
     "data",
     "split",
     "qrels_file",
+    "corpus",
     "index",
     "output",
     "k",
@@ -66,6 +67,8 @@ def _define_flags():
     helps = {
         "index": f"one of {KINDS}",
         "data": "BEIR dir (corpus, queries, qrels/<split>.tsv)",
+        "corpus": "corpus to search instead of --data's corpus.jsonl[.gz]: a TFDS dataset dir "
+        "(python -m dualenc.build_tfds), a JSONL(.gz) or TSV(.gz) file",
         "tune_split": "split whose queries tune the hybrid weight (never the test split)",
         "cache": "reuse cached corpus embeddings / BM25 indexes (--nocache: never read or write)",
         "cache_dir": "cache dir ('': $DUALENC_CACHE_DIR or $XDG_CACHE_HOME/dualenc)",

@@ -451,3 +451,34 @@ def test_scifact_bm25_reference(shared_data, tmp_path):
             data=str(shared_data / "scifact"), index="bm25", output=str(tmp_path), progress=False
         )
     assert run_evaluation(cfg)["nDCG@10"] == pytest.approx(0.6617, abs=0.01)
+
+
+def test_corpus_from_a_tfds_dataset(tiny, tmp_path):
+    """--corpus DIR (a TFDS dataset from `dualenc.build_tfds`) replaces the data dir's
+    corpus.jsonl: evaluating --data A --corpus tfds(B) gives exactly what a BEIR dir with B's
+    corpus and A's queries and qrels gives (exact and BM25), not A's; the saved index prints B's
+    titles read from the dataset; a missing corpus is one line."""
+    from dualenc.data import tfds_corpus
+
+    beir, model = tiny
+    alt = tmp_path / "alt"  # A's queries and qrels, another corpus: texts reversed, titles marked
+    shutil.copytree(beir, alt)
+    with open(alt / "corpus.jsonl", "w") as f:
+        for i, t, x in reversed(DOCS):
+            f.write(json.dumps({"_id": i, "title": f"B {t}", "text": x[::-1]}) + "\n")
+    built = tfds_corpus.build_corpus(alt / "corpus.jsonl", tmp_path / "tfds", format="beir")
+    for index in ("exact", "bm25"):
+        out = {name: tmp_path / f"{index}-{name}" for name in ("a", "b", "tfds")}
+        a = run_evaluation(_cfg(beir, model, out["a"], index=index))
+        b = run_evaluation(_cfg(alt, model, out["b"], index=index))
+        ix = tmp_path / f"ix-{index}"
+        got = run_evaluation(
+            _cfg(beir, model, out["tfds"], index=index, corpus=str(built), save_index=str(ix))
+        )
+        assert got == b and _trec(out["tfds"] / "run.trec") == _trec(out["b"] / "run.trec")
+        assert _trec(out["b"] / "run.trec") != _trec(out["a"] / "run.trec") and a != b
+        corpus = Searcher(str(ix)).corpus
+        assert sorted(corpus) == sorted(i for i, _, _ in DOCS)
+        assert all(corpus[i].title == f"B {t}" for i, t, _ in DOCS)
+    with pytest.raises(InputError, match="corpus not found"):
+        run_evaluation(_cfg(beir, model, tmp_path / "x", index="bm25", corpus=str(tmp_path / "no")))

@@ -35,6 +35,12 @@ def corpus_file(root: Path) -> Path:
     raise InputError("no corpus.jsonl[.gz]", path=root)
 
 
+def corpus_path(cfg) -> Path:
+    """The corpus evaluated: `cfg.corpus` (a TFDS dataset dir, a JSONL / TSV file) when set,
+    else the data dir's corpus.jsonl[.gz]; queries and qrels always come from `cfg.data`."""
+    return Path(cfg.corpus) if cfg.get("corpus") else corpus_file(Path(cfg.data))
+
+
 class DenseRetriever:
     """Towers + corpus embedding shards + index, built once and reused for test and tune splits.
 
@@ -89,7 +95,7 @@ class DenseRetriever:
             weights_hash=self.encoder.weights_hash(),
             pooling=str(self.encoder.pooling),
             normalize=bool(self.encoder.normalize),
-            corpus_path=str(corpus_file(Path(cfg.data)).resolve()),
+            corpus_path=str(corpus_path(cfg).resolve()),
             max_length=int(self.max_length),
         )
         t = time.time()

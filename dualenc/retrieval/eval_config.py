@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ""  # BEIR dir: corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv
     c.split = "test"
     c.qrels_file = ""  # overrides qrels/<split>.tsv (e.g. a file with a header line)
+    # overrides the data dir's corpus.jsonl[.gz]: a TFDS dataset (`dualenc.build_tfds`, read with
+    # random access, each host its own range), a JSONL(.gz) or TSV(.gz) corpus file
+    c.corpus = ""
     c.index = "exact"  # exact | scann | bm25 | hybrid
     c.output = ""
     c.k = 100  # depth of the written run

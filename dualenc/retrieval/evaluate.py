@@ -59,7 +59,7 @@ from dualenc.io import InputError, read_jsonl, write_json
 from dualenc.metrics import answer_accuracy, evaluate_run, recall_curve
 from dualenc.models import target
 from dualenc.retrieval import engine, report
-from dualenc.retrieval.dense import DenseRetriever, corpus_file
+from dualenc.retrieval.dense import DenseRetriever, corpus_path
 from dualenc.runs import write_trec
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,7 @@ def split_parts(ds):
 def bm25_index(cfg, doc_ids, texts=None, source=None) -> tuple[BM25Index, bool]:
     """(BM25 index over `texts`, or streamed from `source` (a CorpusSource of the same rows)
     without holding the corpus, whether it came from the cache)."""
-    m = IndexManifest(
-        kind="bm25", count=len(doc_ids), corpus_path=str(corpus_file(Path(cfg.data)).resolve())
-    )
+    m = IndexManifest(kind="bm25", count=len(doc_ids), corpus_path=str(corpus_path(cfg).resolve()))
     cache_dir = corpus_cache.resolve_cache_dir(cfg.cache, cfg.cache_dir)
     return corpus_cache.cached_bm25(
         None if source is not None else texts,
@@ -145,6 +143,8 @@ def check_config(cfg) -> None:
         raise InputError("--data (a BEIR directory) is required", field="data")
     if not Path(cfg.data).is_dir():
         raise InputError("data directory not found", path=cfg.data)
+    if cfg.get("corpus") and not Path(cfg.corpus).exists():
+        raise InputError("corpus not found", path=cfg.corpus, field="corpus")
     if cfg.get("dtype", "float32") not in ("float32", "bfloat16"):
         raise InputError(f"unknown dtype {cfg.dtype!r}: float32 | bfloat16", field="dtype")
     if cfg.get("matmul_precision", "default") not in target.PRECISIONS:
@@ -244,7 +244,7 @@ def retrieve(
 def load_streamed(cfg):
     """(corpus source, doc ids, judged qids, their texts, qrels) of cfg's split, the corpus
     validated in one streaming pass and never held: only its ids (rows -> ids) are kept."""
-    source = corpus_source.open_corpus(corpus_file(Path(cfg.data)), allow_empty=True)
+    source = corpus_source.open_corpus(corpus_path(cfg), allow_empty=True)
     doc_ids = corpus_source.read_ids(source)
     qids, queries, qrels = judged_split(cfg.data, cfg.split, doc_ids, cfg.qrels_file)
     return source, doc_ids, qids, queries, qrels

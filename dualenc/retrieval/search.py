@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dualenc import multihost
+from dualenc.data import corpus_source
 from dualenc.data.beir import load_corpus
 from dualenc.data.corpus_source import open_corpus, read_ids
 from dualenc.index import load_doc_ids, load_index, read_manifest, save_index_dir, write_index_dir
@@ -101,8 +102,7 @@ class Searcher:
             self.encoder, p_enc = load_towers(self.manifest.model_source, dtype=dtype)
             wh = p_enc.weights_hash()  # the index holds passage-tower vectors
         self.index = load_index(index_dir, weights_hash=wh, devices=devices)
-        path = self.manifest.corpus_path
-        self.corpus = load_corpus(path, allow_empty=True) if path and Path(path).exists() else {}
+        self.corpus = _documents(self.manifest.corpus_path)
 
     def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
         """[(doc id, score)] best first."""
@@ -133,3 +133,14 @@ class Searcher:
             if snippet:
                 lines.append(f"     {snippet}")
         return "\n".join(lines) if lines else "(no hits)"
+
+
+def _documents(path: str) -> dict:
+    """{doc id: Doc} of the index's corpus file, or of its TFDS dataset dir (evaluate --corpus);
+    {} when it is gone (hits then print without titles)."""
+    if not path or not Path(path).exists():
+        return {}
+    if Path(path).is_dir():
+        source = corpus_source.open_corpus(path, allow_empty=True)
+        return dict(zip(*source.read(0, len(source)), strict=True))
+    return load_corpus(path, allow_empty=True)
