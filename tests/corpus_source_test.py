@@ -15,6 +15,7 @@ import pytest
 
 from dualenc import io
 from dualenc.data import corpus_source
+from dualenc.data.corpus_files import iter_corpus
 from dualenc.data.beir import Doc, load_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +65,21 @@ def test_beir_dir_tsv_and_list_sources(tmp_path):
     tsv.write_text("pid\tpassage\n7\tseven\n\n8\teight\n")
     src = corpus_source.open_corpus(tsv)
     assert src.read(0, 2) == (["7", "8"], [Doc("", "seven"), Doc("", "eight")])
-    (tmp_path / "t3.tsv").write_text("1\tT\tbody\n")
-    assert corpus_source.open_corpus(tmp_path / "t3.tsv").read(0, 1)[1] == [Doc("T", "body")]
+    # 3 columns: DPR's `id text title` unless a header names the title second; the one-pass
+    # reader that `dualenc.build_tfds` uses reads every variant as open_corpus does
+    for name, text, want in [
+        ("t3.tsv", "1\tbody\tT\n", Doc("T", "body")),
+        ("dpr.tsv", "id\ttext\ttitle\n1\tbody\tT\n", Doc("T", "body")),
+        ("tt.tsv", "id\ttitle\ttext\n1\tT\tbody\n", Doc("T", "body")),
+        ("two.tsv", "pid\tpassage\n1\tbody\n", Doc("", "body")),
+    ]:
+        (tmp_path / name).write_text(text)
+        assert corpus_source.open_corpus(tmp_path / name).read(0, 1) == (["1"], [want]), name
+        assert list(iter_corpus(tmp_path / name, "tsv")) == [(text.count("\n"), "1", want)]
+    pyserini = tmp_path / "p.jsonl"
+    pyserini.write_text('{"id": 3, "contents": "body"}\n')
+    assert corpus_source.open_corpus(pyserini).read(0, 1) == (["3"], [Doc("", "body")])
+    assert list(iter_corpus(pyserini, "jsonl")) == [(1, "3", Doc("", "body"))]
     a = corpus_source.ListCorpus(["a", "b"], [Doc("", "x"), Doc("", "y")])
     b = corpus_source.ListCorpus(["a", "b"], [Doc("", "x"), Doc("", "z")])
     assert len(a) == 2 and a.read(1, 2) == (["b"], [Doc("", "y")])

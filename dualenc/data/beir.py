@@ -32,16 +32,16 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]]
 
 
-def read_doc_id(obj: dict, path, line: int) -> str:
-    """The `_id` of a BEIR row (ints accepted), or InputError naming file:line."""
-    if "_id" not in obj:
-        raise InputError("missing field", path=path, line=line, field="_id")
-    val = obj["_id"]
+def read_doc_id(obj: dict, path, line: int, key: str = "_id") -> str:
+    """The `_id` (or `key`) of a BEIR row (ints accepted), or InputError naming file:line."""
+    if key not in obj:
+        raise InputError("missing field", path=path, line=line, field=key)
+    val = obj[key]
     if isinstance(val, int) and not isinstance(val, bool):
         val = str(val)
-    if not isinstance(val, str) or not val:
+    if not isinstance(val, str) or not val.strip():
         raise InputError(
-            f"expected a non-empty string id, got {val!r}", path=path, line=line, field="_id"
+            f"expected a non-empty string id, got {val!r}", path=path, line=line, field=key
         )
     return val
 
