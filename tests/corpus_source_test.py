@@ -15,8 +15,8 @@ import pytest
 
 from dualenc import io
 from dualenc.data import corpus_source
-from dualenc.data.corpus_files import iter_corpus
 from dualenc.data.beir import Doc, load_corpus
+from dualenc.data.corpus_files import iter_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 

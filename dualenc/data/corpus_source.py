@@ -8,9 +8,10 @@ whole corpus in memory (issue 25: MS MARCO's 8.8M passages as a dict took ~760 B
 - a BEIR directory -> its corpus.jsonl(.gz).
 
 The line readers live in `data.corpus_files`. Opening makes ONE streaming pass that validates
-every row (ids, fields, duplicates: errors name file:line and field) and keeps only the byte offset of each row (a numpy int64 array, 8 B a
-passage) and a sha256 of the bytes (the fingerprint). Duplicates are found on 64-bit id hashes
-(8 B a passage, sorted), never on a set of ids. `read(start, stop)` seeks to row `start`.
+every row (ids, fields, duplicates: errors name file:line and field) and keeps only the byte
+offset of each row (a numpy int64 array, 8 B a passage) and a sha256 of the bytes (the
+fingerprint). Duplicates are found on 64-bit id hashes (8 B a passage, sorted), never on a set
+of ids. `read(start, stop)` seeks to row `start`.
 
 Gzipped files cannot seek: a `.gz` corpus is streamed sequentially instead of being decompressed
 to a cache (which would need a disk the size of the corpus). Offsets then count decompressed
