@@ -219,7 +219,6 @@ def test_evaluate_bm25_streams_and_hits_the_cache(tmp_path, monkeypatch):
     with cfg.unlocked():
         cfg.update(data=str(beir), split="dev", index="bm25", k=5, progress=False)
         cfg.update(cache_dir=str(tmp_path / "cache"))
-    assert not evaluate.needs_texts(cfg)
     metrics, infos = [], []
     for run in ("a", "b"):
         cfg.output = str(tmp_path / run)
@@ -233,4 +232,3 @@ def test_evaluate_bm25_streams_and_hits_the_cache(tmp_path, monkeypatch):
     assert (tmp_path / "a" / "run.trec").read_text() == (tmp_path / "b" / "run.trec").read_text()
     with cfg.unlocked():
         cfg.index = "hybrid"
-    assert not evaluate.needs_texts(cfg)

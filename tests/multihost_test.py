@@ -603,3 +603,32 @@ def test_sharded_encode_and_evaluate_two_processes_bit_identical(tiny_model, tin
     cached = {p.name: p.read_bytes() for p in (tmp_path / "c").glob("shards-*/emb-*.npy")}
     both = {p.name: p.read_bytes() for c in (c0, c1) for p in c.glob("shards-*/emb-*.npy")}
     assert cached == both
+
+
+def test_chunked_evaluate_two_processes_equal_one(tiny_model, tiny_beir, tmp_path):
+    """Issue 25: with --chunk_size every host counts the same windows from the streamed corpus
+    and encodes only its own range of chunk rows (shards of 8 chunks, unshared cache dirs);
+    MaxP over both hosts' shards gives one process's metrics and run."""
+    ev = ["--model", str(tiny_model), "--data", str(tiny_beir), "--split", "dev"]
+    ev += ["--index", "exact", "--k", "20", "--batch_size", "8", "--max_length", "32"]
+    ev += ["--progress=false", "--shard_size", "8", "--chunk_size", "3", "--chunk_overlap", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_single("dualenc.evaluate", [*ev, "--output", str(one), "--nocache"], devices=1)
+    c0, c1 = tmp_path / "c0", tmp_path / "c1"
+    res = run_pair(
+        "dualenc.evaluate",
+        [
+            [*ev, "--output", str(two), "--cache_dir", str(c0)],
+            [*ev, "--output", str(tmp_path / "stray"), "--cache_dir", str(c1)],
+        ],
+    )
+    info = json.loads((one / "info.json").read_text())["chunking"]
+    n = info["chunks"]
+    assert n > 2 * info["docs"] == 2 * 61  # really chunked
+    assert all(f"of {n}" in err for _, _, err in res)  # both hosts split the same chunk rows
+    assert json.loads((one / "metrics.json").read_text()) == json.loads(
+        (two / "metrics.json").read_text()
+    )
+    assert (one / "run.trec").read_text() == (two / "run.trec").read_text()
+    held = [len(list(c.glob("shards-*/emb-*.npy"))) for c in (c0, c1)]
+    assert min(held) > 0 and sum(held) == -(-n // 8)  # each host encoded only its own chunks

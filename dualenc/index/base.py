@@ -171,8 +171,9 @@ def check_doc_ids(doc_ids: list[str]) -> list[str]:
     return list(doc_ids)
 
 
-def rows_to_run(qids: list[str], scores: np.ndarray, rows: np.ndarray, doc_ids: list[str]) -> Run:
-    """Turns (Q, k) scores/rows into a Run, dropping padding rows (< 0)."""
+def rows_to_run(qids: list[str], scores: np.ndarray, rows: np.ndarray, doc_ids) -> Run:
+    """Turns (Q, k) scores/rows into a Run, dropping padding rows (< 0); `doc_ids` is any
+    sequence indexed by row (a `range` keeps the rows themselves)."""
     run: Run = {}
     for qid, s_row, r_row in zip(qids, scores, rows, strict=True):
         run[qid] = {doc_ids[r]: float(s) for s, r in zip(s_row, r_row, strict=True) if r >= 0}

@@ -44,12 +44,13 @@ def corpus_path(cfg) -> Path:
 class DenseRetriever:
     """Towers + corpus embedding shards + index, built once and reused for test and tune splits.
 
-    The corpus (`source`, a `CorpusSource`; else `doc_ids` + `texts` in memory) is encoded into
+    The corpus (`source`, a `CorpusSource`; else `doc_ids` + `texts` in memory), or with
+    `chunk_size` its chunks (`chunking.ChunkSource`, read from it lazily), is encoded into
     memory-mapped shards in the corpus cache, each host its own (`inference.shards`); exact
     float32 search streams them (`index.sharded`), so no host holds the (N, D) matrix. ScaNN and
     the quantised indexes are built from the concatenated shards."""
 
-    def __init__(self, cfg, doc_ids, texts, kind: str, corpus=None, source=None):
+    def __init__(self, cfg, doc_ids, texts, kind: str, source=None):
         if not cfg.model:
             raise InputError("--model is required for dense retrieval", field="model")
         self.cfg, self.doc_ids = cfg, doc_ids
@@ -59,23 +60,20 @@ class DenseRetriever:
         self.chunks, self.chunk_info = None, None
         self.ids = doc_ids  # what is indexed: docs, or their chunks
         text_fn = doc_text
+        if source is None:  # in memory: 'title text' strings, chunked as texts without titles
+            source, text_fn = corpus_source.from_texts(texts, doc_ids), plain_text
         if cfg.chunk_size > 0:
-            if corpus is None:  # no titles known: chunk the 'title text' strings
-                corpus = {d: {"text": x} for d, x in zip(doc_ids, texts, strict=True)}
-            self.chunks = chunking.chunk_corpus(
-                self.encoder.tokenizer, corpus, int(cfg.chunk_size), int(cfg.chunk_overlap)
+            self.chunks = chunking.ChunkSource(
+                source, self.encoder.tokenizer, int(cfg.chunk_size), int(cfg.chunk_overlap)
             )
-            self.ids = self.chunks.ids
-            source = corpus_source.from_texts(self.chunks.texts, self.ids)
-            text_fn = plain_text
+            self.ids = chunking.ChunkIds(self.chunks, doc_ids)
+            source, text_fn = self.chunks, plain_text
             self.chunk_info = {
                 "size": int(cfg.chunk_size),
                 "overlap": int(cfg.chunk_overlap),
-                **chunking.chunk_stats(self.chunks),
+                **self.chunks.stats(),
             }
             log.info("chunked the corpus: %s", self.chunk_info)
-        elif source is None:
-            source, text_fn = corpus_source.from_texts(texts, doc_ids), plain_text
         t = time.time()
         self.shards, self.reused = corpus_encode.cached_shards(
             self.encoder,
@@ -103,21 +101,22 @@ class DenseRetriever:
         self.build_s = time.time() - t
 
     def run(self, qids, queries, k: int) -> Run:
-        """Top-k docs per query; with chunks, each doc's best chunk (exact MaxP top-k)."""
+        """Top-k docs per query; with chunks, each doc's best chunk (exact MaxP top-k), the
+        chunk hits kept as rows (no chunk id strings)."""
         depth = chunking.chunk_depth(k, self.chunks) if self.chunks else k
         run = engine.dense_run(
             self.q_encoder,
             self.index,
             qids,
             list(queries),
-            self.ids,
+            range(len(self.chunks)) if self.chunks else self.ids,
             depth,
             batch_size=self.cfg.batch_size,
             max_length=self.cfg.max_length or self.q_encoder.max_length,
             progress=self.cfg.progress,
             mesh=shards_lib.local_mesh() if isinstance(self.index, ShardedExactIndex) else None,
         )
-        return chunking.max_p(run, self.chunks, k) if self.chunks else run
+        return chunking.max_p(run, self.chunks, self.doc_ids, k) if self.chunks else run
 
 
 def plain_text(doc) -> str:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +181,12 @@ def check_config(cfg) -> None:
 
 
 def retrieve(
-    cfg, doc_ids, texts, qids, queries, info: dict[str, Any], corpus=None, source=None
-) -> tuple[Run, Any, list[str]]:
+    cfg, doc_ids, texts, qids, queries, info: dict[str, Any], source=None
+) -> tuple[Run, Any, Sequence[str]]:
     """(run for `queries` with the configured system, the searched index, the ids of its rows:
-    chunk ids when chunked). `corpus` (id -> doc) gives chunks their titles; `source` (a
-    `CorpusSource` of the same rows) lets dense search and BM25 stream the corpus (`texts` may
-    then be None unless chunking needs them)."""
+    chunk ids, computed per item, when chunked). `source` (a `CorpusSource` of the same rows)
+    lets dense search (chunked or not) and BM25 stream the corpus (`texts` may then be None);
+    without it, chunks are cut from the 'title text' strings."""
     kind = cfg.index
     depth = first_stage_depth(cfg)
     if kind == "hybrid":
@@ -193,7 +194,7 @@ def retrieve(
     dense = bm25 = None
     if kind in ("exact", "scann", "hybrid"):
         sub = "exact" if kind == "hybrid" else kind
-        dense = DenseRetriever(cfg, doc_ids, texts, sub, corpus, source)
+        dense = DenseRetriever(cfg, doc_ids, texts, sub, source)
         if dense.chunks is not None:
             info["chunking"] = dense.chunk_info
         info.update(
@@ -237,7 +238,7 @@ def retrieve(
         )
     info["search_s"] = round(time.time() - t, 2)
     if dense is not None and kind != "hybrid":
-        return run, dense.index, list(dense.ids)
+        return run, dense.index, dense.ids
     return run, bm25, list(doc_ids)
 
 
@@ -268,12 +269,6 @@ def judged_split(data, split: str, doc_ids, qrels_file: str = ""):
     return qids, [queries[q] for q in qids], qrels
 
 
-def needs_texts(cfg) -> bool:
-    """Whether this evaluation reads every document's text (chunking); dense search and BM25
-    stream the corpus, and reranking / answer accuracy read only the retrieved docs."""
-    return cfg.chunk_size > 0
-
-
 def run_docs(source, doc_ids, texts, run: Run) -> dict[str, str]:
     """{doc id: 'title text'} of the docs in `run` (all of them when `texts` is in memory),
     read from the source in row order (one forward pass, gzip included)."""
@@ -294,12 +289,9 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
     t0 = time.time()
     source, doc_ids, qids, queries, qrels = load_streamed(cfg)
     answers = load_answers(Path(cfg.data), qids)
-    texts = corpus = None
-    if needs_texts(cfg):
-        ids, docs = source.read(0, len(source))
-        texts = [doc_text(d) for d in docs]
-        corpus = dict(zip(ids, docs, strict=True)) if cfg.chunk_size > 0 else None
-        del ids, docs
+    # The corpus is never read whole: dense search (chunks included) and BM25 stream `source`,
+    # reranking and answer accuracy read only the retrieved docs (`run_docs`).
+    texts = None
     info: dict[str, Any] = {
         "system": cfg.index,
         "data": str(cfg.data),
@@ -307,7 +299,7 @@ def run_evaluation(cfg: ml_collections.ConfigDict) -> dict[str, float]:
         "num_docs": len(doc_ids),
         "num_queries": len(qids),
     }
-    run, index, index_ids = retrieve(cfg, doc_ids, texts, qids, queries, info, corpus, source)
+    run, index, index_ids = retrieve(cfg, doc_ids, texts, qids, queries, info, source)
     if cfg.rerank_model:
         docs = run_docs(source, doc_ids, texts, run)
         reranked = _rerank(cfg, run, dict(zip(qids, queries, strict=True)), docs)
