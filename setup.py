@@ -50,8 +50,10 @@ setup(
             "fastapi>=0.110",
             "uvicorn>=0.29",
         ],
-        # `python -m dualenc.serve`: the HTTP API and search page.
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        # `python -m dualenc.serve`: the HTTP API and search page. uvicorn[standard] brings
+        # httptools and uvloop, the HTTP parser and event loop docs/results.md's serving figures
+        # were measured with (pure-Python h11 costs more CPU a request on a 2-core machine).
+        "serve": ["fastapi>=0.110", "uvicorn[standard]>=0.29"],
         "bench": ["psutil>=5.9"],
         # `dualenc.export --format onnx` writes the graph with onnx; onnxruntime runs it.
         "export": ["onnx>=1.17", "onnxruntime>=1.20"],
