@@ -183,3 +183,9 @@ def rows_to_run(qids: list[str], scores: np.ndarray, rows: np.ndarray, doc_ids) 
 def top_k_run(run: Run, k: int) -> Run:
     """Keeps the k best-scored docs of each query (stable on ties)."""
     return {q: dict(sorted(d.items(), key=lambda x: -x[1])[:k]) for q, d in run.items()}
+
+
+def check_similarity(similarity: str) -> None:
+    """A dense index scores by inner product ('dot') or cosine ('cos'); anything else is a bug."""
+    if similarity not in ("dot", "cos"):
+        raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")

@@ -32,6 +32,7 @@ from dualenc.index.base import (
     IndexManifest,
     check_corpus,
     check_queries,
+    check_similarity,
     l2_normalize,
     read_manifest,
     truncate,
@@ -150,6 +151,16 @@ class ShardedScan:
         return s[:, :k].astype(np.float32), i[:, :k]
 
 
+def describe_exact(
+    m: IndexManifest, count, dim, dtype, similarity, truncate_dim, chunk_size, query_batch
+) -> None:
+    """Fills an exact index's manifest (in memory or over shards: both save and load alike)."""
+    m.kind, m.similarity, m.count, m.dim, m.dtype = "exact", similarity, int(count), int(dim), dtype
+    m.params = {"chunk_size": chunk_size, "query_batch": query_batch}
+    if truncate_dim:
+        m.params["truncate_dim"] = int(truncate_dim)
+
+
 class ExactIndex:
     """Brute-force inner-product (or cosine) index sharded over all devices (of all hosts)."""
 
@@ -167,22 +178,25 @@ class ExactIndex:
         query_batch: int = 1024,
         devices=None,
     ):
-        if similarity not in ("dot", "cos"):
-            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
+        check_similarity(similarity)
         p = check_corpus(embeddings)
         self.manifest = manifest or IndexManifest(kind="exact", count=p.shape[0])
-        dim = p.shape[1]
+        dim = p.shape[1]  # what queries carry
         p = truncate(p, truncate_dim, self.manifest.normalize)
         if similarity == "cos":
             p = l2_normalize(p)
         self.embeddings = p  # (N, d), truncated and normalised as configured
         self.similarity, self.truncate_dim = similarity, int(truncate_dim)
-        self.manifest.kind, self.manifest.similarity = "exact", similarity
-        self.manifest.count, self.manifest.dim = p.shape[0], dim  # dim: what queries carry
-        self.manifest.dtype = str(p.dtype)
-        self.manifest.params = {"chunk_size": chunk_size, "query_batch": query_batch}
-        if truncate_dim:
-            self.manifest.params["truncate_dim"] = int(truncate_dim)
+        describe_exact(
+            self.manifest,
+            p.shape[0],
+            dim,
+            str(p.dtype),
+            similarity,
+            truncate_dim,
+            chunk_size,
+            query_batch,
+        )
         devices = list(devices if devices is not None else jax.devices())
         self.scan = ShardedScan(
             p, dot_scores, chunk_size=chunk_size, query_batch=query_batch, devices=devices

@@ -27,6 +27,7 @@ from dualenc.index.base import (
     IndexManifest,
     check_corpus,
     check_queries,
+    check_similarity,
     l2_normalize,
     read_manifest,
     truncate,
@@ -105,8 +106,7 @@ class QuantizedIndex:
         """Quantises (N, D) float embeddings; int8 ranges come from a seeded sample of
         `calibration_size` of them (all when fewer)."""
         check_options(precision, rescore_multiplier, rescore_with, truncate_dim, calibration_size)
-        if similarity not in ("dot", "cos"):
-            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
+        check_similarity(similarity)
         p = check_corpus(embeddings)
         m = manifest or IndexManifest(kind="quantized", count=p.shape[0])
         m.kind, m.similarity, m.count, m.dim = "quantized", similarity, p.shape[0], p.shape[1]

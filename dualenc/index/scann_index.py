@@ -18,6 +18,7 @@ from dualenc.index.base import (
     IndexManifest,
     check_corpus,
     check_queries,
+    check_similarity,
     read_manifest,
     write_manifest,
 )
@@ -83,8 +84,7 @@ class ScannIndex:
         **params: Any,
     ) -> ScannIndex:
         p = check_corpus(embeddings)
-        if similarity not in ("dot", "cos"):
-            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
+        check_similarity(similarity)
         if similarity == "cos":
             p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
         full = default_params(p.shape[0], **params)

@@ -17,8 +17,14 @@ import jax
 import numpy as np
 
 from dualenc import multihost
-from dualenc.index.base import IndexManifest, check_queries, l2_normalize, truncate
-from dualenc.index.exact import ShardedScan, dot_scores
+from dualenc.index.base import (
+    IndexManifest,
+    check_queries,
+    check_similarity,
+    l2_normalize,
+    truncate,
+)
+from dualenc.index.exact import ShardedScan, describe_exact, dot_scores
 
 
 def merge_top_k(
@@ -49,17 +55,20 @@ class ShardedExactIndex:
         query_batch: int = 1024,
         devices=None,
     ):
-        if similarity not in ("dot", "cos"):
-            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
+        check_similarity(similarity)
         self.shards = shards
         self.manifest = manifest or IndexManifest(kind="exact", count=shards.count)
         self.similarity, self.truncate_dim = similarity, int(truncate_dim)
-        self.manifest.kind, self.manifest.similarity = "exact", similarity
-        self.manifest.count, self.manifest.dim = shards.count, int(shards.dim)
-        self.manifest.dtype = "float32"
-        self.manifest.params = {"chunk_size": chunk_size, "query_batch": query_batch}
-        if truncate_dim:
-            self.manifest.params["truncate_dim"] = int(truncate_dim)
+        describe_exact(
+            self.manifest,
+            shards.count,
+            shards.dim,
+            "float32",
+            similarity,
+            truncate_dim,
+            chunk_size,
+            query_batch,
+        )
         self.devices = list(devices if devices is not None else jax.local_devices())
         self.chunk_size, self.query_batch = chunk_size, query_batch
 
