@@ -205,20 +205,26 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields (line_number, object) for each non-blank line; malformed JSON, bytes that are not
     UTF-8 and lone surrogates name file:line."""
     for lineno, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(
-                f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=lineno
-            ) from None
-        if not isinstance(obj, dict):
-            raise InputError(
-                f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno
-            )
+        if line.strip():
+            yield lineno, json_object(line, path, lineno)
+
+
+def json_object(line: str, path, lineno: int, *, check_strings: bool = True) -> dict[str, Any]:
+    """One JSONL line as a dict, or InputError naming file:line: malformed JSON, not an object,
+    (with `check_strings`) a lone surrogate in a string."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=lineno
+        ) from None
+    if not isinstance(obj, dict):
+        raise InputError(
+            f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno
+        )
+    if check_strings:
         check_json_strings(line, obj, path, lineno)
-        yield lineno, obj
+    return obj
 
 
 def require_str(obj: dict, key: str, *, path, line: int, allow_empty: bool = False) -> str:

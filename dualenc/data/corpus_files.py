@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import logging
 import os
 from array import array
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dualenc.data.beir import Doc, read_doc_id
-from dualenc.io import InputError, check_json_strings, decode_line, require_str
+from dualenc.io import InputError, decode_line, json_object, require_str
 
 log = logging.getLogger(__name__)
 ID_HEADERS = ("id", "_id", "docid", "doc_id", "pid", "corpus-id")
@@ -188,18 +187,8 @@ class JsonlCorpus(_LineCorpus):
     def parse(self, line: str, lineno: int, row: int):
         if not line.strip():
             return None
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(
-                f"malformed JSON ({e.msg} at column {e.colno})", path=self.path, line=lineno
-            ) from None
-        if not isinstance(obj, dict):
-            raise InputError(
-                f"expected a JSON object, got {type(obj).__name__}", path=self.path, line=lineno
-            )
-        if lineno:  # the indexing pass validates; reads of indexed rows skip the checks
-            check_json_strings(line, obj, self.path, lineno)
+        # the indexing pass (lineno > 0) validates; reads of indexed rows skip the string check
+        obj = json_object(line, self.path, lineno, check_strings=bool(lineno))
         id_key = "id" if "_id" not in obj and "id" in obj else "_id"
         if self.require_ids or id_key in obj:
             doc_id = read_doc_id(obj, self.path, lineno, id_key)
