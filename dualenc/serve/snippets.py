@@ -3,6 +3,7 @@ the character spans of those terms, so that a client marks them without parsing 
 
 from __future__ import annotations
 
+import functools
 import re
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -33,12 +34,17 @@ class Matcher:
     """
 
     def __init__(self, terms: frozenset[str]):
-        alts = "|".join(
+        self.alts = "|".join(
             re.escape(t) + (r"\w*" if len(t) >= 4 else r"(?!\w)")
             for t in sorted(terms, key=lambda t: (-len(t), t))
         )
-        self.pattern = re.compile(f"(?:{alts})")
-        self.ignorecase = re.compile(rf"(?<!\w)(?:{alts})", re.IGNORECASE)
+        self.pattern = re.compile(f"(?:{self.alts})")
+
+    @functools.cached_property
+    def ignorecase(self) -> re.Pattern:
+        """The word-start IGNORECASE pattern: the exact path for the rare text whose lower case
+        changes length, compiled only when one comes (not once per query)."""
+        return re.compile(rf"(?<!\w)(?:{self.alts})", re.IGNORECASE)
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         low = text.lower()
