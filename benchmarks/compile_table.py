@@ -3,13 +3,15 @@ per model, target and precision, from compile-only targets (`dualenc.aot`, no ac
 
 Shapes: two towers (DPR), 1 hard negative, q64 / p256, every text at its max length (the step's
 peak), FSDP over all chips (params and Adam moments sharded, `configs.FSDP_RULES`), AdamW.
-Per-chip memory is linear in the per-chip batch at a fixed mesh, so each cell compiles at two
-batches, extrapolates the largest batch that fits the chip's HBM, and compiles there to check
-(stepping down until it fits). Prints one JSON object (and a markdown table on stderr); each
-cell also carries flops per step and the roofline step time at that batch.
+Per-chip memory is linear in the per-chip batch at a fixed mesh, so each cell walks that line
+(`largest_batch`: two or three compiles, fewer when `--prior` names an earlier run whose cells give
+first guesses) and reports the largest batch verified to fit. Prints one JSON object (and a
+markdown table on stderr); each cell also carries flops per step and the roofline step time at
+that batch, and every compile's (batch, bytes) point.
 
 python benchmarks/compile_table.py [--models BERT-base,...] [--targets tpu:v5e-16,...]
     [--settings f32,bf16,bf16+remat] [--out benchmarks/results/compile_table.json]
+    [--prior earlier.json] [--max_compiles 3]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SETTINGS = {
     "bf16+remat": {"model.dtype": "bfloat16", "model.remat": True},
 }
 HEADROOM = 0.97  # of HBM: XLA's runtime and fragmentation
+REMAT_GAIN = 3.0  # batch with remat / without, a first guess only (measured 3.2x-6.75x on v5e)
 
 
 def make_config(model: str, setting: str, per_chip: int, chips: int):
@@ -66,27 +69,82 @@ def compile_at(model, setting, target, per_chip):
     return rep
 
 
-def largest_batch(model, setting, target, log) -> dict:
-    """Per-chip batch that fits: two compiles for the line, then check (and step down)."""
-    a, b = 8, 16
-    ra, rb = compile_at(model, setting, target, a), compile_at(model, setting, target, b)
-    slope = (rb.need_bytes - ra.need_bytes) / (b - a)
-    budget = HEADROOM * ra.hbm_bytes
-    guess = a + (budget - ra.need_bytes) / slope if slope > 0 else a
-    size = max(0, int(guess) // 8 * 8)
-    compiles = 2
-    rep = None
-    while size >= 8:
+def _floor8(x: float) -> int:
+    return max(0, int(x) // 8 * 8)
+
+
+def _platform(target: str) -> str:
+    return target.split(":")[0]
+
+
+def first_guess(model, setting, target, priors) -> tuple[int, float | None]:
+    """(first per-chip batch to compile, bytes per per-chip query or None) from earlier cells of
+    the same model: the same setting's batch on this target, else on another target scaled by HBM
+    (its slope carried over only within a platform, whose programs match), else another setting's
+    on this target (x REMAT_GAIN into or out of remat); 16 without any."""
+    done = [c for c in priors if c["model"] == model and c.get("per_chip_batch")]
+    same = [c for c in done if c["setting"] == setting]
+    same.sort(key=lambda c: (c["target"] != target, _platform(c["target"]) != _platform(target)))
+    if same:
+        c = same[0]
+        slope = c.get("slope_bytes") if _platform(c["target"]) == _platform(target) else None
+        return max(8, _floor8(c["per_chip_batch"] * _hbm(target) / (c["hbm_gib"] * 2**30))), slope
+    for c in done:
+        if c["target"] == target:
+            remat = ("remat" in setting) - ("remat" in c["setting"])
+            return max(8, _floor8(c["per_chip_batch"] * REMAT_GAIN**remat)), None
+    return 16, None
+
+
+def _hbm(target) -> float:
+    from dualenc.aot import targets
+
+    return float(targets.get(target).chip.hbm_bytes)
+
+
+def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dict:
+    """Largest per-chip batch (multiple of 8) whose XLA plan fits HEADROOM of HBM. Memory is
+    linear in the batch at a fixed mesh, so: compile at a first guess (an earlier cell's batch,
+    scaled by HBM, where there is one), step along the line (its slope from the last two compiles,
+    at first from a prior cell or need / batch, which overestimates it), and stop when the line's
+    batch is one already compiled and it fits. The answer is the largest batch verified to fit;
+    `line_batch` is what the last line predicts (a cell that ran out of compiles says so)."""
+    budget = HEADROOM * _hbm(target)
+    size, slope = first_guess(model, setting, target, priors)
+    points: dict[int, object] = {}
+    predicted = size
+    while len(points) < max_compiles:
         rep = compile_at(model, setting, target, size)
-        compiles += 1
+        points[size] = rep
         log(
             f"  {model} {setting} {target}: per-chip batch {size}: {rep.need_bytes / 2**30:.2f} GiB"
         )
-        if rep.need_bytes <= budget:
+        known = sorted(points)
+        if len(known) >= 2:  # the secant through the two compiles nearest the budget
+            near = sorted(known, key=lambda b: abs(points[b].need_bytes - budget))[:2]
+            lo, hi = sorted(near)
+            rise = points[hi].need_bytes - points[lo].need_bytes
+            slope = rise / (hi - lo) if rise > 0 else slope
+        if slope is None or slope <= 0:
+            slope = rep.need_bytes / size
+        predicted = _floor8(size + (budget - rep.need_bytes) / slope)
+        fitting = [b for b in points if points[b].need_bytes <= budget]
+        if predicted in points or (fitting and predicted <= max(fitting)):
             break
-        size = int(size * budget / rep.need_bytes) // 8 * 8
-    if size < 8:  # not even 8 per chip
-        return {"per_chip_batch": 0, "fits_at_8": ra.fits, "need_gib_at_8": ra.need_bytes / 2**30}
+        if predicted < 8:
+            break
+        size = predicted
+    fitting = [b for b in points if points[b].need_bytes <= budget]
+    base = {
+        "points": [[b, points[b].need_bytes] for b in sorted(points)],
+        "slope_bytes": slope,
+        "line_batch": predicted,
+        "compiles": len(points),
+    }
+    if not fitting:  # not even the smallest compiled batch fits
+        return {"per_chip_batch": 0, "hbm_gib": _hbm(target) / 2**30, **base}
+    size = max(fitting)
+    rep = points[size]
     return {
         "per_chip_batch": size,
         "need_gib": rep.need_bytes / 2**30,
@@ -95,7 +153,7 @@ def largest_batch(model, setting, target, log) -> dict:
         "xla_flops_per_chip": rep.xla_flops_per_chip,
         "roofline_ms": rep.roofline_seconds * 1e3,
         "roofline_queries_per_s_per_chip": size / rep.roofline_seconds,
-        "compiles": compiles,
+        **base,
     }
 
 
@@ -105,6 +163,8 @@ def main():
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default="")
+    ap.add_argument("--prior", default="", help="earlier results JSON: first guesses per cell")
+    ap.add_argument("--max_compiles", type=int, default=3)
     args = ap.parse_args()
     from dualenc.aot import targets
 
@@ -115,6 +175,7 @@ def main():
         "shapes": "DPR step: 2 towers, 1 hard negative, q64/p256, FSDP over all chips",
         "cells": [],
     }
+    priors = json.loads(Path(args.prior).read_text())["cells"] if args.prior else []
     for target in args.targets.split(","):
         try:
             targets.devices(target)
@@ -124,7 +185,9 @@ def main():
         for model in args.models.split(","):
             for setting in args.settings.split(","):
                 t0 = time.perf_counter()
-                cell = largest_batch(model, setting, target, log)
+                cell = largest_batch(
+                    model, setting, target, log, priors + out["cells"], args.max_compiles
+                )
                 cell.update(
                     model=model, setting=setting, target=target, seconds=time.perf_counter() - t0
                 )
@@ -142,7 +205,7 @@ def main():
                 f" | {c['roofline_ms']:.1f} |"
             )
         else:
-            log(f"| {c['model']} | {c['target']} | {c['setting']} | < 8 | | | |")
+            log(f"| {c['model']} | {c['target']} | {c['setting']} | none: {c['points']} | | | |")
 
 
 if __name__ == "__main__":

@@ -283,3 +283,51 @@ def test_scale_corpus_ids_unique_and_rss_measured(tmp_path, shared_data):
     small = scale.measure(["-c", "import time; time.sleep(0.5)"])
     assert big["rc"] == [0] and 0.28 < big["peak_rss_gib"][0] < 0.35
     assert small["peak_rss_gib"][0] < 0.05  # not this (pytest) process's RSS at fork time
+
+
+compile_table = _load("compile_table")
+
+
+class _Plan:
+    """A compile's report on a linear memory plan: fixed + per-query bytes, 16 GiB chips."""
+
+    def __init__(self, batch, fixed, per_query):
+        self.need_bytes = fixed + per_query * batch
+        self.hbm_bytes = 16 * 2**30
+        self.model_flops = 1e12 * batch
+        self.xla_flops_per_chip = 0.0
+        self.roofline_seconds = 1e-3 * batch
+
+
+@pytest.mark.parametrize("fixed_gib, per_query_mib", [(0.3, 100.0), (4.0, 27.0), (1.0, 900.0)])
+def test_compile_table_finds_the_largest_fitting_batch(monkeypatch, fixed_gib, per_query_mib):
+    """The line walk lands on the largest multiple of 8 that fits 97 % of HBM, in <= 3 compiles,
+    and only ever reports a batch it compiled and saw fit (a walk that stops at a first guess or
+    reports the extrapolation instead is red)."""
+    fixed, per_query = fixed_gib * 2**30, per_query_mib * 2**20
+    compiled = []
+
+    def fake(model, setting, target, size):
+        compiled.append(size)
+        return _Plan(size, fixed, per_query)
+
+    monkeypatch.setattr(compile_table, "compile_at", fake)
+    monkeypatch.setattr(compile_table, "_hbm", lambda target: 16.0 * 2**30)
+    cell = compile_table.largest_batch("m", "bf16", "tpu:v5e-16", lambda msg: None)
+    budget = compile_table.HEADROOM * 16 * 2**30
+    best = int((budget - fixed) // per_query) // 8 * 8
+    assert cell["per_chip_batch"] == best
+    assert best in compiled and len(compiled) <= 3
+    assert fixed + per_query * cell["per_chip_batch"] <= budget
+
+
+def test_compile_table_first_guess_from_priors(monkeypatch):
+    monkeypatch.setattr(compile_table, "_hbm", lambda t: (32.0 if "v4" in t else 16.0) * 2**30)
+    prior = [
+        {"model": "m", "setting": "bf16", "target": "tpu:v5e-16", "per_chip_batch": 32,
+         "hbm_gib": 16.0, "slope_bytes": 5.0},
+    ]  # fmt: skip
+    assert compile_table.first_guess("m", "bf16", "tpu:v4-32", prior) == (64, 5.0)
+    assert compile_table.first_guess("m", "bf16", "gpu:h100x8", prior)[1] is None  # no slope
+    assert compile_table.first_guess("m", "bf16+remat", "tpu:v5e-16", prior) == (96, None)
+    assert compile_table.first_guess("other", "bf16", "tpu:v5e-16", prior) == (16, None)
