@@ -153,6 +153,7 @@ def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dic
         "xla_flops_per_chip": rep.xla_flops_per_chip,
         "roofline_ms": rep.roofline_seconds * 1e3,
         "roofline_queries_per_s_per_chip": size / rep.roofline_seconds,
+        "xla_remat_ops": getattr(rep, "xla_remat_ops", 0),  # XLA recomputes to fit: flops low
         **base,
     }
 

@@ -202,8 +202,8 @@ def test_gpu_train_step_uses_cudnn_attention():
     assert any("Backward" in call for call in rep.custom_calls)
 
 
-def test_report_fields_are_consistent():
-    r = report.Report(
+def _report() -> report.Report:
+    return report.Report(
         target="tpu:v5e-8",
         describe="x",
         mesh={"data": 8},
@@ -221,6 +221,30 @@ def test_report_fields_are_consistent():
         custom_calls=(),
         source="",
     )
+
+
+def test_report_fields_are_consistent():
+    r = _report()
     assert r.need_bytes == 7 and r.fits and r.roofline_seconds == 1.0
     assert r.mfu_at(1.0) == pytest.approx(0.5)
     assert not dataclasses.replace(r, temp_bytes=5).fits
+
+
+def test_xla_rematerialised_instructions_are_counted_and_reported():
+    """XLA:GPU recomputes to fit (`.remat` clones) without saying so in memory or flops: the
+    report counts the clones (not uses of them, not jax.checkpoint's names) and the table warns."""
+    text = "\n".join(
+        [
+            "ENTRY %main {",
+            "  %fusion.3 = bf16[8,64]{1,0} fusion(%p0), kind=kLoop",
+            "  %fusion.3.remat = bf16[8,64]{1,0} fusion(%p0), kind=kLoop",
+            "  %bitcast.remat.12 = bf16[512]{0} bitcast(%fusion.3.remat)",
+            "  ROOT %tuple.remat2 = (bf16[512]{0}) tuple(%bitcast.remat.12)",
+            "  %checkpoint_remat_input = f32[2] parameter(1)",
+            "}",
+        ]
+    )
+    assert report.xla_remat_ops(text) == 3
+    assert report.xla_remat_ops(text.replace(".remat", "")) == 0
+    r = dataclasses.replace(_report(), xla_remat_ops=3)
+    assert "XLA remat" in report.table(r) and "XLA remat" not in report.table(_report())

@@ -44,6 +44,10 @@ class Report:
     compile_seconds: float
     custom_calls: tuple[str, ...]
     source: str
+    # Instructions XLA cloned to recompute (its HloRematerialization pass, `.remat` names): XLA:GPU
+    # runs it when the plan passes its memory limit (~81 % of HBM), so memory stops growing with
+    # the batch while the step does more work than the flops above say.
+    xla_remat_ops: int = 0
 
     @property
     def need_bytes(self) -> int:
@@ -129,6 +133,7 @@ def compile_report(program: Program, mesh: Mesh, target: str) -> tuple[Report, o
         compile_seconds=seconds,
         custom_calls=tuple(calls),
         source=program.source,
+        xla_remat_ops=xla_remat_ops(text),
     )
     return report, compiled
 
@@ -167,6 +172,14 @@ def _refused(program: Program, mesh: Mesh, target: str, temp: int, seconds: floa
         custom_calls=(),
         source=program.source,
     )
+
+
+def xla_remat_ops(text: str) -> int:
+    """How many instructions of a compiled module's text are XLA's rematerialised clones."""
+    return len(set(_REMAT_DEF.findall(text)))
+
+
+_REMAT_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]*\.remat[\w.\-]*)\s*=", re.M)
 
 
 def _calls(text: str):
@@ -230,5 +243,14 @@ def table(report: Report) -> str:
         ("MFU at step time t", f"{r.model_flops / (r.chips * r.peak_flops):.3e} s / t"),
         ("compile", f"{r.compile_seconds:.1f} s"),
     ]
+    if r.xla_remat_ops:
+        rows.insert(
+            -3,
+            (
+                "XLA remat",
+                f"{r.xla_remat_ops} instructions recomputed to fit, not in the flops: expect a "
+                "slower step (or set model.remat=True / a smaller batch)",
+            ),
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
