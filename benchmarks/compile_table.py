@@ -39,7 +39,8 @@ SETTINGS = {
     "bf16": {"model.dtype": "bfloat16", "model.remat": False},
     "bf16+remat": {"model.dtype": "bfloat16", "model.remat": True},
 }
-HEADROOM = 0.97  # of HBM: XLA's runtime and fragmentation
+HEADROOM = 0.97  # of a TPU's HBM: XLA's runtime and fragmentation
+GPU_MEM_FRACTION = 0.75  # JAX's default GPU preallocation
 REMAT_GAIN = 3.0  # batch with remat / without, a first guess only (measured 3.2x-6.75x on v5e)
 
 
@@ -102,41 +103,74 @@ def _hbm(target) -> float:
     return float(targets.get(target).chip.hbm_bytes)
 
 
+def budget(target: str) -> float:
+    """Bytes a step may plan per chip: HEADROOM of a TPU's HBM; on a GPU, what a default JAX
+    process can allocate (XLA_PYTHON_CLIENT_MEM_FRACTION 0.75), which also stays under XLA:GPU's
+    scheduler limit (~76 % of device memory), above which XLA recomputes to fit."""
+    fraction = GPU_MEM_FRACTION if _platform(target) == "gpu" else HEADROOM
+    return fraction * _hbm(target)
+
+
+def _fits(rep, limit: float) -> bool:
+    """Within the budget and as planned: a plan XLA had to rematerialise does not count."""
+    return rep.need_bytes <= limit and not getattr(rep, "xla_remat_ops", 0)
+
+
 def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dict:
-    """Largest per-chip batch (multiple of 8) whose XLA plan fits HEADROOM of HBM. Memory is
-    linear in the batch at a fixed mesh, so: compile at a first guess (an earlier cell's batch,
-    scaled by HBM, where there is one), step along the line (its slope from the last two compiles,
-    at first from a prior cell or need / batch, which overestimates it), and stop when the line's
-    batch is one already compiled and it fits. The answer is the largest batch verified to fit;
-    `line_batch` is what the last line predicts (a cell that ran out of compiles says so)."""
-    budget = HEADROOM * _hbm(target)
+    """Largest per-chip batch (multiple of 8) whose XLA plan fits `budget(target)`. Memory is
+    linear in the batch at a fixed mesh (until XLA:GPU rematerialises by itself, which flattens
+    it), so: compile at a first guess (an earlier cell's batch, scaled by HBM, where there is
+    one), step along the line through the two as-planned compiles nearest the budget (its slope
+    at first from a prior cell or need / batch, which overestimates it), and stop when the batch
+    8 above the best one is known not to fit or the line says so. The answer is the largest batch
+    verified to fit; `line_batch` is what the last line predicts."""
+    limit = budget(target)
     size, slope = first_guess(model, setting, target, priors)
     points: dict[int, object] = {}
     predicted = size
     while len(points) < max_compiles:
         rep = compile_at(model, setting, target, size)
         points[size] = rep
+        remat = getattr(rep, "xla_remat_ops", 0)
         log(
             f"  {model} {setting} {target}: per-chip batch {size}: {rep.need_bytes / 2**30:.2f} GiB"
+            + (f" (XLA rematerialised {remat} ops)" if remat else "")
         )
-        known = sorted(points)
-        if len(known) >= 2:  # the secant through the two compiles nearest the budget
-            near = sorted(known, key=lambda b: abs(points[b].need_bytes - budget))[:2]
+        planned = [b for b in points if not getattr(points[b], "xla_remat_ops", 0)]
+        near = sorted(planned, key=lambda b: abs(points[b].need_bytes - limit))[:2]
+        if len(near) == 2:
             lo, hi = sorted(near)
             rise = points[hi].need_bytes - points[lo].need_bytes
             slope = rise / (hi - lo) if rise > 0 else slope
-        if slope is None or slope <= 0:
-            slope = rep.need_bytes / size
-        predicted = _floor8(size + (budget - rep.need_bytes) / slope)
-        fitting = [b for b in points if points[b].need_bytes <= budget]
-        if predicted in points or (fitting and predicted <= max(fitting)):
-            break
-        if predicted < 8:
+        if near:
+            anchor = near[0]
+            if slope is None or slope <= 0:
+                slope = points[anchor].need_bytes / anchor
+            # XLA rematerialised at a batch whose plan it squeezed under its own limit: aim below
+            squeezed = [p.need_bytes for p in points.values() if getattr(p, "xla_remat_ops", 0)]
+            aim = min([limit, *squeezed])
+            predicted = _floor8(anchor + (aim - points[anchor].need_bytes) / slope)
+        else:  # every compile so far was rematerialised by XLA: well past the line's end
+            predicted = _floor8(min(points) * 0.6)
+        best = max((b for b in points if _fits(points[b], limit)), default=0)
+        over = min((b for b in points if b > best), default=None)
+        if over is not None and over <= best + 8:
+            break  # bracketed to one step
+        if best and predicted <= best:
+            if len(near) == 2:
+                break  # the line agrees
+            predicted = best + 8  # one point only: try one step up
+        if over is not None:
+            predicted = min(predicted, over - 8)
+        if predicted < 8 or predicted in points:
             break
         size = predicted
-    fitting = [b for b in points if points[b].need_bytes <= budget]
+    fitting = [b for b in points if _fits(points[b], limit)]
     base = {
-        "points": [[b, points[b].need_bytes] for b in sorted(points)],
+        "points": [  # batch, bytes, XLA's rematerialised ops
+            [b, points[b].need_bytes, getattr(points[b], "xla_remat_ops", 0)]
+            for b in sorted(points)
+        ],
         "slope_bytes": slope,
         "line_batch": predicted,
         "compiles": len(points),

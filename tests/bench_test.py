@@ -289,36 +289,54 @@ compile_table = _load("compile_table")
 
 
 class _Plan:
-    """A compile's report on a linear memory plan: fixed + per-query bytes, 16 GiB chips."""
+    """A compile's report on a linear memory plan (fixed + per-query bytes, 16 GiB chips); past
+    `cap` bytes XLA rematerialises by itself and the plan stops growing, as XLA:GPU's does."""
 
-    def __init__(self, batch, fixed, per_query):
+    def __init__(self, batch, fixed, per_query, cap=None):
         self.need_bytes = fixed + per_query * batch
+        self.xla_remat_ops = 0
+        if cap is not None and self.need_bytes > cap:
+            self.need_bytes, self.xla_remat_ops = cap + (self.need_bytes - cap) * 0.02, 40
         self.hbm_bytes = 16 * 2**30
         self.model_flops = 1e12 * batch
         self.xla_flops_per_chip = 0.0
         self.roofline_seconds = 1e-3 * batch
 
 
-@pytest.mark.parametrize("fixed_gib, per_query_mib", [(0.3, 100.0), (4.0, 27.0), (1.0, 900.0)])
-def test_compile_table_finds_the_largest_fitting_batch(monkeypatch, fixed_gib, per_query_mib):
-    """The line walk lands on the largest multiple of 8 that fits 97 % of HBM, in <= 3 compiles,
-    and only ever reports a batch it compiled and saw fit (a walk that stops at a first guess or
-    reports the extrapolation instead is red)."""
+@pytest.mark.parametrize(
+    "target, fixed_gib, per_query_mib, cap_gib, compiles",
+    [
+        ("tpu:v5e-16", 0.3, 100.0, None, 3),
+        ("tpu:v5e-16", 4.0, 27.0, None, 3),
+        ("tpu:v5e-16", 1.0, 900.0, None, 3),
+        ("tpu:v5e-16", 10.0, 100.0, None, 3),  # guess 16 fits; need / batch overestimates
+        ("gpu:h100x8", 0.5, 45.0, 12.2, 3),  # XLA remats above 12.2 GiB: flat, never trusted
+        ("gpu:h100x8", 0.5, 45.0, 9.0, 4),  # ... and under the budget: aim below its plan
+    ],
+)
+def test_compile_table_finds_the_largest_fitting_batch(
+    monkeypatch, target, fixed_gib, per_query_mib, cap_gib, compiles
+):
+    """The line walk lands on the largest multiple of 8 that fits the budget as planned (not
+    rematerialised by XLA), in <= 3 compiles, and only reports a batch it compiled and saw fit (a
+    walk that stops at a first guess, trusts a plan XLA squeezed, or reports the extrapolation
+    instead is red)."""
     fixed, per_query = fixed_gib * 2**30, per_query_mib * 2**20
+    cap = cap_gib * 2**30 if cap_gib else None
     compiled = []
 
     def fake(model, setting, target, size):
         compiled.append(size)
-        return _Plan(size, fixed, per_query)
+        return _Plan(size, fixed, per_query, cap)
 
     monkeypatch.setattr(compile_table, "compile_at", fake)
     monkeypatch.setattr(compile_table, "_hbm", lambda target: 16.0 * 2**30)
-    cell = compile_table.largest_batch("m", "bf16", "tpu:v5e-16", lambda msg: None)
-    budget = compile_table.HEADROOM * 16 * 2**30
-    best = int((budget - fixed) // per_query) // 8 * 8
-    assert cell["per_chip_batch"] == best
-    assert best in compiled and len(compiled) <= 3
-    assert fixed + per_query * cell["per_chip_batch"] <= budget
+    cell = compile_table.largest_batch("m", "bf16", target, lambda msg: None, (), compiles)
+    limit = min(compile_table.budget(target), cap or float("inf"))
+    best = int((limit - fixed) // per_query) // 8 * 8
+    assert cell["per_chip_batch"] == best, (compiled, best)
+    assert best in compiled and len(compiled) <= compiles
+    assert fixed + per_query * cell["per_chip_batch"] <= limit
 
 
 def test_compile_table_first_guess_from_priors(monkeypatch):
