@@ -209,15 +209,20 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, json_object(line, path, lineno)
 
 
-def json_object(line: str, path, lineno: int, *, check_strings: bool = True) -> dict[str, Any]:
-    """One JSONL line as a dict, or InputError naming file:line: malformed JSON, not an object,
-    (with `check_strings`) a lone surrogate in a string."""
+def json_line(line: str, path, lineno: int) -> Any:
+    """One JSONL line's value, or InputError naming file:line and column if it is malformed."""
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(
             f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=lineno
         ) from None
+
+
+def json_object(line: str, path, lineno: int, *, check_strings: bool = True) -> dict[str, Any]:
+    """One JSONL line as a dict, or InputError naming file:line: malformed JSON, not an object,
+    (with `check_strings`) a lone surrogate in a string."""
+    obj = json_line(line, path, lineno)
     if not isinstance(obj, dict):
         raise InputError(
             f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno

@@ -12,14 +12,13 @@ grouped into one example holding all their positives (`examples.group_by_query`)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 from dualenc.data.beir import BeirDataset
 from dualenc.data.examples import TrainExample, group_by_query, passage_text, validate_example
-from dualenc.io import InputError, open_text
+from dualenc.io import InputError, json_line, open_text
 
 
 def _texts(val, *, path, line: int, field: str) -> list[str]:
@@ -95,12 +94,7 @@ def load_st_jsonl(path: str | os.PathLike) -> list[TrainExample]:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=lineno
-                ) from None
+            obj = json_line(raw, path, lineno)
             qid = str(len(out))
             if isinstance(obj, dict):
                 ex = _from_dict(obj, qid=qid, path=path, line=lineno)
