@@ -113,7 +113,7 @@ def budget(target: str) -> float:
 
 def _fits(rep, limit: float) -> bool:
     """Within the budget and as planned: a plan XLA had to rematerialise does not count."""
-    return rep.need_bytes <= limit and not getattr(rep, "xla_remat_ops", 0)
+    return rep.need_bytes <= limit and not rep.xla_remat_ops
 
 
 def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dict:
@@ -131,12 +131,12 @@ def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dic
     while len(points) < max_compiles:
         rep = compile_at(model, setting, target, size)
         points[size] = rep
-        remat = getattr(rep, "xla_remat_ops", 0)
+        remat = rep.xla_remat_ops
         log(
             f"  {model} {setting} {target}: per-chip batch {size}: {rep.need_bytes / 2**30:.2f} GiB"
             + (f" (XLA rematerialised {remat} ops)" if remat else "")
         )
-        planned = [b for b in points if not getattr(points[b], "xla_remat_ops", 0)]
+        planned = [b for b in points if not points[b].xla_remat_ops]
         near = sorted(planned, key=lambda b: abs(points[b].need_bytes - limit))[:2]
         if len(near) == 2:
             lo, hi = sorted(near)
@@ -147,7 +147,7 @@ def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dic
             if slope is None or slope <= 0:
                 slope = points[anchor].need_bytes / anchor
             # XLA rematerialised at a batch whose plan it squeezed under its own limit: aim below
-            squeezed = [p.need_bytes for p in points.values() if getattr(p, "xla_remat_ops", 0)]
+            squeezed = [p.need_bytes for p in points.values() if p.xla_remat_ops]
             aim = min([limit, *squeezed])
             predicted = _floor8(anchor + (aim - points[anchor].need_bytes) / slope)
         else:  # every compile so far was rematerialised by XLA: well past the line's end
@@ -168,8 +168,7 @@ def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dic
     fitting = [b for b in points if _fits(points[b], limit)]
     base = {
         "points": [  # batch, bytes, XLA's rematerialised ops
-            [b, points[b].need_bytes, getattr(points[b], "xla_remat_ops", 0)]
-            for b in sorted(points)
+            [b, points[b].need_bytes, points[b].xla_remat_ops] for b in sorted(points)
         ],
         "slope_bytes": slope,
         "line_batch": predicted,
@@ -187,7 +186,7 @@ def largest_batch(model, setting, target, log, priors=(), max_compiles=3) -> dic
         "xla_flops_per_chip": rep.xla_flops_per_chip,
         "roofline_ms": rep.roofline_seconds * 1e3,
         "roofline_queries_per_s_per_chip": size / rep.roofline_seconds,
-        "xla_remat_ops": getattr(rep, "xla_remat_ops", 0),  # XLA recomputes to fit: flops low
+        "xla_remat_ops": rep.xla_remat_ops,  # XLA recomputes to fit: flops low
         **base,
     }
 
