@@ -5,6 +5,7 @@ writes. Also: `gs://`-style and `file://` workdirs reach the writers and the Che
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -533,6 +535,86 @@ def test_plain_tpu_vm_slice_joins_the_cluster(fake_tpu_vm):
     assert multihost.tpu_vm_workers() == 4
     multihost.initialize()
     assert fake_tpu_vm["initialize"] == [{}]
+
+
+class _Metadata(http.server.BaseHTTPRequestHandler):
+    """A GCE metadata server for one TPU VM worker: `attributes` maps key -> value, 404 else."""
+
+    attributes: dict[str, str] = {}
+
+    def do_GET(self):
+        key = self.path.rsplit("/", 1)[-1]
+        ok = self.headers.get("Metadata-Flavor") == "Google" and key in self.attributes
+        body = self.attributes.get(key, "not found").encode() if ok else b"not found"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def tpu_vm_metadata():
+    """Starts one metadata server per worker of a 2-host slice; returns their addresses."""
+    servers = []
+    for worker in range(2):
+        attributes = {
+            "worker-network-endpoints": "127.0.0.1,127.0.0.1",
+            "agent-worker-number": str(worker),
+            "tpu-env": "ACCELERATOR_TYPE: 'v5litepod-8'",
+        }
+        handler = type("Worker", (_Metadata,), {"attributes": attributes})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    yield [f"127.0.0.1:{s.server_address[1]}" for s in servers]
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_tpu_vm_slice_trains_on_two_hosts_with_async_checkpoints(
+    tmp_path_factory, train_data, tpu_vm_metadata, tmp_path
+):
+    """Two hosts of a plain Cloud TPU VM slice, as JAX sees one (chips on PCI, workers only in
+    the GCE metadata, no DUALENC_* or GKE variables; `tests/fake_tpu_vm.py`): they find each
+    other through `jax.distributed.initialize()`'s own TPU VM detection, train a (2,1) data
+    mesh across both, save Orbax checkpoints asynchronously during the run, and export the
+    bits of the explicitly launched two-process run. Without the slice detection each host
+    trains alone and the 2-device mesh cannot be built."""
+    ref = trained(tmp_path_factory, train_data, "(2,1)", 2)
+    w = tmp_path / "slice"
+    args = [
+        *train_args(w, *train_data, "(2,1)"),
+        "--config.checkpoint.every_steps=4",
+        "--config.checkpoint.keep=3",
+    ]
+    port, procs = _free_port(), []
+    for metadata in tpu_vm_metadata:
+        env = _env(1)
+        env.update(GCE_METADATA_IP=metadata, JAX_COORDINATOR_PORT=str(port))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "tests/fake_tpu_vm.py", "dualenc.train", *args],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    res = wait_pair(procs)
+    for i, (rc, _, err) in enumerate(res):
+        assert rc == 0, f"host {i} exited {rc}:\n{err[-3000:]}"
+        assert f"JAX distributed: process {i} of 2, 1 local / 2 global devices" in err, err[-3000:]
+    a, b = exported(ref), exported(w)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # Async saves at steps 4 and 8 and the final one, each finalised (renamed into place).
+    assert_one_of_each(w, steps=(4, 8, STEPS))
 
 
 def test_no_tpu_chips_no_metadata_query(fake_tpu_vm, monkeypatch):
