@@ -1,5 +1,8 @@
 """The hashed dropout mask: exact rate, 1/(1-p) scaling, determinism per key, independence."""
 
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +15,15 @@ N = 1 << 20
 
 def _sigma(p: float, n: int = N) -> float:
     return (p * (1 - p) / n) ** 0.5
+
+
+def largest_uint32_iota(fn, *args) -> int:
+    """Elements of the largest uint32 iota in `fn`'s lowered program: an index iota of 2^32
+    elements or more wraps silently on device (masks repeat), so none may reach that size."""
+    text = jax.jit(fn).lower(*args).as_text()
+    shapes = re.findall(r"iota[^\n]*tensor<([0-9x]+)xui32>", text)
+    assert shapes, "no uint32 iota: the dropout index is not where this test looks"
+    return max(math.prod(int(d) for d in s.split("x")) for s in shapes)
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.02])
@@ -78,14 +90,24 @@ def test_blocked_index_past_uint32():
     assert abs(keep.mean() - 0.75) < 0.01
     big = jax.eval_shape(lambda k: dropout.keep_mask(k, 0.1, (8192, 512, 1024)), key)
     assert big.shape == (8192, 512, 1024) and big.dtype == jnp.bool_
+    assert largest_uint32_iota(lambda k: dropout.keep_mask(k, 0.1, (8192, 512, 1024)), key) < 2**32
 
 
-def test_pod_sized_passage_batch_traces_with_dropout():
+def test_pod_sized_passage_batch_traces_with_dropout(monkeypatch):
     """The passage tower with dropout on at global batch 8,192 x p_max_length 512 (attention
-    scores and hidden states past 2^32 elements with BERT-base's 12 heads): it traces, with the
-    blocked dropout index, where the uint32 index used to raise at trace time."""
-    from dualenc.models import dual_encoder
+    scores past 2^32 elements with BERT-base's 12 heads): it traces, with the blocked dropout
+    index, where the uint32 index used to raise at trace time; and no index can wrap (a flat
+    index with the size check removed would trace too, and repeat masks on device)."""
+    from dualenc.models import attention, dual_encoder
     from dualenc.models.bert import BertConfig
+
+    wide, chunked = [], attention._chunked
+
+    def spy(*args):  # records whether attention numbers blocks (its last argument, `wide`)
+        wide.append(args[-1])
+        return chunked(*args)
+
+    monkeypatch.setattr(attention, "_chunked", spy)
 
     cfg = BertConfig(
         vocab_size=128, hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
@@ -94,9 +116,15 @@ def test_pod_sized_passage_batch_traces_with_dropout():
     spec = dual_encoder.EncoderSpec(arch="bert", config=cfg, pooling="mean", normalize=True)
     params = jax.eval_shape(lambda k: dual_encoder.init_tower(spec, k), jax.random.key(0))
     ids = jax.ShapeDtypeStruct((8192, 512), jnp.int32)
+    wide.clear()  # init's small batch
 
     def embed(p, i, m, k):
         return dual_encoder.embed(spec, p, i, m, deterministic=False, rngs={"dropout": k})
 
     out = jax.eval_shape(embed, params, ids, ids, jax.random.key(1))
     assert out.shape == (8192, 768)
+    # No element index wraps: attention's dropout (8,192 x 12 x 512 x 512 = 2.6e10 scores)
+    # numbers blocks (its flat index, row * 12 * 512 * 512 + i, would wrap in uint32); the
+    # hidden states' dropout (8,192 x 512 x 768 = 3.2e9) stays under 2^32 with one iota.
+    assert wide and all(wide), wide
+    assert largest_uint32_iota(embed, params, ids, ids, jax.random.key(1)) < 2**32
