@@ -141,6 +141,19 @@ def test_analytic_flops_by_hand():
     assert flops.biencoder_train(cfg, 2, 3, 3, 2) == 3 * (towers + 2 * 2 * 4 * 4)
 
 
+def test_analytic_flops_count_debertas_relative_position_scores_at_their_width():
+    """DeBERTa's c2p and p2c multiply each token by all 2·att_span relative rows (here 2·4 = 8,
+    not the 3 tokens): per token 128 weight MACs + 2·3·4 content + 2·8·4 relative = 216 MACs →
+    2·3·216 = 1,296 flops; with relative attention off it is BERT's 912."""
+    deberta = get_arch("deberta-v2").config_cls
+    common = dict(num_hidden_layers=1, hidden_size=4, num_attention_heads=1, intermediate_size=8)
+    rel = deberta(
+        **common, relative_attention=True, position_buckets=4, pos_att_type=("c2p", "p2c")
+    )
+    assert flops.forward_per_sequence(rel, 3) == 1296
+    assert flops.forward_per_sequence(deberta(**common), 3) == 912
+
+
 @pytest.mark.parametrize(
     "name,millions",
     [

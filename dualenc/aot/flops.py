@@ -9,27 +9,34 @@ lookups, norms, softmax and the optimizer are left out (< 1 % at these sizes).
 from __future__ import annotations
 
 
-def dims(cfg) -> tuple[int, int, int, int]:
-    """(layers, hidden, intermediate, attention score matmuls per layer) of a BERT, DistilBERT or
-    DeBERTa-v2 config; DeBERTa adds its content-to-position and position-to-content scores."""
+def dims(cfg) -> tuple[int, int, int, int, int]:
+    """(layers, hidden, intermediate, relative-position score matmuls per layer, their width) of
+    a BERT, DistilBERT or DeBERTa-v2/v3 config. DeBERTa's c2p and p2c terms each multiply every
+    token's query (key) by all 2·att_span relative-position rows before gathering: 512 wide for
+    DeBERTa-v3, whatever the sequence length, so 8x the content scores' width at 64 tokens."""
     if hasattr(cfg, "n_layers"):  # DistilBERT's names
-        return cfg.n_layers, cfg.dim, cfg.hidden_dim, 1
+        return cfg.n_layers, cfg.dim, cfg.hidden_dim, 0, 0
     rel = getattr(cfg, "relative_attention", False)
-    scores = 1 + len(getattr(cfg, "pos_att_type", ()) or ()) if rel else 1
-    return cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, scores
+    terms = len(getattr(cfg, "pos_att_type", ()) or ()) if rel else 0
+    width = 2 * cfg.att_span if terms else 0
+    return cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, terms, width
 
 
-def forward(layers: int, hidden: int, inner: int, lengths, scores: int = 1) -> float:
+def forward(
+    layers: int, hidden: int, inner: int, lengths, rel_terms: int = 0, rel_width: int = 0
+) -> float:
     """Forward flops of sequences of `lengths` tokens: per layer and token, the q, k, v, out and
-    two feed-forward matmuls (4·H² + 2·H·I MACs), the score matmul(s) and the p·v mix (T·H each)."""
-    weights = 4 * hidden * hidden + 2 * hidden * inner
-    return float(sum(2 * layers * t * (weights + (scores + 1) * t * hidden) for t in lengths))
+    two feed-forward matmuls (4·H² + 2·H·I MACs), the q·k scores and the p·v mix (T·H each), and
+    each relative-position score matmul (rel_width·H). The relative embeddings' own projection
+    (2·att_span·H² per layer and call, independent of the batch) is left out."""
+    weights = 4 * hidden * hidden + 2 * hidden * inner + rel_terms * rel_width * hidden
+    return float(sum(2 * layers * t * (weights + 2 * t * hidden) for t in lengths))
 
 
 def forward_per_sequence(cfg, length: int) -> float:
     """Forward flops of one sequence of `length` tokens through the encoder."""
-    n, h, inner, scores = dims(cfg)
-    return forward(n, h, inner, [int(length)], scores)
+    n, h, inner, terms, width = dims(cfg)
+    return forward(n, h, inner, [int(length)], terms, width)
 
 
 def encode(cfg, rows: int, length: int) -> float:
