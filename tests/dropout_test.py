@@ -17,11 +17,10 @@ def _sigma(p: float, n: int = N) -> float:
     return (p * (1 - p) / n) ** 0.5
 
 
-def largest_uint32_iota(fn, *args) -> int:
-    """Elements of the largest uint32 iota in `fn`'s lowered program: an index iota of 2^32
-    elements or more wraps silently on device (masks repeat), so none may reach that size."""
-    text = jax.jit(fn).lower(*args).as_text()
-    shapes = re.findall(r"iota[^\n]*tensor<([0-9x]+)xui32>", text)
+def largest_uint32_iota(lowered: jax.stages.Lowered) -> int:
+    """Elements of the largest uint32 iota in a lowered program: an index iota of 2^32 elements
+    or more wraps silently on device (masks repeat), so none may reach that size."""
+    shapes = re.findall(r"iota[^\n]*tensor<([0-9x]+)xui32>", lowered.as_text())
     assert shapes, "no uint32 iota: the dropout index is not where this test looks"
     return max(math.prod(int(d) for d in s.split("x")) for s in shapes)
 
@@ -88,9 +87,9 @@ def test_blocked_index_past_uint32():
     assert (wide[1] != wide[0]).mean() > 0.99 and len(np.unique(wide)) > 0.99 * wide.size
     keep = np.asarray(dropout.keep_mask(key, 0.25, (64, 1024), wrap=2**12))
     assert abs(keep.mean() - 0.75) < 0.01
-    big = jax.eval_shape(lambda k: dropout.keep_mask(k, 0.1, (8192, 512, 1024)), key)
-    assert big.shape == (8192, 512, 1024) and big.dtype == jnp.bool_
-    assert largest_uint32_iota(lambda k: dropout.keep_mask(k, 0.1, (8192, 512, 1024)), key) < 2**32
+    big = jax.jit(lambda k: dropout.keep_mask(k, 0.1, (8192, 512, 1024))).lower(key)
+    assert big.out_info.shape == (8192, 512, 1024) and big.out_info.dtype == jnp.bool_
+    assert largest_uint32_iota(big) < 2**32
 
 
 def test_pod_sized_passage_batch_traces_with_dropout(monkeypatch):
@@ -121,10 +120,10 @@ def test_pod_sized_passage_batch_traces_with_dropout(monkeypatch):
     def embed(p, i, m, k):
         return dual_encoder.embed(spec, p, i, m, deterministic=False, rngs={"dropout": k})
 
-    out = jax.eval_shape(embed, params, ids, ids, jax.random.key(1))
-    assert out.shape == (8192, 768)
+    lowered = jax.jit(embed).lower(params, ids, ids, jax.random.key(1))
+    assert lowered.out_info.shape == (8192, 768)
     # No element index wraps: attention's dropout (8,192 x 12 x 512 x 512 = 2.6e10 scores)
     # numbers blocks (its flat index, row * 12 * 512 * 512 + i, would wrap in uint32); the
     # hidden states' dropout (8,192 x 512 x 768 = 3.2e9) stays under 2^32 with one iota.
     assert wide and all(wide), wide
-    assert largest_uint32_iota(embed, params, ids, ids, jax.random.key(1)) < 2**32
+    assert largest_uint32_iota(lowered) < 2**32

@@ -62,19 +62,28 @@ def run_single(module: str, args: list[str], *, devices: int = 2, timeout: int =
 
 
 def start_pair(
-    module: str, args_per_process: list[list[str]], logs: list[Path] | None = None
+    module: str,
+    args_per_process: list[list[str]],
+    logs: list[Path] | None = None,
+    cluster: list[dict[str, str]] | None = None,
 ) -> list[subprocess.Popen]:
     """Two processes of one JAX cluster (coordinator on a free local port), one device each.
 
-    With `logs`, each process's stdout+stderr go to that file (to watch a run's progress)."""
+    With `logs`, each process's stdout+stderr go to that file (to watch a run's progress).
+    `cluster`: each process's own variables for finding the others, instead of dualenc's
+    explicit DUALENC_COORDINATOR_ADDRESS / _NUM_PROCESSES / _PROCESS_ID."""
     port = _free_port()
     procs = []
     for i, args in enumerate(args_per_process):
         env = _env(1)
         env.update(
-            DUALENC_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            DUALENC_NUM_PROCESSES=str(len(args_per_process)),
-            DUALENC_PROCESS_ID=str(i),
+            cluster[i]
+            if cluster
+            else dict(
+                DUALENC_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                DUALENC_NUM_PROCESSES=str(len(args_per_process)),
+                DUALENC_PROCESS_ID=str(i),
+            )
         )
         out = open(logs[i], "w") if logs else subprocess.PIPE  # noqa: SIM115 - closed by the OS
         cmd = [module] if module.endswith(".py") else ["-m", module]  # a script or a module
@@ -111,8 +120,8 @@ def kill_all(procs) -> None:
             p.communicate()
 
 
-def run_pair(module: str, args_per_process: list[list[str]], timeout: int = 300):
-    res = wait_pair(start_pair(module, args_per_process), timeout)
+def run_pair(module: str, args_per_process: list[list[str]], timeout: int = 300, cluster=None):
+    res = wait_pair(start_pair(module, args_per_process, cluster=cluster), timeout)
     for i, (rc, _, err) in enumerate(res):
         assert rc == 0, f"process {i} of {module} exited {rc}:\n{err[-3000:]}"
     return res
@@ -545,7 +554,7 @@ class _Metadata(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         key = self.path.rsplit("/", 1)[-1]
         ok = self.headers.get("Metadata-Flavor") == "Google" and key in self.attributes
-        body = self.attributes.get(key, "not found").encode() if ok else b"not found"
+        body = self.attributes[key].encode() if ok else b"not found"
         self.send_response(200 if ok else 404)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -591,23 +600,10 @@ def test_tpu_vm_slice_trains_on_two_hosts_with_async_checkpoints(
         "--config.checkpoint.every_steps=4",
         "--config.checkpoint.keep=3",
     ]
-    port, procs = _free_port(), []
-    for metadata in tpu_vm_metadata:
-        env = _env(1)
-        env.update(GCE_METADATA_IP=metadata, JAX_COORDINATOR_PORT=str(port))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "tests/fake_tpu_vm.py", "dualenc.train", *args],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    res = wait_pair(procs)
-    for i, (rc, _, err) in enumerate(res):
-        assert rc == 0, f"host {i} exited {rc}:\n{err[-3000:]}"
+    port = str(_free_port())  # JAX's coordinator, on the first worker the metadata names
+    cluster = [dict(GCE_METADATA_IP=m, JAX_COORDINATOR_PORT=port) for m in tpu_vm_metadata]
+    res = run_pair("tests/fake_tpu_vm.py", [["dualenc.train", *args]] * 2, cluster=cluster)
+    for i, (_, _, err) in enumerate(res):
         assert f"JAX distributed: process {i} of 2, 1 local / 2 global devices" in err, err[-3000:]
     a, b = exported(ref), exported(w)
     assert a.keys() == b.keys()
